@@ -1,0 +1,1 @@
+//! havms-qemu-tests
