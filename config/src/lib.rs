@@ -1,1 +1,105 @@
-//! havms-config
+//! The HAVmS cluster configuration: one YAML file (`/var/lib/havms/havms.yaml`) read by init (network),
+//! havmsd (peers, timings, VMs) and the CLI. Reading it either gives a fully checked [`Config`] or a
+//! [`ConfigError`] naming the file, the line and the reason; nothing half-valid escapes.
+//!
+//! The node's run-time paths (socket, log, data partition label, ...) live in [`paths`] so every binary
+//! and the tests agree on them.
+
+mod error;
+mod locate;
+pub mod paths;
+mod schema;
+mod types;
+mod validate;
+
+pub use error::ConfigError;
+pub use schema::{
+    Config, DiskConfig, LanAddressing, LanConfig, LinkConfig, NicConfig, NodeConfig, Role, Timings,
+    VmConfig,
+};
+pub use types::{Cidr, MacAddr, Name};
+
+use std::path::Path;
+
+/// Files larger than this are refused before parsing: a config is a few KiB, a huge file is a mistake.
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// Reads, parses and validates the configuration file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let file = path.display().to_string();
+    let meta = std::fs::metadata(path)
+        .map_err(|e| ConfigError::new(&file, None, format!("cannot read: {e}")))?;
+    if meta.len() > MAX_CONFIG_BYTES {
+        return Err(ConfigError::new(
+            &file,
+            None,
+            format!(
+                "{} bytes is too large for a configuration file (limit {MAX_CONFIG_BYTES})",
+                meta.len()
+            ),
+        ));
+    }
+    let bytes = std::fs::read(path)
+        .map_err(|e| ConfigError::new(&file, None, format!("cannot read: {e}")))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let line = 1 + e.as_bytes()[..e.utf8_error().valid_up_to()]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count();
+        ConfigError::new(&file, Some(line), "the file is not valid UTF-8 text")
+    })?;
+    parse(&text, &file)
+}
+
+/// Parses and validates configuration `text`; `file` names it in errors.
+pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+    if text.trim().is_empty() {
+        return Err(ConfigError::new(file, None, "the file is empty"));
+    }
+    let cfg: Config = serde_yaml::from_str(text).map_err(|e| {
+        let reason = strip_location(&e.to_string());
+        let mut line = e.location().map(|l| l.line());
+        // A mapping checked as a whole (e.g. `lan:`) is reported by serde_yaml at the start of the
+        // enclosing item; its message starts with the key, so point at that key's line instead.
+        // serde_yaml puts the path first (`nodes[1]: lan: ...`), hence the last plain identifier.
+        let key = reason
+            .split(": ")
+            .take_while(|seg| !seg.contains(' '))
+            .filter(|seg| {
+                !seg.is_empty() && seg.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+            })
+            .last();
+        if let (Some(at), Some(key)) = (line, key) {
+            line = locate::line_of_key_after(text, at, key).or(line);
+        }
+        ConfigError::new(file, line, reason)
+    })?;
+    validate::validate(&cfg, text, file)?;
+    Ok(cfg)
+}
+
+/// serde_yaml appends " at line L column C" to its messages; the line is already in our prefix.
+fn strip_location(msg: &str) -> String {
+    match msg.find(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg.to_string(),
+    }
+}
+
+/// This node's name: `havms.node=NAME` on the kernel command line wins, else the first line of
+/// `node_name_file`. `None` when neither gives a valid [`Name`].
+pub fn node_name(kernel_cmdline: &str, node_name_file: &Path) -> Option<String> {
+    let from_cmdline = kernel_cmdline
+        .split_whitespace()
+        .filter_map(|arg| arg.strip_prefix(paths::NODE_NAME_ARG)?.strip_prefix('='))
+        .next_back()
+        .map(str::to_string);
+    let name = from_cmdline.or_else(|| {
+        let text = std::fs::read_to_string(node_name_file).ok()?;
+        Some(text.lines().next()?.trim().to_string())
+    })?;
+    name.parse::<Name>().ok().map(|n| n.to_string())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,216 @@
+//! Checks that need the whole configuration: counts, uniqueness, references between sections and
+//! relations between timings. Each failure names the line of the value at fault.
+
+use crate::error::ConfigError;
+use crate::locate::{line_of, line_of_after, line_of_key};
+use crate::schema::{Config, LanAddressing};
+use std::collections::HashSet;
+
+/// Validates `cfg`, parsed from `text` of `file`.
+pub fn validate(cfg: &Config, text: &str, file: &str) -> Result<(), ConfigError> {
+    let err = |line: Option<usize>, reason: String| Err(ConfigError::new(file, line, reason));
+
+    if cfg.nodes.len() != 2 {
+        return err(
+            line_of_key(text, "nodes"),
+            format!(
+                "a cluster has exactly 2 nodes, this one has {}",
+                cfg.nodes.len()
+            ),
+        );
+    }
+    let (a, b) = (&cfg.nodes[0], &cfg.nodes[1]);
+    if a.name == b.name {
+        return err(
+            line_of(text, "name", a.name.as_str(), 1),
+            format!("node name `{}` is used twice", a.name),
+        );
+    }
+    if a.preferred_role == b.preferred_role {
+        return err(
+            line_of(text, "preferred_role", role_word(b.preferred_role), 1),
+            "one node must have `preferred_role: primary` and the other `preferred_role: secondary`".into(),
+        );
+    }
+    for node in &cfg.nodes {
+        // Both nodes usually use the same interface names: search from the node's own `name:` line.
+        let node_line = line_of(text, "name", node.name.as_str(), 0).unwrap_or(1);
+        for (what, ifname) in [
+            ("link", &node.link.interface),
+            ("lan", &node.lan.interface),
+            ("lan bridge", &node.lan.bridge),
+        ] {
+            if let Err(reason) = check_ifname(ifname) {
+                return err(
+                    line_of_after(
+                        text,
+                        node_line,
+                        if what == "lan bridge" {
+                            "bridge"
+                        } else {
+                            "interface"
+                        },
+                        ifname,
+                    ),
+                    format!("node {}: {what} interface {reason}", node.name),
+                );
+            }
+        }
+        if node.link.interface == node.lan.interface {
+            return err(
+                line_of_after(text, node_line, "lan", "")
+                    .and_then(|l| line_of_after(text, l, "interface", &node.lan.interface)),
+                format!(
+                    "node {}: link and LAN cannot share interface `{}`",
+                    node.name, node.lan.interface
+                ),
+            );
+        }
+    }
+    if a.link.address.addr == b.link.address.addr {
+        let shown = a.link.address.to_string();
+        return err(
+            line_of(text, "address", &b.link.address.to_string(), 1)
+                .or(line_of(text, "address", &shown, 0)),
+            format!("both nodes have link address {}", a.link.address.addr),
+        );
+    }
+    if !a.link.address.contains(b.link.address.addr)
+        || a.link.address.prefix_len != b.link.address.prefix_len
+    {
+        return err(
+            line_of(text, "address", &b.link.address.to_string(), 0),
+            format!(
+                "link addresses {} and {} are not in the same subnet",
+                a.link.address, b.link.address
+            ),
+        );
+    }
+    if let (LanAddressing::Static { address: la, .. }, LanAddressing::Static { address: lb, .. }) =
+        (&a.lan.addressing, &b.lan.addressing)
+    {
+        if la.addr == lb.addr {
+            return err(
+                line_of(text, "address", &lb.to_string(), 1),
+                format!("both nodes have LAN address {}", la.addr),
+            );
+        }
+    }
+
+    let t = &cfg.timings;
+    let tline = |key: &str| line_of_key(text, key).or(line_of_key(text, "timings"));
+    if !(10..=10_000).contains(&t.heartbeat_ms) {
+        return err(
+            tline("heartbeat_ms"),
+            format!("heartbeat_ms {} must be 10 to 10000", t.heartbeat_ms),
+        );
+    }
+    if t.dead_after_ms < 3 * t.heartbeat_ms {
+        return err(
+            tline("dead_after_ms"),
+            format!(
+                "dead_after_ms {} must be at least 3 heartbeats ({} ms), or one lost datagram kills the peer",
+                t.dead_after_ms,
+                3 * t.heartbeat_ms
+            ),
+        );
+    }
+    if t.fence_ms < t.dead_after_ms {
+        return err(
+            tline("fence_ms"),
+            format!(
+                "fence_ms {} must not be shorter than dead_after_ms {}",
+                t.fence_ms, t.dead_after_ms
+            ),
+        );
+    }
+    if !(5..=10_000).contains(&t.epoch_ms) {
+        return err(
+            tline("epoch_ms"),
+            format!("epoch_ms {} must be 5 to 10000", t.epoch_ms),
+        );
+    }
+
+    let mut vm_names = HashSet::new();
+    let mut macs = HashSet::new();
+    for vm in &cfg.vms {
+        let vm_line = line_of(text, "name", vm.name.as_str(), 0);
+        if !vm_names.insert(vm.name.clone()) {
+            return err(
+                line_of(text, "name", vm.name.as_str(), 1).or(vm_line),
+                format!("VM name `{}` is used twice", vm.name),
+            );
+        }
+        if cfg.node(vm.preferred_node.as_str()).is_none() {
+            return err(
+                line_of(text, "preferred_node", vm.preferred_node.as_str(), 0),
+                format!(
+                    "VM {}: preferred_node `{}` is not one of the nodes ({}, {})",
+                    vm.name, vm.preferred_node, a.name, b.name
+                ),
+            );
+        }
+        if !(1..=64).contains(&vm.vcpus) {
+            return err(
+                line_of(text, "vcpus", &vm.vcpus.to_string(), 0).or(vm_line),
+                format!("VM {}: vcpus {} must be 1 to 64", vm.name, vm.vcpus),
+            );
+        }
+        if !(32..=1 << 20).contains(&vm.memory_mib) {
+            return err(
+                line_of(text, "memory_mib", &vm.memory_mib.to_string(), 0).or(vm_line),
+                format!(
+                    "VM {}: memory_mib {} must be 32 to 1048576",
+                    vm.name, vm.memory_mib
+                ),
+            );
+        }
+        let paths = std::iter::once(("kernel", &vm.kernel))
+            .chain(vm.initramfs.iter().map(|p| ("initramfs", p)))
+            .chain(vm.disks.iter().map(|d| ("path", &d.path)));
+        for (key, path) in paths {
+            if !path.is_absolute() {
+                let shown = path.display().to_string();
+                return err(
+                    line_of(text, key, &shown, 0).or(vm_line),
+                    format!("VM {}: {key} `{shown}` must be an absolute path", vm.name),
+                );
+            }
+        }
+        for nic in &vm.nics {
+            if !macs.insert(nic.mac) {
+                let shown = nic.mac.to_string();
+                return err(
+                    line_of(text, "mac", &shown, 1)
+                        .or(line_of(text, "mac", &shown, 0))
+                        .or(vm_line),
+                    format!("VM {}: MAC {shown} is used by another NIC", vm.name),
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn role_word(r: crate::schema::Role) -> &'static str {
+    match r {
+        crate::schema::Role::Primary => "primary",
+        crate::schema::Role::Secondary => "secondary",
+    }
+}
+
+/// Linux interface names: 1 to 15 bytes, no `/`, no white space, not `.` or `..`.
+fn check_ifname(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 15 {
+        return Err(format!("`{name}` must be 1 to 15 characters"));
+    }
+    if name == "."
+        || name == ".."
+        || name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace())
+    {
+        return Err(format!("`{name}` is not a valid interface name"));
+    }
+    Ok(())
+}
