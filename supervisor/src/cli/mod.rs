@@ -1,0 +1,96 @@
+//! `havms`, the node's command line: status, reboot and power off, config checks, and the serial
+//! console menu (`havms console`, started by init on each console).
+
+pub mod config;
+pub mod power;
+pub mod status;
+
+use crate::gather::Sources;
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use havms_config::paths;
+use std::path::PathBuf;
+
+/// havms, the HAVmS node command line.
+#[derive(Debug, Parser)]
+#[command(name = "havms", version)]
+pub struct Args {
+    /// havmsd's control socket.
+    #[arg(long, global = true, default_value = paths::CONTROL_SOCKET)]
+    pub socket: PathBuf,
+    /// The cluster configuration file (read directly when havmsd is down).
+    #[arg(long, global = true, default_value = paths::CONFIG_FILE)]
+    pub config: PathBuf,
+    /// This node's name [default: havms.node= on the kernel command line, else /var/lib/havms/node].
+    #[arg(long, global = true)]
+    pub node: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Node, uptime, config, KVM, interfaces and peer.
+    Status {
+        /// Print the status as one JSON object.
+        #[arg(long)]
+        json: bool,
+        /// Redraw every second until ctrl-c.
+        #[arg(long, conflicts_with = "json")]
+        watch: bool,
+    },
+    /// Reboot the node (orderly: VMs and services stop first).
+    Reboot {
+        /// Do not ask for confirmation.
+        #[arg(long, short)]
+        yes: bool,
+    },
+    /// Power the node off (orderly).
+    Poweroff {
+        /// Do not ask for confirmation.
+        #[arg(long, short)]
+        yes: bool,
+    },
+    /// Check or reload the cluster configuration.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+    /// The serial console menu (init runs it on each console).
+    Console,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigAction {
+    /// Validate a config file: prints `ok (FILE)` or `FILE:LINE: REASON` (exit 1).
+    Check {
+        /// The file [default: --config].
+        file: Option<PathBuf>,
+    },
+    /// Ask havmsd to reload its config (like SIGHUP) and print the outcome.
+    Reload,
+}
+
+/// Runs the command; the result is the process exit code.
+pub fn run(args: Args) -> Result<i32> {
+    let src = Sources {
+        socket: args.socket,
+        config: args.config,
+        node: args.node,
+    };
+    match args.command {
+        Command::Status { json, watch } => status::run(&src, json, watch),
+        Command::Reboot { yes } => power::run(power::Power::Reboot, yes),
+        Command::Poweroff { yes } => power::run(power::Power::PowerOff, yes),
+        Command::Config {
+            action: ConfigAction::Check { file },
+        } => Ok(config::check(
+            file.as_deref().unwrap_or(&src.config),
+            src.node.as_deref(),
+        )),
+        Command::Config {
+            action: ConfigAction::Reload,
+        } => config::reload(&src),
+        Command::Console => crate::console::run(&src),
+    }
+}

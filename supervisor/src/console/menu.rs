@@ -1,0 +1,313 @@
+//! The console menu's logic: read a choice, show a screen, come back. Generic over the input, the
+//! output and the [`Actions`] that touch the system, so tests drive it with a script.
+
+use crate::cli::power::{is_yes, Power, ARE_YOU_SURE};
+use crate::console::input::LineReader;
+use crate::console::screens::{self, PING_PROMPT};
+use crate::status::Status;
+use std::io::{self, Read, Write};
+
+/// Clear screen and home the cursor (VT100; every serial terminal emulator knows it).
+pub const CLEAR: &str = "\x1b[H\x1b[2J";
+
+/// Log lines the Logs screen starts from.
+pub const LOG_LINES: usize = 20;
+
+/// What the menu does to the system; the real one is `console::system::Real`.
+pub trait Actions {
+    /// The status for the header and the status screen (from havmsd, or read locally).
+    fn status(&mut self) -> Status;
+    /// Where the log is, for the Logs screen title.
+    fn log_path(&self) -> String;
+    /// The end of the node's log (at least [`LOG_LINES`] lines when there are that many).
+    fn log_tail(&mut self) -> io::Result<String>;
+    /// Runs `ping -c 3 addr` on the terminal.
+    fn ping(&mut self, addr: &str) -> io::Result<()>;
+    /// Runs an interactive shell on the terminal until it exits.
+    fn shell(&mut self) -> io::Result<()>;
+    /// Asks init to reboot or power off.
+    fn power(&mut self, p: Power) -> io::Result<()>;
+    /// Puts the terminal back into a sane state after a child ran on it.
+    fn restore_terminal(&mut self) {}
+}
+
+pub struct Menu<R, W, A> {
+    input: LineReader<R>,
+    out: W,
+    actions: A,
+}
+
+/// Whether to go on after a screen.
+enum Next {
+    Menu(Option<String>),
+    Exit,
+}
+
+impl<R: Read, W: Write, A: Actions> Menu<R, W, A> {
+    pub fn new(input: R, out: W, actions: A) -> Self {
+        Menu {
+            input: LineReader::new(input),
+            out,
+            actions,
+        }
+    }
+
+    /// Gives the parts back (tests inspect them).
+    pub fn into_parts(self) -> (W, A) {
+        (self.out, self.actions)
+    }
+
+    /// Loops until end of input (the terminal went away: init starts a new menu).
+    pub fn run(&mut self) -> io::Result<()> {
+        let mut message: Option<String> = None;
+        loop {
+            self.actions.restore_terminal();
+            let status = self.actions.status();
+            self.show(&format!(
+                "{CLEAR}{}",
+                screens::main_menu(&status, message.as_deref())
+            ))?;
+            let Some(line) = self.input.read_line()? else {
+                return Ok(());
+            };
+            let next = match line.trim() {
+                "" => Next::Menu(None),
+                "1" => self.status_screen()?,
+                "2" => self.network()?,
+                "3" => self.logs()?,
+                "4" => self.shell()?,
+                "5" => self.power(Power::Reboot)?,
+                "6" => self.power(Power::PowerOff)?,
+                other => Next::Menu(Some(format!("Unknown option '{other}'"))),
+            };
+            match next {
+                Next::Menu(m) => message = m,
+                Next::Exit => return Ok(()),
+            }
+        }
+    }
+
+    fn show(&mut self, text: &str) -> io::Result<()> {
+        self.out.write_all(text.as_bytes())?;
+        self.out.flush()
+    }
+
+    /// Waits for Enter; end of input ends the menu.
+    fn wait_enter(&mut self) -> io::Result<Next> {
+        Ok(match self.input.read_line()? {
+            Some(_) => Next::Menu(None),
+            None => Next::Exit,
+        })
+    }
+
+    fn status_screen(&mut self) -> io::Result<Next> {
+        let s = self.actions.status();
+        self.show(&format!("{CLEAR}{}", screens::status_screen(&s)))?;
+        self.wait_enter()
+    }
+
+    fn network(&mut self) -> io::Result<Next> {
+        let s = self.actions.status();
+        self.show(&format!("{CLEAR}{}", screens::network_screen(&s)))?;
+        loop {
+            self.show(PING_PROMPT)?;
+            let Some(line) = self.input.read_line()? else {
+                return Ok(Next::Exit);
+            };
+            let addr = line.trim();
+            if addr.is_empty() {
+                return Ok(Next::Menu(None));
+            }
+            if !screens::valid_ping_target(addr) {
+                self.show(&format!("Not an address: '{addr}'\n"))?;
+                continue;
+            }
+            if let Err(e) = self.actions.ping(addr) {
+                self.show(&format!("{e}\n"))?;
+            }
+            self.actions.restore_terminal();
+        }
+    }
+
+    fn logs(&mut self) -> io::Result<Next> {
+        let path = self.actions.log_path();
+        let text = match self.actions.log_tail() {
+            Ok(t) => screens::log_screen(&path, &t, LOG_LINES),
+            Err(e) => format!("Cannot read {path}: {e}\n\n{}", screens::PRESS_ENTER),
+        };
+        self.show(&format!("{CLEAR}{text}"))?;
+        self.wait_enter()
+    }
+
+    fn shell(&mut self) -> io::Result<Next> {
+        self.show(&format!(
+            "{CLEAR}Starting a shell; type 'exit' to return to the menu.\n"
+        ))?;
+        let result = self.actions.shell();
+        self.actions.restore_terminal();
+        Ok(Next::Menu(
+            result.err().map(|e| format!("Shell failed: {e}")),
+        ))
+    }
+
+    fn power(&mut self, p: Power) -> io::Result<Next> {
+        self.show(&format!(
+            "\nThis will {} the node. {ARE_YOU_SURE}",
+            p.verb()
+        ))?;
+        let Some(answer) = self.input.read_line()? else {
+            return Ok(Next::Exit);
+        };
+        if !is_yes(&answer) {
+            return Ok(Next::Menu(Some("Cancelled.".into())));
+        }
+        Ok(Next::Menu(Some(match self.actions.power(p) {
+            Ok(()) => format!("Asked init to {}; please wait.", p.verb()),
+            Err(e) => format!("Cannot {}: {e}", p.verb()),
+        })))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::{
+        ConfigState, ConfigStatus, DaemonInfo, Interface, KvmStatus, LinkState, PeerInfo,
+    };
+
+    /// Records what the menu asked for instead of doing it.
+    #[derive(Default)]
+    struct Script {
+        calls: Vec<String>,
+        log: String,
+    }
+
+    impl Actions for Script {
+        fn status(&mut self) -> Status {
+            Status {
+                node: Some("a".into()),
+                cluster: Some("demo".into()),
+                uptime_ms: 5000,
+                config: ConfigStatus {
+                    state: ConfigState::Ok {
+                        path: "/c.yaml".into(),
+                    },
+                    last_reload_error: None,
+                },
+                kvm: KvmStatus::Unavailable {
+                    reason: "test".into(),
+                },
+                interfaces: vec![Interface {
+                    name: "eth1".into(),
+                    state: LinkState::Up,
+                    mac: None,
+                    ipv4: vec!["10.99.0.1/24".into()],
+                }],
+                peer: PeerInfo::Unknown {
+                    reason: "test".into(),
+                },
+                daemon: DaemonInfo::Running {
+                    pid: 1,
+                    boot_id: "x".into(),
+                },
+            }
+        }
+        fn log_path(&self) -> String {
+            "/run/log/havms.log".into()
+        }
+        fn log_tail(&mut self) -> io::Result<String> {
+            self.calls.push("log".into());
+            Ok(self.log.clone())
+        }
+        fn ping(&mut self, addr: &str) -> io::Result<()> {
+            self.calls.push(format!("ping {addr}"));
+            Ok(())
+        }
+        fn shell(&mut self) -> io::Result<()> {
+            self.calls.push("shell".into());
+            Ok(())
+        }
+        fn power(&mut self, p: Power) -> io::Result<()> {
+            self.calls.push(format!("power {p:?}"));
+            Ok(())
+        }
+    }
+
+    fn drive(input: &str) -> (String, Vec<String>) {
+        let log = (1..=25).map(|i| format!("log line {i}\n")).collect();
+        let mut m = Menu::new(
+            input.as_bytes(),
+            Vec::new(),
+            Script {
+                log,
+                ..Default::default()
+            },
+        );
+        m.run().unwrap();
+        let (out, script) = m.into_parts();
+        (String::from_utf8(out).unwrap(), script.calls)
+    }
+
+    #[test]
+    fn eof_exits_after_one_menu() {
+        let (out, calls) = drive("");
+        assert!(calls.is_empty());
+        assert_eq!(out.matches(screens::PROMPT).count(), 1);
+        assert!(out.contains("HAVmS console - node a (cluster demo)"));
+    }
+
+    #[test]
+    fn unknown_input_says_so_and_redraws() {
+        let (out, _) = drive("x\r 9 \n\n");
+        assert!(out.contains("Unknown option 'x'\nEnter an option: "));
+        assert!(out.contains("Unknown option '9'\nEnter an option: "));
+        assert_eq!(out.matches(screens::PROMPT).count(), 4);
+    }
+
+    #[test]
+    fn status_and_logs_wait_for_enter() {
+        let (out, calls) = drive("1\r\n\r3\r\r");
+        assert!(out.contains("node        a (cluster demo)\n"));
+        assert!(
+            out.contains("log line 25\n")
+                && out.contains("log line 6\n")
+                && !out.contains("log line 5\n")
+        );
+        assert_eq!(out.matches(screens::PRESS_ENTER).count(), 2);
+        assert_eq!(calls, ["log"]);
+        assert_eq!(out.matches(screens::PROMPT).count(), 3);
+    }
+
+    #[test]
+    fn network_pings_valid_addresses_only() {
+        let (out, calls) = drive("2\n10.99.0.2\n-f\n10\x7f0.99.0.3\n\n");
+        assert!(out.contains("  eth1      up    10.99.0.1/24"));
+        assert!(out.contains("Not an address: '-f'"));
+        assert_eq!(calls, ["ping 10.99.0.2", "ping 10.99.0.3"]);
+        assert_eq!(out.matches(PING_PROMPT).count(), 4);
+    }
+
+    #[test]
+    fn shell_then_back() {
+        let (out, calls) = drive("4\n");
+        assert_eq!(calls, ["shell"]);
+        assert_eq!(out.matches(screens::PROMPT).count(), 2);
+    }
+
+    #[test]
+    fn power_needs_a_yes() {
+        let (out, calls) = drive("5\n\n6\nn\n5\ny\n6\nYES\n");
+        assert_eq!(calls, ["power Reboot", "power PowerOff"]);
+        assert_eq!(out.matches(ARE_YOU_SURE).count(), 4);
+        assert!(out.contains("Cancelled."));
+        assert!(out.contains("Asked init to reboot; please wait."));
+    }
+
+    #[test]
+    fn eof_inside_a_screen_exits() {
+        for input in ["1\n", "2\n", "3\n", "5\n"] {
+            let (out, _) = drive(input);
+            assert_eq!(out.matches(screens::PROMPT).count(), 1, "{input:?}");
+        }
+    }
+}

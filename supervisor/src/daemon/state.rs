@@ -1,0 +1,216 @@
+//! havmsd's shared state: the config in force (and the outcome of the last reload), the peer tracker,
+//! and how both turn into a [`Status`]. One mutex guards it; every holder keeps it for microseconds.
+
+use crate::node::{self, Loaded};
+use crate::peer::tracker::{Path as NetPath, Tracker};
+use crate::probe;
+use crate::status::{ConfigState, ConfigStatus, DaemonInfo, PeerInfo, Status};
+use havms_config::{paths, Cidr, Config, LanAddressing};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// Fixed at start from the command line.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub node: Option<String>,
+    pub config_path: PathBuf,
+    /// Replaces the peer's configured addresses (host tests put both nodes on 127.0.0.1).
+    pub peer_addr: Option<SocketAddr>,
+    /// Random per start; the peer sees a restart as a new value.
+    pub boot_id: u64,
+}
+
+/// What the heartbeat service needs from a valid config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerPlan {
+    pub cluster: String,
+    pub node: String,
+    pub peer: String,
+    pub heartbeat: Duration,
+    pub dead_after: Duration,
+    /// Where heartbeats go, and on which path they travel.
+    pub targets: Vec<(NetPath, SocketAddr)>,
+    /// The link subnet: heartbeats from there arrived over the link.
+    pub link_net: Cidr,
+}
+
+impl PeerPlan {
+    fn from_config(cfg: &Config, node: &str, peer_addr: Option<SocketAddr>) -> Option<PeerPlan> {
+        let me = cfg.node(node)?;
+        let peer = cfg.peer_of(node)?;
+        let port = paths::HEARTBEAT_PORT;
+        let targets = match peer_addr {
+            Some(a) => vec![(NetPath::Link, a)],
+            None => {
+                let mut t = vec![(
+                    NetPath::Link,
+                    SocketAddr::from((peer.link.address.addr, port)),
+                )];
+                if let LanAddressing::Static { address, .. } = &peer.lan.addressing {
+                    t.push((NetPath::Lan, SocketAddr::from((address.addr, port))));
+                }
+                t
+            }
+        };
+        Some(PeerPlan {
+            cluster: cfg.cluster.to_string(),
+            node: node.to_string(),
+            peer: peer.name.to_string(),
+            heartbeat: Duration::from_millis(cfg.timings.heartbeat_ms),
+            dead_after: Duration::from_millis(cfg.timings.dead_after_ms),
+            targets,
+            link_net: me.link.address,
+        })
+    }
+}
+
+struct Inner {
+    loaded: Loaded,
+    last_reload_error: Option<String>,
+    plan: Option<PeerPlan>,
+    tracker: Option<Tracker>,
+}
+
+/// The daemon's state, shared by the control server, the heartbeat service and the signal loop.
+pub struct Shared {
+    pub settings: Settings,
+    inner: Mutex<Inner>,
+}
+
+impl Shared {
+    /// Loads the config once and logs the outcome.
+    pub fn new(settings: Settings) -> Arc<Shared> {
+        let loaded = node::load_for_node(&settings.config_path, settings.node.as_deref());
+        let shared = Arc::new(Shared {
+            inner: Mutex::new(Inner {
+                loaded: Loaded::Missing,
+                last_reload_error: None,
+                plan: None,
+                tracker: None,
+            }),
+            settings,
+        });
+        match &loaded {
+            Loaded::Ok(_) => log::info!("config ok ({})", shared.settings.config_path.display()),
+            Loaded::Error(e) => log::error!("config ERROR {e}; running unconfigured"),
+            Loaded::Missing => log::warn!(
+                "no config file {}; running unconfigured (write it, then `kill -HUP` havmsd)",
+                shared.settings.config_path.display()
+            ),
+        }
+        shared.install(loaded);
+        shared
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves plain data behind, still consistent enough to report.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn install(&self, loaded: Loaded) {
+        let plan = match (&loaded, &self.settings.node) {
+            (Loaded::Ok(cfg), Some(node)) => {
+                PeerPlan::from_config(cfg, node, self.settings.peer_addr)
+            }
+            _ => None,
+        };
+        let mut inner = self.lock();
+        inner.tracker = match (&plan, inner.tracker.take()) {
+            (Some(p), Some(mut t)) if t.peer() == p.peer => {
+                t.set_dead_after(p.dead_after);
+                Some(t)
+            }
+            (Some(p), _) => Some(Tracker::new(&p.peer, p.dead_after)),
+            (None, _) => None,
+        };
+        inner.plan = plan;
+        inner.loaded = loaded;
+    }
+
+    /// Re-reads the config (SIGHUP or the `reload` request). A bad or missing file does not replace a
+    /// good config in force; it is remembered as the last reload error. Returns the config line of
+    /// the status, or the error.
+    pub fn reload(&self) -> Result<String, String> {
+        let path = &self.settings.config_path;
+        let new = node::load_for_node(path, self.settings.node.as_deref());
+        let running_ok = matches!(self.lock().loaded, Loaded::Ok(_));
+        match new {
+            Loaded::Ok(_) => {
+                self.install(new);
+                self.lock().last_reload_error = None;
+                log::info!("config reloaded: ok ({})", path.display());
+                Ok(format!("ok ({})", path.display()))
+            }
+            failed if running_ok => {
+                let err = match &failed {
+                    Loaded::Error(e) => e.to_string(),
+                    _ => format!("{}: file not found", path.display()),
+                };
+                log::error!("config reload failed: {err}; keeping the running config");
+                self.lock().last_reload_error = Some(err.clone());
+                Err(err)
+            }
+            failed => {
+                let line = failed.state(path);
+                let text = ConfigStatus {
+                    state: line,
+                    last_reload_error: None,
+                }
+                .render();
+                log::error!("config reload: {text}; still unconfigured");
+                self.install(failed);
+                Err(text)
+            }
+        }
+    }
+
+    /// The heartbeat plan of the config in force; `None` while unconfigured.
+    pub fn plan(&self) -> Option<PeerPlan> {
+        self.lock().plan.clone()
+    }
+
+    /// Runs `f` on the peer tracker, if there is a peer to track.
+    pub fn with_tracker<T>(&self, f: impl FnOnce(&mut Tracker) -> T) -> Option<T> {
+        self.lock().tracker.as_mut().map(f)
+    }
+
+    /// The full status, probing the kernel for uptime, KVM and interfaces.
+    pub fn status(&self) -> Status {
+        let (config, cluster, peer) = {
+            let inner = self.lock();
+            let config = ConfigStatus {
+                state: inner.loaded.state(&self.settings.config_path),
+                last_reload_error: inner.last_reload_error.clone(),
+            };
+            let cluster = match &inner.loaded {
+                Loaded::Ok(cfg) => Some(cfg.cluster.to_string()),
+                _ => None,
+            };
+            let peer = match (&inner.tracker, &config.state) {
+                (Some(t), _) => PeerInfo::Tracked(t.snapshot(Instant::now())),
+                (None, ConfigState::None { .. }) => PeerInfo::Unknown {
+                    reason: "unconfigured".into(),
+                },
+                (None, _) => PeerInfo::Unknown {
+                    reason: "no valid config".into(),
+                },
+            };
+            (config, cluster, peer)
+        };
+        Status {
+            node: self.settings.node.clone(),
+            cluster,
+            uptime_ms: probe::uptime::uptime_ms(),
+            config,
+            kvm: probe::kvm::probe(),
+            interfaces: probe::interfaces::probe(),
+            peer,
+            daemon: DaemonInfo::Running {
+                pid: std::process::id(),
+                boot_id: format!("{:016x}", self.settings.boot_id),
+            },
+        }
+    }
+}

@@ -1,0 +1,270 @@
+//! The heartbeat datagram: its wire format, encoder and decoder side by side.
+//!
+//! One UDP datagram, big-endian, no padding:
+//!
+//! ```text
+//! magic    4  b"HVHB"
+//! version  1  HEARTBEAT_VERSION
+//! cluster  1 + n  length-prefixed UTF-8 (n <= 64)
+//! node     1 + n  length-prefixed UTF-8 (n <= 64), the sender
+//! boot_id  8  random per havmsd start: a new value means the peer restarted
+//! seq      8  counts from 0 per boot_id
+//! uptime   8  sender's /proc/uptime in milliseconds
+//! ```
+//!
+//! Decoding checks everything (length, magic, version, UTF-8, trailing bytes) and returns a reason;
+//! it never panics on any input, so whatever arrives on port 7400 is harmless.
+
+use thiserror::Error;
+
+/// First bytes of every heartbeat.
+pub const HEARTBEAT_MAGIC: [u8; 4] = *b"HVHB";
+/// Bumped on any incompatible change of the layout.
+pub const HEARTBEAT_VERSION: u8 = 1;
+/// Longest cluster or node name carried; the config allows 32.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// One heartbeat, as sent by `node` of `cluster`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Heartbeat {
+    pub cluster: String,
+    pub node: String,
+    pub boot_id: u64,
+    pub seq: u64,
+    pub uptime_ms: u64,
+}
+
+/// Why a datagram is not a heartbeat we accept.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum DecodeError {
+    #[error("truncated: {needed} more bytes needed for {field} ({len} bytes in all)")]
+    Truncated {
+        field: &'static str,
+        needed: usize,
+        len: usize,
+    },
+    #[error("bad magic {0:02x?} (not a HAVmS heartbeat)")]
+    BadMagic([u8; 4]),
+    #[error("unsupported version {0} (this node speaks {HEARTBEAT_VERSION})")]
+    BadVersion(u8),
+    #[error("{field} is {len} bytes long, at most {MAX_NAME_LEN} allowed")]
+    NameTooLong { field: &'static str, len: usize },
+    #[error("{0} is empty")]
+    EmptyName(&'static str),
+    #[error("{0} is not UTF-8")]
+    NotUtf8(&'static str),
+    #[error("{0} trailing bytes after the heartbeat")]
+    Trailing(usize),
+}
+
+/// Why a heartbeat cannot be encoded (names too long for the one-byte length).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("cannot encode heartbeat: {field} is {len} bytes long, at most {MAX_NAME_LEN} allowed")]
+pub struct EncodeError {
+    pub field: &'static str,
+    pub len: usize,
+}
+
+impl Heartbeat {
+    /// The datagram for this heartbeat.
+    pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
+        let mut out = Vec::with_capacity(4 + 1 + 2 + self.cluster.len() + self.node.len() + 24);
+        out.extend_from_slice(&HEARTBEAT_MAGIC);
+        out.push(HEARTBEAT_VERSION);
+        put_name(&mut out, "cluster", &self.cluster)?;
+        put_name(&mut out, "node", &self.node)?;
+        out.extend_from_slice(&self.boot_id.to_be_bytes());
+        out.extend_from_slice(&self.seq.to_be_bytes());
+        out.extend_from_slice(&self.uptime_ms.to_be_bytes());
+        Ok(out)
+    }
+
+    /// Parses one datagram; any deviation from the layout is an error with its reason.
+    pub fn decode(buf: &[u8]) -> Result<Heartbeat, DecodeError> {
+        let mut r = Reader { buf, pos: 0 };
+        let magic: [u8; 4] = r.array("magic")?;
+        if magic != HEARTBEAT_MAGIC {
+            return Err(DecodeError::BadMagic(magic));
+        }
+        let [version] = r.array::<1>("version")?;
+        if version != HEARTBEAT_VERSION {
+            return Err(DecodeError::BadVersion(version));
+        }
+        let cluster = r.name("cluster")?;
+        let node = r.name("node")?;
+        let boot_id = u64::from_be_bytes(r.array("boot id")?);
+        let seq = u64::from_be_bytes(r.array("sequence number")?);
+        let uptime_ms = u64::from_be_bytes(r.array("uptime")?);
+        if r.pos != buf.len() {
+            return Err(DecodeError::Trailing(buf.len() - r.pos));
+        }
+        Ok(Heartbeat {
+            cluster,
+            node,
+            boot_id,
+            seq,
+            uptime_ms,
+        })
+    }
+}
+
+fn put_name(out: &mut Vec<u8>, field: &'static str, name: &str) -> Result<(), EncodeError> {
+    let len = name.len();
+    if len > MAX_NAME_LEN {
+        return Err(EncodeError { field, len });
+    }
+    // Cannot truncate: len <= MAX_NAME_LEN < 256.
+    out.push(len as u8);
+    out.extend_from_slice(name.as_bytes());
+    Ok(())
+}
+
+/// A bounds-checked cursor over the datagram.
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl Reader<'_> {
+    fn take(&mut self, field: &'static str, n: usize) -> Result<&[u8], DecodeError> {
+        let rest = &self.buf[self.pos..];
+        if rest.len() < n {
+            return Err(DecodeError::Truncated {
+                field,
+                needed: n - rest.len(),
+                len: self.buf.len(),
+            });
+        }
+        self.pos += n;
+        Ok(&rest[..n])
+    }
+
+    fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], DecodeError> {
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.take(field, N)?);
+        Ok(out)
+    }
+
+    fn name(&mut self, field: &'static str) -> Result<String, DecodeError> {
+        let [len] = self.array::<1>(field)?;
+        let len = usize::from(len);
+        if len == 0 {
+            return Err(DecodeError::EmptyName(field));
+        }
+        if len > MAX_NAME_LEN {
+            return Err(DecodeError::NameTooLong { field, len });
+        }
+        let bytes = self.take(field, len)?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| DecodeError::NotUtf8(field))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Heartbeat {
+        Heartbeat {
+            cluster: "demo".into(),
+            node: "b".into(),
+            boot_id: 0x0123_4567_89ab_cdef,
+            seq: 42,
+            uptime_ms: 83_000,
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let hb = sample();
+        let bytes = hb.encode().unwrap();
+        assert_eq!(&bytes[..4], b"HVHB");
+        assert_eq!(bytes.len(), 4 + 1 + 5 + 2 + 24);
+        assert_eq!(Heartbeat::decode(&bytes).unwrap(), hb);
+    }
+
+    #[test]
+    fn every_truncation_is_rejected_without_panic() {
+        let bytes = sample().encode().unwrap();
+        for len in 0..bytes.len() {
+            let err = Heartbeat::decode(&bytes[..len]).unwrap_err();
+            assert!(
+                matches!(err, DecodeError::Truncated { .. }),
+                "len {len}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_bad_magic_version_and_trailing() {
+        let mut bytes = sample().encode().unwrap();
+        bytes[0] = b'X';
+        assert!(matches!(
+            Heartbeat::decode(&bytes),
+            Err(DecodeError::BadMagic(_))
+        ));
+
+        let mut bytes = sample().encode().unwrap();
+        bytes[4] = 9;
+        assert_eq!(Heartbeat::decode(&bytes), Err(DecodeError::BadVersion(9)));
+
+        let mut bytes = sample().encode().unwrap();
+        bytes.push(0);
+        assert_eq!(Heartbeat::decode(&bytes), Err(DecodeError::Trailing(1)));
+    }
+
+    #[test]
+    fn rejects_bad_names() {
+        let mut bytes = sample().encode().unwrap();
+        bytes[5] = 0; // cluster length
+        assert_eq!(
+            Heartbeat::decode(&bytes),
+            Err(DecodeError::EmptyName("cluster"))
+        );
+
+        let mut bytes = sample().encode().unwrap();
+        bytes[5] = 200;
+        assert!(matches!(
+            Heartbeat::decode(&bytes),
+            Err(DecodeError::NameTooLong { .. })
+        ));
+
+        let mut bytes = sample().encode().unwrap();
+        bytes[6] = 0xff; // first byte of "demo"
+        assert_eq!(
+            Heartbeat::decode(&bytes),
+            Err(DecodeError::NotUtf8("cluster"))
+        );
+
+        let long = Heartbeat {
+            node: "n".repeat(65),
+            ..sample()
+        };
+        assert_eq!(long.encode().unwrap_err().field, "node");
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic() {
+        // A cheap deterministic fuzz: every prefix of a pseudo-random stream, plus mutations of a valid
+        // datagram at every position.
+        let mut x: u32 = 0x1234_5678;
+        let noise: Vec<u8> = (0..256)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x as u8
+            })
+            .collect();
+        for len in 0..noise.len() {
+            let _ = Heartbeat::decode(&noise[..len]);
+        }
+        let valid = sample().encode().unwrap();
+        for i in 0..valid.len() {
+            for v in [0u8, 1, 0x7f, 0x80, 0xff] {
+                let mut m = valid.clone();
+                m[i] = v;
+                let _ = Heartbeat::decode(&m);
+            }
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! The control protocol of havmsd's Unix socket: one JSON request per line, one JSON answer per line.
+//!
+//! ```text
+//! -> {"cmd":"status"}            <- {"status":{...Status...}}
+//! -> {"cmd":"reload"}            <- {"reloaded":{"config":"ok (/var/lib/havms/havms.yaml)"}}
+//! -> anything else               <- {"error":"..."}   (the connection stays usable)
+//! ```
+//! Later issues add commands (VM lifecycle, switchover) as new variants of [`Request`].
+
+use crate::status::Status;
+use serde::{Deserialize, Serialize};
+use std::io::{self, BufRead};
+
+/// Longest request line accepted; a request is a few dozen bytes, more is a confused client.
+pub const MAX_LINE: usize = 64 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Fields other than `cmd` are ignored for commands that take none.
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    /// The node's [`Status`].
+    Status,
+    /// Reload the config file, like SIGHUP; answers with the outcome.
+    Reload,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Response {
+    Status(Box<Status>),
+    Reloaded { config: String },
+    Error(String),
+}
+
+/// Parses one request line (without its newline); the error text is what the client is told.
+pub fn parse_request(line: &str) -> Result<Request, String> {
+    let line = line.trim();
+    if line.is_empty() {
+        return Err(
+            "empty request: send one JSON object per line, e.g. {\"cmd\":\"status\"}".into(),
+        );
+    }
+    serde_json::from_str(line).map_err(|e| format!("bad request: {e}"))
+}
+
+/// The line (no newline) for `value`; serde_json never emits raw newlines, so one value is one line.
+pub fn to_line<T: Serialize>(value: &T) -> String {
+    // Serializing these plain structs cannot fail (no maps with non-string keys, no custom errors).
+    serde_json::to_string(value)
+        .unwrap_or_else(|e| format!("{{\"error\":\"cannot encode answer: {e}\"}}"))
+}
+
+/// What [`read_line`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Line {
+    Text(String),
+    /// Longer than [`MAX_LINE`]; the rest of the stream cannot be trusted to be in step.
+    TooLong,
+    Eof,
+}
+
+/// Reads one `\n`-terminated line of at most [`MAX_LINE`] bytes.
+pub fn read_line<R: BufRead>(r: &mut R) -> io::Result<Line> {
+    let mut buf = Vec::new();
+    let n = io::Read::take(&mut *r, MAX_LINE as u64 + 1).read_until(b'\n', &mut buf)?;
+    if n == 0 {
+        return Ok(Line::Eof);
+    }
+    if buf.last() == Some(&b'\n') {
+        buf.pop();
+    } else if buf.len() > MAX_LINE {
+        return Ok(Line::TooLong);
+    }
+    Ok(Line::Text(String::from_utf8_lossy(&buf).into_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests() {
+        assert_eq!(parse_request(r#"{"cmd":"status"}"#), Ok(Request::Status));
+        assert_eq!(
+            parse_request(" {\"cmd\" : \"reload\"}\r"),
+            Ok(Request::Reload)
+        );
+        for bad in ["", "status", r#"{"cmd":"explode"}"#, "{", "[]"] {
+            let err = parse_request(bad).unwrap_err();
+            assert!(
+                err.starts_with("bad request") || err.starts_with("empty request"),
+                "{bad}: {err}"
+            );
+        }
+        assert_eq!(
+            parse_request(r#"{"cmd":"status","x":1}"#),
+            Ok(Request::Status)
+        );
+        assert!(parse_request(r#"{"cmd":"explode"}"#)
+            .unwrap_err()
+            .contains("unknown variant `explode`"));
+    }
+
+    #[test]
+    fn answers_are_single_lines() {
+        assert_eq!(
+            to_line(&Response::Error("a\nb".into())),
+            r#"{"error":"a\nb"}"#
+        );
+        assert_eq!(
+            to_line(&Response::Reloaded {
+                config: "ok".into()
+            }),
+            r#"{"reloaded":{"config":"ok"}}"#
+        );
+        assert_eq!(to_line(&Request::Status), r#"{"cmd":"status"}"#);
+    }
+
+    #[test]
+    fn line_reader_bounds() {
+        let mut r = io::Cursor::new(b"one\ntwo".to_vec());
+        assert_eq!(read_line(&mut r).unwrap(), Line::Text("one".into()));
+        assert_eq!(read_line(&mut r).unwrap(), Line::Text("two".into()));
+        assert_eq!(read_line(&mut r).unwrap(), Line::Eof);
+        let mut r = io::Cursor::new(vec![b'x'; MAX_LINE + 10]);
+        assert_eq!(read_line(&mut r).unwrap(), Line::TooLong);
+    }
+}
