@@ -1,0 +1,47 @@
+//! The respawn policy: 1 s, doubling up to 30 s, back to 1 s after 60 s of good running.
+
+use std::time::Duration;
+
+pub const FIRST: Duration = Duration::from_secs(1);
+pub const MAX: Duration = Duration::from_secs(30);
+/// A child that ran this long was healthy: its next crash starts the backoff over.
+pub const HEALTHY: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self { next: FIRST }
+    }
+}
+
+impl Backoff {
+    /// The child exited after running `ran_for`: how long to wait before starting it again.
+    pub fn on_exit(&mut self, ran_for: Duration) -> Duration {
+        if ran_for >= HEALTHY {
+            self.next = FIRST;
+        }
+        let delay = self.next;
+        self.next = (self.next * 2).min(MAX);
+        delay
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn doubles_caps_and_resets() {
+        let mut b = Backoff::default();
+        let quick = Duration::from_millis(10);
+        let delays: Vec<u64> = (0..8).map(|_| b.on_exit(quick).as_secs()).collect();
+        assert_eq!(delays, vec![1, 2, 4, 8, 16, 30, 30, 30]);
+        assert_eq!(b.on_exit(Duration::from_secs(59)).as_secs(), 30);
+        assert_eq!(b.on_exit(HEALTHY).as_secs(), 1);
+        assert_eq!(b.on_exit(quick).as_secs(), 2);
+    }
+}
