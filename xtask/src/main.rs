@@ -1,1 +1,121 @@
-fn main() {}
+//! `cargo xtask`: the developer entry points. `prereqs` installs the host packages, `image`
+//! builds the boot artifacts in target/havms; `demo`, `qemu-test` and `bench` build them and
+//! hand over to the QEMU test binary; `test` runs everything and ends with
+//! `summary: N passed, N failed`.
+
+mod build;
+mod image;
+mod paths;
+mod prereqs;
+mod qemu;
+mod step;
+mod test;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "HAVmS developer entry points"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install (as root) the Debian packages every entry point needs, or say which are missing.
+    Prereqs,
+    /// Build target/havms/{vmlinuz,initramfs.img,havms.iso} from Debian's kernel and our binaries.
+    Image,
+    /// Build the image and start the two-node demo under QEMU.
+    Demo {
+        /// Passed on to `qemu-tests demo` (e.g. `-- --seconds 60`).
+        #[arg(last = true)]
+        extra: Vec<String>,
+    },
+    /// Unit and integration tests, the image, then every QEMU scenario.
+    Test,
+    /// Build the image and run one QEMU scenario.
+    QemuTest {
+        /// Scenario name (`cargo run -p havms-qemu-tests --bin qemu-tests -- list` lists them).
+        name: String,
+    },
+    /// Build the image and run one benchmark.
+    Bench {
+        /// Benchmark name.
+        name: String,
+    },
+}
+
+fn init_logging() {
+    // Plain lines: these are progress messages for a person, not a service log.
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format(|buf, record| match record.level() {
+            log::Level::Info => writeln!(buf, "{}", record.args()),
+            level => writeln!(buf, "{level}: {}", record.args()),
+        })
+        .init();
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Cmd::Prereqs => {
+            step::step("host packages", || {
+                prereqs::ensure(&[
+                    prereqs::Need::Build,
+                    prereqs::Need::Image,
+                    prereqs::Need::Qemu,
+                ])
+            })?;
+        }
+        Cmd::Image => {
+            image::run()?;
+        }
+        Cmd::Demo { extra } => {
+            prereqs::ensure(&[prereqs::Need::Qemu])?;
+            let artifacts = image::run()?;
+            let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+            qemu::checked("demo", &artifacts.dir, &extra)?;
+        }
+        Cmd::QemuTest { name } => {
+            prereqs::ensure(&[prereqs::Need::Qemu])?;
+            let artifacts = image::run()?;
+            step::step(&format!("scenario {name}"), || {
+                qemu::checked("run", &artifacts.dir, &[&name])
+            })?;
+        }
+        Cmd::Bench { name } => {
+            prereqs::ensure(&[prereqs::Need::Qemu])?;
+            let artifacts = image::run()?;
+            step::step(&format!("benchmark {name}"), || {
+                qemu::checked("bench", &artifacts.dir, &[&name])
+            })?;
+        }
+        Cmd::Test => {
+            let tally = test::run()?;
+            println!("summary: {} passed, {} failed", tally.passed, tally.failed);
+            if tally.failed > 0 {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn main() -> ExitCode {
+    init_logging();
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            log::error!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -154,16 +154,51 @@ impl Loader {
             flags |= ModuleInitFlags::from_bits_retain(MODULE_INIT_COMPRESSED_FILE);
         }
         match finit_module(&file, &params, flags) {
-            // Loaded behind our back (udev-less coldplug does not exist here, but a race with
-            // request_module from the kernel does): that is what we wanted.
-            Ok(()) | Err(Errno::EEXIST) => Ok(()),
+            Ok(()) => Ok(()),
+            // EEXIST means "loaded already" (a race with the kernel's request_module) only when the
+            // module is really there: kvm_intel answers EEXIST too when kvm_amd holds kvm, and that
+            // is a failure.
+            Err(Errno::EEXIST) if is_live(name, Path::new("/proc/modules")) => Ok(()),
+            Err(Errno::EEXIST) => Err(format!(
+                "finit_module {}: {} (the kernel refused it; it is not loaded)",
+                path.display(),
+                Errno::EEXIST
+            )),
             Err(e) => Err(format!("finit_module {}: {e}", path.display())),
         }
     }
 }
 
+/// Whether `/proc/modules` (at `proc_modules`) lists module `name` (`-` and `_` alike).
+fn is_live(name: &str, proc_modules: &Path) -> bool {
+    let want = name.replace('-', "_");
+    std::fs::read_to_string(proc_modules).is_ok_and(|text| {
+        text.lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .any(|m| m.replace('-', "_") == want)
+    })
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn live_modules_are_read_from_proc_modules() {
+        let f = std::env::temp_dir().join(format!("havms-proc-modules-{}", std::process::id()));
+        std::fs::write(
+            &f,
+            "kvm_amd 155648 0 - Live 0x0\nkvm 1146880 1 kvm_amd, Live 0x0\n",
+        )
+        .unwrap();
+        assert!(super::is_live("kvm-amd", &f));
+        assert!(super::is_live("kvm", &f));
+        assert!(!super::is_live("kvm_intel", &f));
+        assert!(!super::is_live(
+            "kvm",
+            std::path::Path::new("/nonexistent/proc/modules")
+        ));
+        std::fs::remove_file(&f).unwrap();
+    }
+
     use super::*;
 
     fn dir_with(files: &[(&str, &str)]) -> PathBuf {

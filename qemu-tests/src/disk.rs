@@ -1,0 +1,122 @@
+//! A node's data disk: an ext4 image labelled HAVMS-DATA holding `havms.yaml` and `node`.
+//!
+//! Init mounts it at /var/lib/havms (it is /dev/vda in the node), so the files written here are
+//! exactly what the node reads as its configuration and its name.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::error::{HarnessError, Result};
+
+/// Filesystem label init looks for (docs/node-runtime.md).
+pub const DATA_LABEL: &str = havms_config::paths::DATA_LABEL;
+/// Size of the image; the node keeps VM disks elsewhere in tests, so it can be small.
+pub const DATA_SIZE: &str = "64M";
+
+/// What goes on a node's data disk.
+#[derive(Debug, Clone)]
+pub struct DataDisk<'a> {
+    /// Contents of havms.yaml, verbatim (a scenario may pass malformed YAML on purpose).
+    pub config_yaml: &'a str,
+    /// Contents of the `node` file, without the newline.
+    pub node_name: &'a str,
+}
+
+impl DataDisk<'_> {
+    /// Writes the image to `image` (replacing it) using a staging directory next to it.
+    pub fn create(&self, image: &Path) -> Result<PathBuf> {
+        let staging = image.with_extension("d");
+        crate::artifacts::fresh_dir(&staging)?;
+        write(&staging.join("havms.yaml"), self.config_yaml)?;
+        write(&staging.join("node"), &format!("{}\n", self.node_name))?;
+        let mut cmd = Command::new("mkfs.ext4");
+        cmd.args(["-q", "-F", "-L", DATA_LABEL, "-d"])
+            .arg(&staging)
+            .arg(image)
+            .arg(DATA_SIZE);
+        run(cmd, "mkfs.ext4", "apt-get install e2fsprogs")?;
+        let _ = std::fs::remove_dir_all(&staging);
+        Ok(image.to_path_buf())
+    }
+}
+
+fn write(path: &Path, text: &str) -> Result<()> {
+    std::fs::write(path, text)
+        .map_err(|e| HarnessError::io(format!("writing {}", path.display()), e))
+}
+
+/// Runs a host tool, turning "not installed" and a failing status into clear errors.
+pub(crate) fn run(mut cmd: Command, tool: &str, install_hint: &str) -> Result<String> {
+    let shown = format!("{cmd:?}");
+    let out = cmd.output().map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            HarnessError::MissingTool {
+                what: tool.to_string(),
+                hint: install_hint.to_string(),
+            }
+        } else {
+            HarnessError::io(format!("running {shown}"), e)
+        }
+    })?;
+    if !out.status.success() {
+        return Err(HarnessError::Command {
+            command: shown,
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn debugfs(image: &Path, request: &str) -> String {
+        let mut cmd = Command::new("debugfs");
+        cmd.args(["-R", request]).arg(image);
+        run(cmd, "debugfs", "e2fsprogs").unwrap()
+    }
+
+    #[test]
+    fn data_disk_is_labelled_ext4_with_the_config_and_the_node_name() {
+        let dir = std::env::temp_dir().join(format!("havms-disk-{}", std::process::id()));
+        crate::artifacts::fresh_dir(&dir).unwrap();
+        let yaml = "cluster: demo\nnot: [valid\n";
+        let image = DataDisk {
+            config_yaml: yaml,
+            node_name: "b",
+        }
+        .create(&dir.join("b.data.img"))
+        .unwrap();
+        assert_eq!(std::fs::metadata(&image).unwrap().len(), 64 << 20);
+        let mut cmd = Command::new("dumpe2fs");
+        cmd.arg("-h").arg(&image);
+        let header = run(cmd, "dumpe2fs", "e2fsprogs").unwrap();
+        assert!(
+            header.contains("Filesystem volume name:   HAVMS-DATA"),
+            "{header}"
+        );
+        assert_eq!(debugfs(&image, "cat /havms.yaml"), yaml);
+        assert_eq!(debugfs(&image, "cat /node"), "b\n");
+        assert!(!dir.join("b.data.d").exists(), "staging dir cleaned up");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_failing_mkfs_is_an_error_with_its_stderr() {
+        let dir = std::env::temp_dir().join(format!("havms-disk-bad-{}", std::process::id()));
+        crate::artifacts::fresh_dir(&dir).unwrap();
+        // The image path is a directory: mkfs.ext4 refuses it.
+        let err = DataDisk {
+            config_yaml: "",
+            node_name: "a",
+        }
+        .create(&dir)
+        .unwrap_err();
+        assert!(matches!(err, HarnessError::Command { .. }), "{err}");
+        assert!(err.to_string().contains("mkfs.ext4"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+        let _ = std::fs::remove_dir_all(dir.with_extension("d"));
+    }
+}

@@ -1,0 +1,208 @@
+//! One node: a QEMU process with its machine spec, console and logs, that can be started,
+//! killed (SIGKILL, like pulling the power cord) and power-cycled with the same disk.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::console::{Console, Match};
+use crate::error::{HarnessError, Result};
+use crate::qemu::{self, MachineSpec};
+
+/// A QEMU machine playing one HAVmS node.
+pub struct Node {
+    name: String,
+    /// 1 for a, 2 for b: the N in the MACs.
+    number: u8,
+    /// What the next start boots; a scenario may change it between runs.
+    pub spec: MachineSpec,
+    console: Console,
+    child: Option<Child>,
+    qemu_log: PathBuf,
+}
+
+impl Node {
+    /// A stopped node logging to `<log_dir>/<name>.console.log` and `<name>.qemu.log`.
+    pub fn new(name: &str, number: u8, spec: MachineSpec, log_dir: &Path) -> Result<Node> {
+        let qemu_log = log_dir.join(format!("{name}.qemu.log"));
+        std::fs::File::create(&qemu_log)
+            .map_err(|e| HarnessError::io(format!("creating {}", qemu_log.display()), e))?;
+        Ok(Node {
+            name: name.to_string(),
+            number,
+            spec,
+            console: Console::new(name, &log_dir.join(format!("{name}.console.log")))?,
+            child: None,
+            qemu_log,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn number(&self) -> u8 {
+        self.number
+    }
+
+    /// The serial console (waits, typing).
+    pub fn console(&mut self) -> &mut Console {
+        &mut self.console
+    }
+
+    /// Starts QEMU; console waits see only this run's output.
+    pub fn start(&mut self) -> Result<()> {
+        if self.child.is_some() {
+            return Ok(());
+        }
+        let args = qemu::command_line(&self.spec);
+        let shown = qemu::display(&args);
+        log::info!("node {}: {shown}", self.name);
+        let mut stderr = OpenOptions::new()
+            .append(true)
+            .open(&self.qemu_log)
+            .map_err(|e| HarnessError::io(format!("opening {}", self.qemu_log.display()), e))?;
+        let _ = writeln!(stderr, "--- start: {shown}");
+        let mut cmd = Command::new(qemu::QEMU);
+        cmd.args(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(stderr));
+        crate::procs::die_with_parent(&mut cmd);
+        let mut child = cmd.spawn().map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                HarnessError::MissingTool {
+                    what: qemu::QEMU.into(),
+                    hint: "apt-get install qemu-system-x86".into(),
+                }
+            } else {
+                HarnessError::io(format!("starting {}", qemu::QEMU), e)
+            }
+        })?;
+        crate::procs::register(child.id());
+        let (Some(out), Some(inp)) = (child.stdout.take(), child.stdin.take()) else {
+            let _ = child.kill();
+            return Err(HarnessError::io(
+                "taking QEMU's serial pipes",
+                std::io::Error::other("stdio not piped"),
+            ));
+        };
+        self.console.attach(out, inp)?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILLs QEMU (no shutdown of any kind) and returns when it was killed.
+    pub fn kill(&mut self) -> Result<Instant> {
+        let mut child = self.child.take().ok_or_else(|| HarnessError::NotRunning {
+            node: self.name.clone(),
+        })?;
+        let at = Instant::now();
+        // kill() fails only if it has already exited, which is what we want anyway.
+        let _ = child.kill();
+        let _ = child.wait();
+        crate::procs::unregister(child.id());
+        self.console.detach_input();
+        log::info!("node {}: killed", self.name);
+        Ok(at)
+    }
+
+    /// Kill and start again with the same disk and wiring.
+    pub fn power_cycle(&mut self) -> Result<()> {
+        if self.child.is_some() {
+            self.kill()?;
+        }
+        self.start()
+    }
+
+    /// True while QEMU runs.
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(None)) => true,
+            Some(_) => {
+                self.reaped();
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Waits for QEMU to end by itself (the guest powered off).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let child = self
+                .child
+                .as_mut()
+                .ok_or_else(|| HarnessError::NotRunning {
+                    node: self.name.clone(),
+                })?;
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    self.reaped();
+                    return Ok(status);
+                }
+                Ok(None) if Instant::now() >= deadline => {
+                    return Err(HarnessError::Check(format!(
+                        "node {}: QEMU still running {}s later; last console lines:\n{}",
+                        self.name,
+                        timeout.as_secs(),
+                        self.console.tail(crate::console::TAIL_LINES)
+                    )))
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(100)),
+                Err(e) => return Err(HarnessError::io("waiting for QEMU", e)),
+            }
+        }
+    }
+
+    /// Waits for a console pattern; if QEMU ended, says how and adds the end of its stderr.
+    pub fn wait_for(&mut self, pattern: &str, timeout: Duration) -> Result<Match> {
+        match self.console.wait_for(pattern, timeout) {
+            Err(HarnessError::Exited {
+                node,
+                pattern,
+                tail,
+                ..
+            }) => {
+                let status = self
+                    .child
+                    .as_mut()
+                    .and_then(|c| c.try_wait().ok().flatten())
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| "killed".into());
+                let stderr = std::fs::read_to_string(&self.qemu_log).unwrap_or_default();
+                let last: Vec<&str> = stderr.lines().rev().take(5).collect();
+                let status = format!(
+                    "{status}; end of {}: {}",
+                    self.qemu_log.display(),
+                    last.into_iter().rev().collect::<Vec<_>>().join(" / ")
+                );
+                Err(HarnessError::Exited {
+                    node,
+                    status,
+                    pattern,
+                    tail,
+                })
+            }
+            other => other,
+        }
+    }
+
+    fn reaped(&mut self) {
+        if let Some(c) = self.child.take() {
+            crate::procs::unregister(c.id());
+        }
+        self.console.detach_input();
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let _ = self.kill();
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! The scenarios: what `qemu-tests list` shows and `qemu-tests run` runs.
+//!
+//! Each scenario boots its own nodes, checks one thing end to end and fails with the reason
+//! (and the console lines that show it). Timeouts assume TCG on a busy 2-core machine.
+
+use std::time::{Duration, Instant};
+
+use crate::artifacts::Artifacts;
+use crate::error::{HarnessError, Result};
+
+mod bad_config;
+mod boot;
+mod pair;
+mod pid1;
+
+/// Kernel boot to the console menu.
+pub const BOOT_KERNEL: Duration = Duration::from_secs(240);
+/// ISO boot through SeaBIOS and GRUB to the console menu.
+pub const BOOT_BIOS: Duration = Duration::from_secs(360);
+/// ISO boot through OVMF and GRUB to the console menu (firmware under TCG is slow).
+pub const BOOT_UEFI: Duration = Duration::from_secs(600);
+/// One shell command or one menu step.
+pub const STEP: Duration = Duration::from_secs(90);
+
+/// What a running scenario can use.
+pub struct Ctx {
+    pub artifacts: Artifacts,
+    pub name: &'static str,
+    started: Instant,
+}
+
+impl Ctx {
+    /// A context for scenario `name` using the artifacts in `artifacts`.
+    pub fn new(artifacts: &Artifacts, name: &'static str) -> Ctx {
+        Ctx {
+            artifacts: artifacts.clone(),
+            name,
+            started: Instant::now(),
+        }
+    }
+
+    /// Prints one progress line.
+    pub fn step(&self, what: impl std::fmt::Display) {
+        println!(
+            "  [{} {:>6.1}s] {what}",
+            self.name,
+            self.started.elapsed().as_secs_f64()
+        );
+    }
+}
+
+/// One named scenario.
+#[derive(Clone, Copy)]
+pub struct Scenario {
+    pub name: &'static str,
+    pub about: &'static str,
+    pub run: fn(&Ctx) -> Result<()>,
+}
+
+/// Every scenario, in the order `run` runs them.
+pub fn all() -> Vec<Scenario> {
+    vec![
+        Scenario {
+            name: "boot-seabios",
+            about: "ISO via SeaBIOS to the menu; /dev/kvm; havms status; power off unmounts",
+            run: boot::seabios,
+        },
+        Scenario {
+            name: "boot-ovmf",
+            about: "ISO via OVMF (UEFI) to the menu; /dev/kvm; havms status; power off unmounts",
+            run: boot::ovmf,
+        },
+        Scenario {
+            name: "pair",
+            about: "two nodes see each other up over the link; a killed peer is down within 2 s",
+            run: pair::run,
+        },
+        Scenario {
+            name: "pid1",
+            about: "init reaps orphans, respawns a killed havmsd, survives failing module loads",
+            run: pid1::run,
+        },
+        Scenario {
+            name: "bad-config",
+            about: "a malformed config boots to the menu, which names the file and line",
+            run: bad_config::run,
+        },
+    ]
+}
+
+/// The scenarios named (all when none); `boot` selects every `boot-*` scenario.
+pub fn select(names: &[String]) -> Result<Vec<Scenario>> {
+    let all = all();
+    if names.is_empty() {
+        return Ok(all);
+    }
+    let mut out: Vec<Scenario> = Vec::new();
+    for name in names {
+        let group = format!("{name}-");
+        let found: Vec<Scenario> = all
+            .iter()
+            .filter(|s| s.name == name || s.name.starts_with(&group))
+            .copied()
+            .collect();
+        if found.is_empty() {
+            let known: Vec<&str> = all.iter().map(|s| s.name).collect();
+            return Err(HarnessError::Check(format!(
+                "no scenario {name:?}; known: {}",
+                known.join(", ")
+            )));
+        }
+        for s in found {
+            if !out.iter().any(|o| o.name == s.name) {
+                out.push(s);
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_select_scenarios_and_groups() {
+        let names = |v: &[&str]| {
+            select(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .map(|s| s.iter().map(|s| s.name).collect::<Vec<_>>())
+        };
+        assert_eq!(names(&[]).unwrap().len(), 5);
+        assert_eq!(names(&["boot"]).unwrap(), ["boot-seabios", "boot-ovmf"]);
+        assert_eq!(names(&["pid1", "pair", "pid1"]).unwrap(), ["pid1", "pair"]);
+        let err = names(&["nope"]).unwrap_err().to_string();
+        assert!(
+            err.contains("no scenario \"nope\"") && err.contains("bad-config"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,162 @@
+//! `havms-vm`: run one guest, Cloud Hypervisor style.
+//!
+//! havms-vm --kernel K [--initramfs I] [--cmdline C] [--cpus boot=N] [--memory size=M]
+//!          [--serial file=F|tty|null] [--api-socket S]
+//! havms-vm --restore DIR [--serial ...] [--api-socket S]
+//! havms-vm --restore DIR --memory-sha256
+//!
+//! Exit code 0 when the guest powers off or resets or the API asks for shutdown, 1 on errors.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use havms_vmm::api::socket;
+use havms_vmm::spec::{parse_cpus, parse_disk, parse_memory, parse_net, parse_serial};
+use havms_vmm::{Vm, VmSpec};
+
+#[derive(Parser, Debug)]
+#[command(name = "havms-vm", about = "Run a Linux guest on KVM (HAVmS engine)")]
+struct Args {
+    /// bzImage to boot.
+    #[arg(long, required_unless_present = "restore")]
+    kernel: Option<PathBuf>,
+    /// initramfs (cpio, optionally compressed).
+    #[arg(long)]
+    initramfs: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, default_value = "console=ttyS0")]
+    cmdline: String,
+    /// vCPUs: boot=N.
+    #[arg(long, default_value = "boot=1")]
+    cpus: String,
+    /// Memory: size=M (K/M/G suffix).
+    #[arg(long, default_value = "size=512M")]
+    memory: String,
+    /// Serial console: tty (stdout), file=PATH or null.
+    #[arg(long, default_value = "tty")]
+    serial: String,
+    /// virtio-blk disk: path=P[,readonly=on] (repeatable).
+    #[arg(long)]
+    disk: Vec<String>,
+    /// virtio-net interface: tap=T,mac=M (repeatable).
+    #[arg(long)]
+    net: Vec<String>,
+    /// Add a virtio-rng device.
+    #[arg(long)]
+    rng: bool,
+    /// Control socket for havms-remote.
+    #[arg(long)]
+    api_socket: Option<PathBuf>,
+    /// Restore from a snapshot directory instead of booting.
+    #[arg(long, conflicts_with_all = ["kernel", "initramfs"])]
+    restore: Option<PathBuf>,
+    /// Register memory with KVM dirty logging from the start (needed for incremental
+    /// snapshots).
+    #[arg(long)]
+    dirty_log: bool,
+    /// With --restore: print the sha256 of the guest memory the snapshot (chain) holds, and
+    /// exit without running it.
+    #[arg(long, requires = "restore")]
+    memory_sha256: bool,
+}
+
+fn build(args: &Args) -> Result<Vm> {
+    let serial = parse_serial(&args.serial)?;
+    if let Some(dir) = &args.restore {
+        let out = havms_vmm::vm_serial_output(&serial)?;
+        let vm =
+            Vm::restore(dir, out).with_context(|| format!("restoring from {}", dir.display()))?;
+        if args.dirty_log {
+            // Increments of the restored VM start from its next full snapshot.
+            vm.set_dirty_log(true).context("enabling the dirty log")?;
+        }
+        return Ok(vm);
+    }
+    let Some(kernel) = &args.kernel else {
+        bail!("--kernel is required unless --restore is given");
+    };
+    let mut spec = VmSpec::new(kernel);
+    spec.initramfs = args.initramfs.clone();
+    spec.cmdline = args.cmdline.clone();
+    spec.cpus = parse_cpus(&args.cpus)?;
+    spec.memory_mib = parse_memory(&args.memory)?;
+    spec.serial = serial;
+    spec.disks = args
+        .disk
+        .iter()
+        .map(|d| parse_disk(d))
+        .collect::<Result<_, _>>()?;
+    spec.nets = args
+        .net
+        .iter()
+        .map(|n| parse_net(n))
+        .collect::<Result<_, _>>()?;
+    spec.rng = args.rng;
+    spec.dirty_log = args.dirty_log;
+    Vm::create(&spec).with_context(|| format!("creating the VM for {}", kernel.display()))
+}
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let args = Args::parse();
+    let code = match run(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("havms-vm: {}", havms_vmm::error_chain(e.as_ref()));
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+/// With `--serial tty`, what is typed on stdin goes to the guest's console (line by line: the
+/// terminal stays in cooked mode).
+fn spawn_stdin_feeder(vm: Vm) {
+    let _ = std::thread::Builder::new()
+        .name("stdin".into())
+        .spawn(move || {
+            use std::io::Read;
+            let mut buf = [0u8; 256];
+            let mut stdin = std::io::stdin();
+            while let Ok(n) = stdin.read(&mut buf) {
+                if n == 0 {
+                    return;
+                }
+                let mut rest = &buf[..n];
+                while !rest.is_empty() {
+                    let took = vm.serial_input(rest);
+                    rest = &rest[took..];
+                    if took == 0 {
+                        // The UART FIFO is full until the guest reads it.
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                    }
+                }
+            }
+        });
+}
+
+fn run(args: &Args) -> Result<i32> {
+    if let (true, Some(dir)) = (args.memory_sha256, &args.restore) {
+        let snap = havms_vmm::state::snapshot::Snapshot::read(dir)?;
+        let mem = havms_vmm::vm::restore_memory(dir, snap.memory_mib)
+            .with_context(|| format!("memory of {}", dir.display()))?;
+        println!("{}", havms_vmm::memory::sha256(&mem));
+        return Ok(0);
+    }
+    let vm = build(args)?;
+    if let Some(s) = &args.api_socket {
+        socket::spawn_server(vm.clone(), s)
+            .with_context(|| format!("API socket {}", s.display()))?;
+    }
+    vm.start().context("starting the vCPUs")?;
+    if parse_serial(&args.serial)? == havms_vmm::SerialSpec::Tty {
+        spawn_stdin_feeder(vm.clone());
+    }
+    let reason = vm.wait();
+    eprintln!("havms-vm: {reason}");
+    if let Some(s) = &args.api_socket {
+        let _ = std::fs::remove_file(s);
+    }
+    Ok(reason.exit_code())
+}

@@ -1,0 +1,115 @@
+//! `NetOutput`: the guest's transmit path after the virtqueue: the output gate plus the backend
+//! that puts frames on the wire. The device sends through it; the supervisor keeps a clone to
+//! drive epochs (`begin_epoch`, `commit`, `discard_uncommitted`, `set_mode`) from its own thread.
+//! Frames are written to the backend under the gate's lock, so released and passed frames leave
+//! in exactly the order the guest sent them.
+
+use std::io;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::backend::NetBackend;
+use super::gate::{GateError, GateMode, GateState, GateStats, OutputGate};
+
+struct Inner {
+    gate: OutputGate,
+    /// Frames the backend refused (queue full, link down): lost like on a congested wire.
+    send_errors: u64,
+}
+
+/// Shared handle on one NIC's output gate.
+#[derive(Clone)]
+pub struct NetOutput {
+    inner: Arc<Mutex<Inner>>,
+    backend: Arc<dyn NetBackend>,
+}
+
+impl NetOutput {
+    pub fn new(backend: Arc<dyn NetBackend>, mode: GateMode) -> Self {
+        NetOutput {
+            inner: Arc::new(Mutex::new(Inner {
+                gate: OutputGate::new(mode),
+                send_errors: 0,
+            })),
+            backend,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn transmit(backend: &dyn NetBackend, inner: &mut Inner, frame: &[u8]) {
+        if let Err(e) = backend.send(frame) {
+            inner.send_errors += 1;
+            if e.kind() != io::ErrorKind::WouldBlock {
+                log::warn!("virtio-net: sending a {}-byte frame: {e}", frame.len());
+            }
+        }
+    }
+
+    /// A frame from the guest (virtio-net header included): sent now or held.
+    pub fn send(&self, frame: Vec<u8>) {
+        let mut inner = self.lock();
+        if let Some(frame) = inner.gate.submit(frame) {
+            Self::transmit(self.backend.as_ref(), &mut inner, &frame);
+        }
+    }
+
+    /// Sends a frame the host made (e.g. a RARP announcing the MAC after failover), bypassing
+    /// the gate.
+    pub fn send_ungated(&self, frame: &[u8]) {
+        let mut inner = self.lock();
+        Self::transmit(self.backend.as_ref(), &mut inner, frame);
+    }
+
+    /// Frames the guest sends from now on belong to epoch `n`.
+    pub fn begin_epoch(&self, n: u64) -> Result<(), GateError> {
+        self.lock().gate.begin_epoch(n)
+    }
+
+    /// Epoch `n` is committed on the peer: sends every held frame of epochs <= n. Returns how
+    /// many were released.
+    pub fn commit(&self, n: u64) -> usize {
+        let mut inner = self.lock();
+        let frames = inner.gate.commit(n);
+        for f in &frames {
+            Self::transmit(self.backend.as_ref(), &mut inner, f);
+        }
+        frames.len()
+    }
+
+    /// Drops every held frame (failover on this node's side of an uncommitted epoch).
+    pub fn discard_uncommitted(&self) -> usize {
+        self.lock().gate.discard_uncommitted()
+    }
+
+    /// Gated while protected; Off when degraded. Switching off sends whatever was held.
+    pub fn set_mode(&self, mode: GateMode) {
+        let mut inner = self.lock();
+        let frames = inner.gate.set_mode(mode);
+        for f in &frames {
+            Self::transmit(self.backend.as_ref(), &mut inner, f);
+        }
+    }
+
+    pub fn mode(&self) -> GateMode {
+        self.lock().gate.mode()
+    }
+
+    pub fn stats(&self) -> GateStats {
+        self.lock().gate.stats()
+    }
+
+    /// Frames the backend refused since creation.
+    pub fn send_errors(&self) -> u64 {
+        self.lock().send_errors
+    }
+
+    pub fn save(&self) -> GateState {
+        self.lock().gate.save()
+    }
+
+    pub fn restore(&self, s: &GateState) {
+        self.lock().gate.restore(s)
+    }
+}

@@ -1,0 +1,148 @@
+//! State capture of a paused `Vm`: full snapshots, dirty-page increments and the memory of a
+//! capture chain for restore.
+
+use std::path::Path;
+
+use super::{Control, RunState, Vm, VmError, VCPU_ACK_TIMEOUT};
+use crate::devices::serial::SerialSnapshot;
+use crate::kvm::vcpu::VcpuCmd;
+use crate::memory::{self, GuestMem};
+use crate::state::increment::{self, PageDiff};
+use crate::state::snapshot::{Snapshot, VmStateBox, FORMAT_VERSION, MEMORY_FILE};
+use crate::state::vm as vmstate;
+use std::sync::mpsc::channel;
+
+impl Vm {
+    /// Captures the full state (vCPUs, VM, devices, memory) into `dir`. The VM must be paused.
+    pub fn snapshot(&self, dir: &Path) -> Result<(), VmError> {
+        let mut c = self.ctl();
+        if c.state != RunState::Paused {
+            return Err(VmError::WrongState("not paused (pause it first)"));
+        }
+        let snap = self.capture_state(&c)?;
+        snap.write(dir)?;
+        memory::save(&self.inner.mem, &dir.join(MEMORY_FILE))?;
+        if c.dirty_log {
+            // This capture is the base the next increment is relative to.
+            memory::take_dirty_bitmaps(&self.inner.kvm.fd, &self.inner.mem)?;
+        }
+        let _ = std::fs::remove_file(dir.join(increment::DIFF_FILE));
+        let _ = std::fs::remove_file(dir.join(increment::PARENT_FILE));
+        c.last_capture = Some(dir.to_path_buf());
+        Ok(())
+    }
+
+    /// Turns KVM dirty logging on or off (re-registers the memory slots). Turning it on clears
+    /// both logs; take a full snapshot next, then increments.
+    pub fn set_dirty_log(&self, on: bool) -> Result<(), VmError> {
+        let mut c = self.ctl();
+        memory::register(&self.inner.kvm.fd, &self.inner.mem, on)?;
+        if on {
+            memory::take_dirty_bitmaps(&self.inner.kvm.fd, &self.inner.mem)?;
+        }
+        c.dirty_log = on;
+        c.last_capture = None;
+        Ok(())
+    }
+
+    /// Captures vCPU/VM/device state and the pages written since the previous capture, into
+    /// memory. The VM must be paused; resume it right after, and write the result with
+    /// `write_increment` while the guest runs.
+    pub fn capture_increment(&self) -> Result<(Snapshot, PageDiff), VmError> {
+        let c = self.ctl();
+        if c.state != RunState::Paused {
+            return Err(VmError::WrongState("not paused (pause it first)"));
+        }
+        if !c.dirty_log || c.last_capture.is_none() {
+            return Err(VmError::WrongState(
+                "not tracking dirty pages from a previous capture (enable the dirty log, then take a full snapshot)",
+            ));
+        }
+        let snap = self.capture_state(&c)?;
+        let diff = increment::collect(&self.inner.kvm.fd, &self.inner.mem)?;
+        Ok((snap, diff))
+    }
+
+    /// Writes an increment captured by `capture_increment` to `dir`, naming the previous
+    /// capture as its parent.
+    pub fn write_increment(
+        &self,
+        dir: &Path,
+        snap: &Snapshot,
+        diff: &PageDiff,
+    ) -> Result<(), VmError> {
+        let mut c = self.ctl();
+        let parent = c
+            .last_capture
+            .clone()
+            .ok_or(VmError::WrongState("without a previous capture"))?;
+        if parent == dir {
+            return Err(VmError::Control(format!(
+                "increment directory {} is its own parent",
+                dir.display()
+            )));
+        }
+        snap.write(dir)?;
+        increment::write(diff, &dir.join(increment::DIFF_FILE))?;
+        let _ = std::fs::remove_file(dir.join(MEMORY_FILE));
+        std::fs::write(
+            dir.join(increment::PARENT_FILE),
+            parent.display().to_string(),
+        )
+        .map_err(|e| VmError::Control(format!("writing {}: {e}", dir.display())))?;
+        c.last_capture = Some(dir.to_path_buf());
+        Ok(())
+    }
+
+    fn capture_state(&self, c: &Control) -> Result<Snapshot, VmError> {
+        let mut vcpus = Vec::new();
+        for h in &c.handles {
+            let (tx, rx) = channel();
+            if !h.send(VcpuCmd::Save(tx)) {
+                return Err(VmError::Control(format!("vCPU {} thread is gone", h.id)));
+            }
+            let st = rx
+                .recv_timeout(VCPU_ACK_TIMEOUT)
+                .map_err(|e| VmError::Control(format!("vCPU {} state: {e}", h.id)))?
+                .map_err(VmError::Control)?;
+            vcpus.push(st);
+        }
+        let vm = vmstate::save(&self.inner.kvm.fd)?;
+        let serial = {
+            let s = self
+                .inner
+                .devices
+                .serial
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            SerialSnapshot::from(&s.state())
+        };
+        Ok(Snapshot {
+            version: FORMAT_VERSION,
+            cpus: self.inner.cpus,
+            memory_mib: self.inner.memory_mib,
+            cmdline: self.inner.cmdline.clone(),
+            vcpus,
+            vm: VmStateBox(vm),
+            serial,
+            disks: self.inner.virtio_spec.disks.clone(),
+            nets: self.inner.virtio_spec.nets.clone(),
+            rng: self.inner.virtio_spec.rng,
+            virtio: self.inner.devices.virtio.save_state(),
+        })
+    }
+}
+
+/// Guest memory of a capture: the full `memory.bin` at the root of its parent chain, mapped
+/// copy-on-write, with every increment's pages applied in order.
+pub fn restore_memory(dir: &Path, memory_mib: u64) -> Result<GuestMem, VmError> {
+    let chain = increment::chain(dir)?;
+    let base = &chain[0];
+    let mem = memory::create_from_file(memory_mib, &base.join(MEMORY_FILE))?;
+    let pages = (memory_mib << 20) / memory::PAGE_SIZE as u64;
+    for d in &chain[1..] {
+        let diff = increment::read(&d.join(increment::DIFF_FILE), pages)?;
+        increment::apply(&mem, &diff)?;
+    }
+    Ok(mem)
+}

@@ -1,0 +1,50 @@
+//! Builds the node's binaries (havms-init, havmsd, havms) statically linked, since the
+//! initramfs has no dynamic loader: release profile, gnu target with crt-static.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+use crate::paths;
+
+/// The target the node binaries are built for (explicit, so RUSTFLAGS does not reach host
+/// build scripts and proc macros).
+pub const TARGET: &str = "x86_64-unknown-linux-gnu";
+
+/// The built node binaries.
+#[derive(Debug, Clone)]
+pub struct NodeBinaries {
+    pub init: PathBuf,
+    pub havmsd: PathBuf,
+    pub havms: PathBuf,
+}
+
+/// `cargo build --release` of the node crates, then checks each binary is static.
+pub fn node_binaries() -> Result<NodeBinaries> {
+    let mut cmd = Command::new(paths::cargo());
+    cmd.current_dir(paths::workspace_root())
+        .args(["build", "--release", "--target", TARGET])
+        .args(["-p", "havms-init", "-p", "havms-supervisor"])
+        .args(["--bin", "havms-init", "--bin", "havmsd", "--bin", "havms"])
+        // CARGO_ENCODED_RUSTFLAGS would win over RUSTFLAGS if something exported it.
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env("RUSTFLAGS", "-C target-feature=+crt-static");
+    let status = cmd
+        .status()
+        .context("cannot run cargo build for the node binaries")?;
+    if !status.success() {
+        bail!("cargo build of havms-init and havms-supervisor failed ({status})");
+    }
+    let dir = paths::target_dir().join(TARGET).join("release");
+    let bins = NodeBinaries {
+        init: dir.join("havms-init"),
+        havmsd: dir.join("havmsd"),
+        havms: dir.join("havms"),
+    };
+    for bin in [&bins.init, &bins.havmsd, &bins.havms] {
+        havms_image::elfcheck::check_static_file(bin)
+            .with_context(|| format!("checking {} is statically linked", bin.display()))?;
+    }
+    Ok(bins)
+}

@@ -1,0 +1,143 @@
+//! `cargo xtask test`: unit and host integration tests (`cargo test --workspace`), the image,
+//! then every QEMU scenario; ends with `summary: N passed, N failed`.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+
+use crate::prereqs::{self, Need};
+use crate::step::{seconds, step};
+use crate::{image, paths, qemu};
+
+/// Passed and failed counts across all stages.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Tally {
+    pub passed: u64,
+    pub failed: u64,
+}
+
+/// Adds up cargo's `test result: ok. N passed; M failed; ...` lines.
+pub fn parse_cargo_results(text: &str) -> Tally {
+    let mut tally = Tally::default();
+    for line in text.lines() {
+        let Some(rest) = line.trim().strip_prefix("test result: ") else {
+            continue;
+        };
+        for part in rest.split([';', '.']) {
+            let mut words = part.split_whitespace();
+            if let (Some(n), Some(kind)) = (words.next(), words.next()) {
+                match (n.parse::<u64>(), kind) {
+                    (Ok(n), "passed") => tally.passed += n,
+                    (Ok(n), "failed") => tally.failed += n,
+                    _ => {}
+                }
+            }
+        }
+    }
+    tally
+}
+
+/// Runs `cargo test --workspace`, echoing its output, and counts its tests.
+fn cargo_test() -> Result<(Tally, bool)> {
+    let mut child = Command::new(paths::cargo())
+        .current_dir(paths::workspace_root())
+        .args(["test", "--workspace"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("cannot run cargo test")?;
+    let mut text = String::new();
+    if let Some(stdout) = child.stdout.take() {
+        for line in BufReader::new(stdout).lines() {
+            let line = line.context("reading cargo test output")?;
+            println!("{line}");
+            text.push_str(&line);
+            text.push('\n');
+        }
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    Ok((parse_cargo_results(&text), status.success()))
+}
+
+pub fn run() -> Result<Tally> {
+    prereqs::ensure(&[Need::Build, Need::Image, Need::Qemu])?;
+    let mut tally = Tally::default();
+
+    let start = Instant::now();
+    log::info!("xtask: cargo test --workspace ...");
+    let (unit, ok) = cargo_test()?;
+    tally.passed += unit.passed;
+    tally.failed += unit.failed;
+    if !ok && unit.failed == 0 {
+        // It did not get as far as running tests (a build error): one failure, not zero.
+        tally.failed += 1;
+    }
+    log::info!(
+        "xtask: cargo test --workspace: {} passed, {} failed in {}",
+        unit.passed,
+        unit.failed,
+        seconds(start)
+    );
+
+    let artifacts = match image::run() {
+        Ok(a) => Some(a),
+        Err(e) => {
+            log::error!("xtask: image: {e:#}");
+            tally.failed += 1;
+            None
+        }
+    };
+
+    let scenarios = match step("list QEMU scenarios", qemu::list) {
+        Ok(list) => list,
+        Err(e) => {
+            log::error!("xtask: {e:#}");
+            tally.failed += 1;
+            Vec::new()
+        }
+    };
+    log::info!(
+        "xtask: {} QEMU scenarios: {}",
+        scenarios.len(),
+        scenarios.join(" ")
+    );
+    for name in &scenarios {
+        let Some(artifacts) = &artifacts else {
+            log::error!("xtask: scenario {name}: not run (no image)");
+            tally.failed += 1;
+            continue;
+        };
+        let result = step(&format!("scenario {name}"), || {
+            qemu::checked("run", &artifacts.dir, &[name])
+        });
+        match result {
+            Ok(()) => tally.passed += 1,
+            Err(e) => {
+                log::error!("xtask: {e:#}");
+                tally.failed += 1;
+            }
+        }
+    }
+    Ok(tally)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_cargo_result_lines() {
+        let text = "running 3 tests\n\
+            test result: ok. 32 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1.19s\n\
+            test result: FAILED. 4 passed; 2 failed; 1 ignored; 0 measured; 0 filtered out\n\
+            test foo ... ok\n";
+        assert_eq!(
+            parse_cargo_results(text),
+            Tally {
+                passed: 36,
+                failed: 2
+            }
+        );
+    }
+}
