@@ -1,4 +1,5 @@
-//! `qemu-tests bench NAME`: timings of a node under TCG, printed as `bench NAME: key=value` lines.
+//! `qemu-tests bench NAME`: `boot`, timings of a node under TCG printed as `bench boot: key=value`;
+//! `engine`, our VM engine against QEMU in a nested node (`engine::bench`), printed as a table.
 
 use std::time::Instant;
 
@@ -9,12 +10,13 @@ use crate::menu;
 use crate::scenarios::BOOT_KERNEL;
 
 /// Names `bench` accepts.
-pub const NAMES: &[&str] = &["boot"];
+pub const NAMES: &[&str] = &["boot", "engine"];
 
 /// Runs benchmark `name` and prints its results.
 pub fn run(artifacts: &Artifacts, name: &str) -> Result<()> {
     match name {
         "boot" => boot(artifacts),
+        "engine" => crate::engine::bench::run(artifacts),
         other => Err(HarnessError::Check(format!(
             "no benchmark {other:?}; known: {}",
             NAMES.join(", ")

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use crate::artifacts::{fresh_dir, Artifacts};
 use crate::cluster_config;
-use crate::disk::DataDisk;
+use crate::disk::{DataDisk, DiskFile, DATA_SIZE_MIB};
 use crate::error::{HarnessError, Result};
 use crate::net::Network;
 use crate::node::Node;
@@ -35,6 +35,10 @@ pub struct NodeOptions {
     /// Kernel arguments after the base ones and `havms.node=NAME` (kernel boot only).
     pub extra_append: Vec<String>,
     pub no_reboot: bool,
+    /// More files on the data disk, and its size.
+    pub data_files: Vec<DiskFile>,
+    pub data_size_mib: u32,
+    pub memory_mib: u32,
 }
 
 impl NodeOptions {
@@ -47,6 +51,9 @@ impl NodeOptions {
             config_yaml: cluster_config::pair_yaml(),
             extra_append: Vec::new(),
             no_reboot: false,
+            data_files: Vec::new(),
+            data_size_mib: DATA_SIZE_MIB,
+            memory_mib: qemu::DEFAULT_MEMORY_MIB,
         }
     }
 }
@@ -117,12 +124,14 @@ impl Cluster {
         let disk = DataDisk {
             config_yaml: &opts.config_yaml,
             node_name: &opts.name,
+            files: &opts.data_files,
+            size_mib: opts.data_size_mib,
         }
         .create(&self.work_dir.join(format!("{}.data.img", opts.name)))?;
         let lan = self.net.lan.attach(&opts.name)?;
         let link = self.net.link.attach(&opts.name)?;
         let spec = MachineSpec {
-            memory_mib: qemu::DEFAULT_MEMORY_MIB,
+            memory_mib: opts.memory_mib,
             boot,
             disk: Some(disk),
             nics: vec![

@@ -1,7 +1,8 @@
 //! A node's data disk: an ext4 image labelled HAVMS-DATA holding `havms.yaml` and `node`.
 //!
 //! Init mounts it at /var/lib/havms (it is /dev/vda in the node), so the files written here are
-//! exactly what the node reads as its configuration and its name.
+//! exactly what the node reads as its configuration and its name. Scenarios may add files (the
+//! engine scenarios' guest kernel, initramfs and helper script) and make it larger.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -10,8 +11,16 @@ use crate::error::{HarnessError, Result};
 
 /// Filesystem label init looks for (docs/node-runtime.md).
 pub const DATA_LABEL: &str = havms_config::paths::DATA_LABEL;
-/// Size of the image; the node keeps VM disks elsewhere in tests, so it can be small.
-pub const DATA_SIZE: &str = "64M";
+/// Size of the image in MiB unless a scenario asks for more.
+pub const DATA_SIZE_MIB: u32 = 64;
+
+/// A host file copied onto the data disk.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DiskFile {
+    /// Path on the data disk, relative to its root (the node sees it under /var/lib/havms).
+    pub dest: String,
+    pub src: PathBuf,
+}
 
 /// What goes on a node's data disk.
 #[derive(Debug, Clone)]
@@ -20,6 +29,9 @@ pub struct DataDisk<'a> {
     pub config_yaml: &'a str,
     /// Contents of the `node` file, without the newline.
     pub node_name: &'a str,
+    /// More files, with their permissions.
+    pub files: &'a [DiskFile],
+    pub size_mib: u32,
 }
 
 impl DataDisk<'_> {
@@ -29,15 +41,45 @@ impl DataDisk<'_> {
         crate::artifacts::fresh_dir(&staging)?;
         write(&staging.join("havms.yaml"), self.config_yaml)?;
         write(&staging.join("node"), &format!("{}\n", self.node_name))?;
+        for f in self.files {
+            copy_in(&staging, f)?;
+        }
         let mut cmd = Command::new("mkfs.ext4");
         cmd.args(["-q", "-F", "-L", DATA_LABEL, "-d"])
             .arg(&staging)
             .arg(image)
-            .arg(DATA_SIZE);
+            .arg(format!("{}M", self.size_mib));
         run(cmd, "mkfs.ext4", "apt-get install e2fsprogs")?;
         let _ = std::fs::remove_dir_all(&staging);
         Ok(image.to_path_buf())
     }
+}
+
+/// Copies one file under `staging` (permissions kept: mkfs.ext4 -d takes them from there).
+fn copy_in(staging: &Path, f: &DiskFile) -> Result<()> {
+    let rel = Path::new(&f.dest);
+    if rel.is_absolute()
+        || rel
+            .components()
+            .any(|c| !matches!(c, std::path::Component::Normal(_)))
+    {
+        return Err(HarnessError::Check(format!(
+            "data disk file {:?}: not a plain relative path",
+            f.dest
+        )));
+    }
+    let dest = staging.join(rel);
+    if let Some(dir) = dest.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| HarnessError::io(format!("creating {}", dir.display()), e))?;
+    }
+    std::fs::copy(&f.src, &dest).map_err(|e| {
+        HarnessError::io(
+            format!("copying {} to {}", f.src.display(), dest.display()),
+            e,
+        )
+    })?;
+    Ok(())
 }
 
 fn write(path: &Path, text: &str) -> Result<()> {
@@ -83,13 +125,25 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("havms-disk-{}", std::process::id()));
         crate::artifacts::fresh_dir(&dir).unwrap();
         let yaml = "cluster: demo\nnot: [valid\n";
+        let script = dir.join("tool.sh");
+        std::fs::write(&script, "echo hi\n").unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o750))
+            .unwrap();
         let image = DataDisk {
             config_yaml: yaml,
             node_name: "b",
+            files: &[DiskFile {
+                dest: "engine/bin/tool.sh".into(),
+                src: script,
+            }],
+            size_mib: 96,
         }
         .create(&dir.join("b.data.img"))
         .unwrap();
-        assert_eq!(std::fs::metadata(&image).unwrap().len(), 64 << 20);
+        assert_eq!(std::fs::metadata(&image).unwrap().len(), 96 << 20);
+        assert_eq!(debugfs(&image, "cat /engine/bin/tool.sh"), "echo hi\n");
+        let stat = debugfs(&image, "stat /engine/bin/tool.sh");
+        assert!(stat.contains("Mode:  0750"), "{stat}");
         let mut cmd = Command::new("dumpe2fs");
         cmd.arg("-h").arg(&image);
         let header = run(cmd, "dumpe2fs", "e2fsprogs").unwrap();
@@ -111,6 +165,8 @@ mod tests {
         let err = DataDisk {
             config_yaml: "",
             node_name: "a",
+            files: &[],
+            size_mib: DATA_SIZE_MIB,
         }
         .create(&dir)
         .unwrap_err();
@@ -118,5 +174,24 @@ mod tests {
         assert!(err.to_string().contains("mkfs.ext4"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
         let _ = std::fs::remove_dir_all(dir.with_extension("d"));
+    }
+
+    #[test]
+    fn a_file_outside_the_disk_is_refused() {
+        let dir = std::env::temp_dir().join(format!("havms-disk-esc-{}", std::process::id()));
+        crate::artifacts::fresh_dir(&dir).unwrap();
+        let err = DataDisk {
+            config_yaml: "",
+            node_name: "a",
+            files: &[DiskFile {
+                dest: "../escape".into(),
+                src: "/bin/busybox".into(),
+            }],
+            size_mib: DATA_SIZE_MIB,
+        }
+        .create(&dir.join("a.img"))
+        .unwrap_err();
+        assert!(err.to_string().contains("\"../escape\""), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

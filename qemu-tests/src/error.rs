@@ -67,6 +67,14 @@ pub enum HarnessError {
     #[error("no node named {node:?} in this cluster")]
     NoSuchNode { node: String },
 
+    /// Fetching a Debian package or writing a guest initramfs failed.
+    #[error("{what}: {source}")]
+    Image {
+        what: String,
+        #[source]
+        source: havms_image::Error,
+    },
+
     /// What a scenario checks is not so.
     #[error("{0}")]
     Check(String),

@@ -10,6 +10,7 @@ pub mod cluster_config;
 pub mod console;
 pub mod demo;
 pub mod disk;
+pub mod engine;
 pub mod error;
 pub mod gateway;
 pub mod menu;

@@ -38,7 +38,9 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     ));
     let found = node.wait_for(
         &format!(
-            r"config: ERROR ({}):(\d+): ?([^\n]*)\n",
+            // `(?m)^ config:` is the menu's header line; init's own boot message about the same
+            // error starts with `havms-init:` and must not satisfy this check.
+            r"(?m)^ config: ERROR ({}):(\d+): ?([^\n]*)\n",
             regex::escape(havms_config::paths::CONFIG_FILE)
         ),
         BOOT_KERNEL,

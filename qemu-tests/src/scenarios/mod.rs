@@ -10,6 +10,11 @@ use crate::error::{HarnessError, Result};
 
 mod bad_config;
 mod boot;
+mod engine_boot;
+mod engine_disk_net;
+mod engine_gating;
+mod engine_increments;
+mod engine_restore;
 mod pair;
 mod pid1;
 
@@ -85,6 +90,31 @@ pub fn all() -> Vec<Scenario> {
             about: "a malformed config boots to the menu, which names the file and line",
             run: bad_config::run,
         },
+        Scenario {
+            name: "engine-boot",
+            about: "the engine boots a guest to its init (2 vCPUs, its memory) and exits 0 on poweroff",
+            run: engine_boot::run,
+        },
+        Scenario {
+            name: "engine-disk-net",
+            about: "virtio-blk data survives a guest reboot; TCP echo both ways over virtio-net",
+            run: engine_disk_net::run,
+        },
+        Scenario {
+            name: "engine-restore",
+            about: "capture, kill -9 the engine, restore in a new process: the guest counts on, no reboot",
+            run: engine_restore::run,
+        },
+        Scenario {
+            name: "engine-increments",
+            about: "base + 20 increments of a memory-writing guest hash like a full capture; restore",
+            run: engine_increments::run,
+        },
+        Scenario {
+            name: "engine-gating",
+            about: "output gating holds the guest's frames, releases them by epoch, passes when off",
+            run: engine_gating::run,
+        },
     ]
 }
 
@@ -128,7 +158,17 @@ mod tests {
             select(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>())
                 .map(|s| s.iter().map(|s| s.name).collect::<Vec<_>>())
         };
-        assert_eq!(names(&[]).unwrap().len(), 5);
+        assert_eq!(names(&[]).unwrap().len(), all().len());
+        assert_eq!(
+            names(&["engine"]).unwrap(),
+            [
+                "engine-boot",
+                "engine-disk-net",
+                "engine-restore",
+                "engine-increments",
+                "engine-gating",
+            ]
+        );
         assert_eq!(names(&["boot"]).unwrap(), ["boot-seabios", "boot-ovmf"]);
         assert_eq!(names(&["pid1", "pair", "pid1"]).unwrap(), ["pid1", "pair"]);
         let err = names(&["nope"]).unwrap_err().to_string();
