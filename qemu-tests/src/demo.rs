@@ -1,12 +1,19 @@
-//! `qemu-tests demo`: boot the pair and stream both consoles to stdout, `[a] `/`[b] ` prefixed.
+//! `qemu-tests demo`: boot the pair, stream both consoles to stdout (`[a] `/`[b] ` prefixed), show
+//! each node's status once both menus are up, then hand the consoles to the person at the terminal:
+//! every line typed goes to the selected node's console (`@a` / `@b` on a line of its own selects).
 
+use std::io::BufRead;
+use std::sync::mpsc::{self, Receiver, TryRecvError};
 use std::time::{Duration, Instant};
 
 use crate::artifacts::Artifacts;
 use crate::cluster::{Cluster, NodeOptions};
 use crate::error::Result;
+use crate::menu;
+use crate::scenarios::BOOT_KERNEL;
 
-/// Runs the demo for `seconds` (or until ctrl-c when None); the nodes die with the cluster.
+/// Runs the demo for `seconds` (or until ctrl-c / end of input when None); the nodes die with the
+/// cluster.
 pub fn run(artifacts: &Artifacts, seconds: Option<u64>) -> Result<()> {
     artifacts.require(&[&artifacts.vmlinuz, &artifacts.initramfs])?;
     let mut cluster = Cluster::new(artifacts, "demo")?;
@@ -20,10 +27,37 @@ pub fn run(artifacts: &Artifacts, seconds: Option<u64>) -> Result<()> {
     );
     cluster.start_all()?;
     let started = Instant::now();
+
+    // Show what the pair knows of itself: the Status entry of each menu (peer up over the link).
+    for name in ["a", "b"] {
+        let node = cluster.node(name)?;
+        let m = menu::wait_menu(node, BOOT_KERNEL)?;
+        menu::choose(node, &m, "Status")?;
+        node.wait_for(r"Press Enter to return", Duration::from_secs(60))?;
+        node.console().send_line("")?;
+    }
+    println!(
+        "qemu-tests demo: both nodes are up ({:.0} s). Type to talk to node a's console; \
+         `@b` / `@a` on a line switch nodes; ctrl-c stops both.",
+        started.elapsed().as_secs_f64()
+    );
+
+    let input = spawn_stdin_reader();
+    let mut target = "a".to_string();
+    let mut input_open = true;
     loop {
-        if let Some(s) = seconds {
-            if started.elapsed() >= Duration::from_secs(s) {
-                break;
+        if seconds.is_some_and(|s| started.elapsed() >= Duration::from_secs(s)) {
+            break;
+        }
+        while input_open {
+            match input.try_recv() {
+                Ok(line) if line.trim() == "@a" || line.trim() == "@b" => {
+                    target = line.trim()[1..].to_string();
+                    println!("qemu-tests demo: typing to node {target}");
+                }
+                Ok(line) => cluster.node(&target)?.console().send_line(&line)?,
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => input_open = false,
             }
         }
         let mut all_ended = true;
@@ -34,7 +68,25 @@ pub fn run(artifacts: &Artifacts, seconds: Option<u64>) -> Result<()> {
             println!("qemu-tests demo: both nodes have stopped");
             break;
         }
-        std::thread::sleep(Duration::from_millis(200));
+        if !input_open && seconds.is_none() {
+            println!("qemu-tests demo: end of input; stopping the nodes");
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
     Ok(())
+}
+
+/// Lines typed at the terminal, read on a thread of their own so the main loop never blocks.
+fn spawn_stdin_reader() -> Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }
