@@ -28,11 +28,16 @@ pub fn run(artifacts: &Artifacts, seconds: Option<u64>) -> Result<()> {
     cluster.start_all()?;
     let started = Instant::now();
 
-    // Show what the pair knows of itself: the Status entry of each menu (peer up over the link).
+    // Show what the pair knows of itself once both are up: the Status entry of each menu (each
+    // sees the other up over the link).
+    let mut menus = Vec::new();
     for name in ["a", "b"] {
+        menus.push(menu::wait_menu(cluster.node(name)?, BOOT_KERNEL)?);
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    for (name, m) in ["a", "b"].into_iter().zip(&menus) {
         let node = cluster.node(name)?;
-        let m = menu::wait_menu(node, BOOT_KERNEL)?;
-        menu::choose(node, &m, "Status")?;
+        menu::choose(node, m, "Status")?;
         node.wait_for(r"Press Enter to return", Duration::from_secs(60))?;
         node.console().send_line("")?;
     }
