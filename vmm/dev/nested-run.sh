@@ -19,7 +19,7 @@
 #   gating   the pinging guest with the NIC's output gate on: requests are held (pings fail,
 #            frames wait), `commit` releases them, gate off lets pings through again
 #   qemu     the probe's QEMU on the same guest, for timing comparison
-# Needs: qemu-system-x86 busybox-static cpio, and a Debian kernel extracted at /tmp/kcheck/k
+# Needs: qemu-system-x86 busybox-static cpio, and a Debian kernel (default: the one `cargo xtask image` caches in target/havms/cache)
 # (or a k/ in WORKDIR as nested-kvm.sh makes). Builds havms-vm statically first
 # (CARGO_TARGET_DIR=/work/main/target/dev-vmm unless set). Output: the node's console lines that
 # matter, then PASS/FAIL; exit status 0 on PASS.
@@ -38,7 +38,9 @@ fi
 BIN=$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/release
 
 K=${KDIR:-}
-[ -z "$K" ] && { [ -d "$W/k" ] && K=$W/k || K=/tmp/kcheck/k; }
+# Default: the kernel package `cargo xtask image` fetched into the workspace cache.
+CACHED=$(ls -d "$(dirname "$0")"/../../target/havms/cache/root/linux-image-*/ 2>/dev/null | head -1)
+[ -z "$K" ] && { [ -d "$W/k" ] && K=$W/k || K=${CACHED:-/tmp/kcheck/k}; }
 [ -d "$K/boot" ] || { echo "no Debian kernel at $K (run /work/shared/probes/nested-kvm.sh $W first)" >&2; exit 2; }
 KV=$(ls "$K/lib/modules"); M=$K/lib/modules/$KV/kernel; VMLINUZ=$(ls "$K"/boot/vmlinuz-* | head -1)
 mk() { (cd "$1" && find . | cpio -o -H newc 2>/dev/null | gzip -1) > "$2"; }
@@ -223,6 +225,7 @@ RUST_LOG=info $VM --cmdline "console=ttyS0 quiet" --disk path=/tmp/disk.img --ne
 for i in \$(seq 1 30); do sleep 0.5; ip link show tap0 >/dev/null 2>&1 && break; done
 ip addr add 10.0.2.1/24 dev tap0; ip link set tap0 up
 for i in \$(seq 1 90); do sleep 1; grep -q 'NET 3 ' /tmp/ser1 2>/dev/null && break; done
+echo "before gating: \$(grep NET /tmp/ser1 | tail -1)"
 \$R gate on; \$R epoch 1; n0=\$(grep -c NET /tmp/ser1)
 sleep 4
 echo "gated-lines: \$(grep NET /tmp/ser1 | tail -n +\$((n0+1)) | tr '\n' ';')"
@@ -233,6 +236,7 @@ sleep 3
 echo "open-lines: \$(grep NET /tmp/ser1 | tail -n +\$((n1+1)) | tr '\n' ';')"
 echo "open-info: \$(\$R info | grep -oE '"(waiting|released|passed)_frames": [0-9]+' | tr '\n' ' ')"
 \$R shutdown >/dev/null; sleep 1
+grep -v 'API request' /tmp/vm1.log
 IN
     ;;
   qemu)

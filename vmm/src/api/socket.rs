@@ -191,9 +191,15 @@ pub fn spawn_server(vm: Vm, path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// How long the client waits for an answer.
+pub const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Client side: sends one request and reads the answer.
 pub fn call(path: &Path, req: &Request) -> std::io::Result<Response> {
     let mut s = UnixStream::connect(path)?;
+    // A wedged VMM must not hang its caller forever; full snapshots of big guests take seconds.
+    s.set_read_timeout(Some(CALL_TIMEOUT))?;
+    s.set_write_timeout(Some(CALL_TIMEOUT))?;
     let mut line = serde_json::to_vec(req).map_err(std::io::Error::other)?;
     line.push(b'\n');
     s.write_all(&line)?;

@@ -212,17 +212,21 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    /// Uses the Debian kernel the nested recipe uses when it is present on the machine.
+    /// The Debian kernel the node image is built from (fetched into `target/havms/cache` by
+    /// havms-image, as the image build does).
     #[test]
     fn real_bzimage_fills_the_zero_page() {
-        let Some(k) = std::fs::read_dir("/tmp/kcheck/k/boot")
-            .ok()
-            .and_then(|mut d| d.find_map(|e| e.ok().map(|e| e.path())))
-            .filter(|p| p.to_string_lossy().contains("vmlinuz"))
-        else {
-            eprintln!("no Debian kernel at /tmp/kcheck/k/boot, skipping");
-            return;
-        };
+        let cache = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/havms/cache");
+        let fetcher = havms_image::fetch::Fetcher::new(cache);
+        let package = fetcher
+            .kernel_package()
+            .expect("resolve the Debian kernel package");
+        let fetched = fetcher
+            .fetch(&package)
+            .expect("fetch the Debian kernel package");
+        let k = havms_image::fetch::kernel(&fetched)
+            .expect("kernel in package")
+            .vmlinuz;
         let dir = std::env::temp_dir().join(format!("havms-boot2-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let i = dir.join("initrd");

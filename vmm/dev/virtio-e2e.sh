@@ -6,7 +6,7 @@
 # the devices must come from the DSDT) and checks: 3 virtio devices bound, their IRQs,
 # /dev/vda reads the node's marker, a write and a 4 MiB checksummed round trip, hwrng bytes, the
 # MAC, ping both ways through a real tap on the node; the node then finds the guest's write in
-# the image file. Usage: vmm/src/virtio/dev/nested-e2e.sh (needs /tmp/kcheck/k, qemu-system-x86,
+# the image file. Usage: vmm/dev/virtio-e2e.sh (needs `cargo xtask image` run once, or KDIR=extracted kernel package, qemu-system-x86,
 # busybox-static, cpio). SCENARIO=restore instead: the guest loops over disk write/read-back,
 # hwrng and ping; the node pauses, snapshots, shuts the VM down, restores it in a new process
 # and checks the loop continues (no reboot) with all three devices working. Prints the guest's check lines, then PASS/FAIL (exit status 0 on PASS).
@@ -21,7 +21,7 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
 fi
 W=$S/run; cd "$W"
 BIN=$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/release
-K=/tmp/kcheck/k; KV=$(ls $K/lib/modules); M=$K/lib/modules/$KV/kernel; VMLINUZ=$(ls $K/boot/vmlinuz-* | head -1)
+CACHED=$(ls -d "$(dirname "$0")"/../../target/havms/cache/root/linux-image-*/ 2>/dev/null | head -1); K=${KDIR:-${CACHED:-/tmp/kcheck/k}}; KV=$(ls $K/lib/modules); M=$K/lib/modules/$KV/kernel; VMLINUZ=$(ls $K/boot/vmlinuz-* | head -1)
 mk() { (cd "$1" && find . | cpio -o -H newc 2>/dev/null | gzip -1) > "$2"; }
 
 rm -rf g o; mkdir -p g/bin g/proc g/sys g/dev g/mod g/tmp; cp /bin/busybox g/bin/
