@@ -26,21 +26,24 @@ const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
 /// Reads, parses and validates the configuration file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    use std::io::Read;
     let file = path.display().to_string();
-    let meta = std::fs::metadata(path)
-        .map_err(|e| ConfigError::new(&file, None, format!("cannot read: {e}")))?;
-    if meta.len() > MAX_CONFIG_BYTES {
+    let cannot = |e: std::io::Error| ConfigError::new(&file, None, format!("cannot read: {e}"));
+    // Read at most one byte past the limit rather than trusting the size in the metadata: FIFOs,
+    // devices and /proc files report 0, and a file can grow between stat and read.
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .map_err(cannot)?
+        .take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(cannot)?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
         return Err(ConfigError::new(
             &file,
             None,
-            format!(
-                "{} bytes is too large for a configuration file (limit {MAX_CONFIG_BYTES})",
-                meta.len()
-            ),
+            format!("more than {MAX_CONFIG_BYTES} bytes is too large for a configuration file"),
         ));
     }
-    let bytes = std::fs::read(path)
-        .map_err(|e| ConfigError::new(&file, None, format!("cannot read: {e}")))?;
     let text = String::from_utf8(bytes).map_err(|e| {
         let line = 1 + e.as_bytes()[..e.utf8_error().valid_up_to()]
             .iter()

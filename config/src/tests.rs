@@ -231,6 +231,9 @@ fn file_level_errors() {
     assert_eq!(e.line, Some(2));
     assert!(e.reason.contains("UTF-8"));
 
+    let e = load(Path::new("/dev/zero")).unwrap_err();
+    assert!(e.reason.contains("too large"), "{e}");
+
     let not_a_map = dir.join("list.yaml");
     std::fs::write(&not_a_map, "- 1\n- 2\n").unwrap();
     assert!(load(&not_a_map).is_err());
