@@ -25,7 +25,9 @@ fn copy(from: &Path, to: &Path) -> Result<()> {
 }
 
 /// Builds the ISO at `out`, staging its tree in `staging` (emptied first, removed after). `epoch` becomes
-/// `SOURCE_DATE_EPOCH` for grub-mkrescue and xorriso, which use it for their timestamps.
+/// `SOURCE_DATE_EPOCH` for grub-mkrescue and xorriso, which use it for their timestamps. That is not
+/// enough for identical bytes: grub-mkrescue still embeds a few thousand varying bytes (the EFI image's
+/// FAT serial, volume UUIDs), so only the initramfs is byte-reproducible; the ISO's contents are.
 pub fn make_iso(inputs: &IsoInputs<'_>, staging: &Path, out: &Path, epoch: u32) -> Result<()> {
     if staging.exists() {
         std::fs::remove_dir_all(staging).map_err(Error::io(staging))?;
