@@ -68,12 +68,14 @@ struct Daemon {
     child: Child,
     socket: PathBuf,
     log: PathBuf,
+    alive: PathBuf,
 }
 
 impl Daemon {
     fn start(dir: &Path, node: &str, config: &Path, port: u16, peer_port: u16) -> Daemon {
         let socket = dir.join(format!("{node}.sock"));
         let log = dir.join(format!("{node}.log"));
+        let alive = dir.join(format!("{node}.alive"));
         let child = Command::new(HAVMSD)
             .args(["--node", node, "--config"])
             .arg(config)
@@ -81,13 +83,20 @@ impl Daemon {
             .arg(&socket)
             .args(["--heartbeat-bind", &format!("127.0.0.1:{port}")])
             .args(["--peer-addr", &format!("127.0.0.1:{peer_port}")])
+            .arg("--alive-file")
+            .arg(&alive)
             .env("RUST_LOG", "debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let d = Daemon { child, socket, log };
+        let d = Daemon {
+            child,
+            socket,
+            log,
+            alive,
+        };
         wait_for(Duration::from_secs(10), "the control socket", || {
             d.try_status().is_some()
         });
@@ -394,4 +403,31 @@ fn havms_status_with_and_without_havmsd() {
         "havmsd not running ({}: No such file or directory (os error 2))\n",
         gone.display()
     )));
+}
+
+#[test]
+fn havmsd_keeps_its_alive_file_fresh() {
+    let dir = TempDir::new("alive");
+    let cfg = dir.0.join("havms.yaml");
+    std::fs::write(&cfg, config(DEAD_AFTER_MS)).unwrap();
+    let a = Daemon::start(&dir.0, "a", &cfg, free_port(), free_port());
+    let mtime = || std::fs::metadata(&a.alive).and_then(|m| m.modified()).ok();
+    wait_for(Duration::from_secs(5), "the alive file", || {
+        mtime().is_some()
+    });
+    let first = mtime().unwrap();
+    // Touched about every second: within 2.5 s it has moved on, and it is never older than that.
+    wait_for(
+        Duration::from_millis(2500),
+        "the alive file to be touched again",
+        || mtime().unwrap() > first,
+    );
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(500));
+        let age = std::time::SystemTime::now()
+            .duration_since(mtime().unwrap())
+            .unwrap_or_default();
+        assert!(age < Duration::from_millis(2000), "alive file {age:?} old");
+    }
+    assert!(a.log_text().contains("alive file "), "{}", a.log_text());
 }

@@ -2,7 +2,7 @@
 //! output and the [`Actions`] that touch the system, so tests drive it with a script.
 
 use crate::cli::power::{is_yes, Power, ARE_YOU_SURE};
-use crate::console::input::LineReader;
+use crate::console::input::{Line, LineReader, MAX_LINE};
 use crate::console::screens::{self, PING_PROMPT};
 use crate::status::Status;
 use std::io::{self, Read, Write};
@@ -70,6 +70,10 @@ impl<R: Read, W: Write, A: Actions> Menu<R, W, A> {
             let Some(line) = self.input.read_line()? else {
                 return Ok(());
             };
+            let Line::Text(line) = line else {
+                message = Some(format!("Line too long (at most {MAX_LINE} bytes)"));
+                continue;
+            };
             let next = match line.trim() {
                 "" => Next::Menu(None),
                 "1" => self.status_screen()?,
@@ -111,8 +115,13 @@ impl<R: Read, W: Write, A: Actions> Menu<R, W, A> {
         self.show(&format!("{CLEAR}{}", screens::network_screen(&s)))?;
         loop {
             self.show(PING_PROMPT)?;
-            let Some(line) = self.input.read_line()? else {
-                return Ok(Next::Exit);
+            let line = match self.input.read_line()? {
+                None => return Ok(Next::Exit),
+                Some(Line::TooLong) => {
+                    self.show(&format!("Line too long (at most {MAX_LINE} bytes)\n"))?;
+                    continue;
+                }
+                Some(Line::Text(t)) => t,
             };
             let addr = line.trim();
             if addr.is_empty() {
@@ -155,8 +164,10 @@ impl<R: Read, W: Write, A: Actions> Menu<R, W, A> {
             "\nThis will {} the node. {ARE_YOU_SURE}",
             p.verb()
         ))?;
-        let Some(answer) = self.input.read_line()? else {
-            return Ok(Next::Exit);
+        let answer = match self.input.read_line()? {
+            None => return Ok(Next::Exit),
+            Some(Line::TooLong) => String::new(),
+            Some(Line::Text(t)) => t,
         };
         if !is_yes(&answer) {
             return Ok(Next::Menu(Some("Cancelled.".into())));
@@ -262,6 +273,17 @@ mod tests {
         assert!(out.contains("Unknown option 'x'\nEnter an option: "));
         assert!(out.contains("Unknown option '9'\nEnter an option: "));
         assert_eq!(out.matches(screens::PROMPT).count(), 4);
+    }
+
+    #[test]
+    fn overlong_lines_are_reported_not_acted_on() {
+        let long = "1".repeat(MAX_LINE + 1);
+        // At the menu, at the ping prompt and as the answer to "Are you sure?".
+        let (out, calls) = drive(&format!("{long}\n2\n{long}\n\n5\n{long}y\n"));
+        assert!(out.contains("Line too long (at most 1024 bytes)\nEnter an option: "));
+        assert!(out.contains("Line too long (at most 1024 bytes)\n"));
+        assert!(out.contains("Cancelled."));
+        assert!(calls.is_empty(), "{calls:?}");
     }
 
     #[test]

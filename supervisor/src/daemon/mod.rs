@@ -1,10 +1,12 @@
-//! havmsd: loads the config, serves the control socket, runs the heartbeat service, and reloads on
-//! SIGHUP. Later issues add VM lifecycle, replication and failover as further services started here,
+//! havmsd: loads the config, serves the control socket, runs the heartbeat service, touches the alive
+//! file while those make progress, and reloads on SIGHUP. If a worker thread dies, havmsd exits. Later issues add VM lifecycle, replication and failover as further services started here,
 //! each reading the shared [`state::Shared`].
 
 pub mod control;
+pub mod liveness;
 pub mod signals;
 pub mod state;
+pub mod workers;
 
 use crate::peer;
 use crate::protocol::{Request, Response};
@@ -36,6 +38,10 @@ pub struct Args {
     /// Send heartbeats here instead of the peer's configured link and LAN addresses (host tests).
     #[arg(long)]
     pub peer_addr: Option<SocketAddr>,
+    /// Touched about every second while havmsd's workers make progress; init kills havmsd when it
+    /// goes stale.
+    #[arg(long, default_value = liveness::ALIVE_FILE)]
+    pub alive_file: PathBuf,
 }
 
 /// A random id for this run of havmsd; std's RandomState is seeded from the OS's random source.
@@ -60,21 +66,33 @@ pub fn run(args: Args) -> Result<()> {
         boot_id,
     });
 
+    let mut watchdog = liveness::Watchdog::new(
+        args.alive_file.clone(),
+        liveness::TOUCH_EVERY,
+        liveness::STALE_AFTER,
+    );
+
     let listener = control::bind(&args.socket)?;
     log::info!("control socket {}", args.socket.display());
     let handler_state = Arc::clone(&shared);
     let handler: Arc<control::Handler> = Arc::new(move |req| handle(&handler_state, req));
-    std::thread::Builder::new()
-        .name("control".into())
-        .spawn(move || control::serve(listener, handler))
-        .context("starting the control thread")?;
+    let progress = watchdog.watch("control");
+    workers::spawn_critical("control", move || {
+        control::serve(listener, handler, control::IO_TIMEOUT, progress)
+    })
+    .context("starting the control thread")?;
 
     let hb_state = Arc::clone(&shared);
     let bind = args.heartbeat_bind;
-    std::thread::Builder::new()
-        .name("heartbeat".into())
-        .spawn(move || peer::service::run(hb_state, bind))
-        .context("starting the heartbeat thread")?;
+    let progress = watchdog.watch("heartbeat");
+    workers::spawn_critical("heartbeat", move || {
+        peer::service::run(hb_state, bind, progress)
+    })
+    .context("starting the heartbeat thread")?;
+
+    log::info!("alive file {}", args.alive_file.display());
+    workers::spawn_critical("liveness", move || watchdog.run())
+        .context("starting the liveness thread")?;
 
     signals::wait_loop(&shared, &args.socket)
 }

@@ -1,12 +1,14 @@
 //! havmsd's shared state: the config in force (and the outcome of the last reload), the peer tracker,
 //! and how both turn into a [`Status`]. One mutex guards it; every holder keeps it for microseconds.
+//! A second mutex serialises reloads (SIGHUP and the control socket's `reload` can arrive together):
+//! each reload loads, decides and installs as one step, so an older file never replaces a newer one.
 
 use crate::node::{self, Loaded};
 use crate::peer::tracker::{Path as NetPath, Tracker};
 use crate::probe;
 use crate::status::{ConfigState, ConfigStatus, DaemonInfo, PeerInfo, Status};
 use havms_config::{paths, Cidr, Config, LanAddressing};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -34,6 +36,9 @@ pub struct PeerPlan {
     pub targets: Vec<(NetPath, SocketAddr)>,
     /// The link subnet: heartbeats from there arrived over the link.
     pub link_net: Cidr,
+    /// The peer's static LAN address: LAN heartbeats from anywhere else are refused. `None` when the
+    /// peer takes its LAN address by DHCP (any LAN source is accepted and learnt).
+    pub peer_lan: Option<IpAddr>,
 }
 
 impl PeerPlan {
@@ -62,6 +67,10 @@ impl PeerPlan {
             dead_after: Duration::from_millis(cfg.timings.dead_after_ms),
             targets,
             link_net: me.link.address,
+            peer_lan: match &peer.lan.addressing {
+                LanAddressing::Static { address, .. } => Some(IpAddr::V4(address.addr)),
+                _ => None,
+            },
         })
     }
 }
@@ -77,6 +86,8 @@ struct Inner {
 pub struct Shared {
     pub settings: Settings,
     inner: Mutex<Inner>,
+    /// Held for a whole reload; never taken while holding `inner`.
+    reload_lock: Mutex<()>,
 }
 
 impl Shared {
@@ -90,6 +101,7 @@ impl Shared {
                 plan: None,
                 tracker: None,
             }),
+            reload_lock: Mutex::new(()),
             settings,
         });
         match &loaded {
@@ -133,8 +145,16 @@ impl Shared {
     /// good config in force; it is remembered as the last reload error. Returns the config line of
     /// the status, or the error.
     pub fn reload(&self) -> Result<String, String> {
+        self.reload_with(|| {
+            node::load_for_node(&self.settings.config_path, self.settings.node.as_deref())
+        })
+    }
+
+    /// [`Shared::reload`] with the loading step given (tests pause it to overlap two reloads).
+    fn reload_with(&self, load: impl FnOnce() -> Loaded) -> Result<String, String> {
+        let _serial = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
         let path = &self.settings.config_path;
-        let new = node::load_for_node(path, self.settings.node.as_deref());
+        let new = load();
         let running_ok = matches!(self.lock().loaded, Loaded::Ok(_));
         match new {
             Loaded::Ok(_) => {
@@ -212,5 +232,93 @@ impl Shared {
                 boot_id: format!("{:016x}", self.settings.boot_id),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::mpsc;
+
+    fn config(dead_after_ms: u64) -> String {
+        format!(
+            "\
+cluster: unit
+nodes:
+  - name: a
+    preferred_role: primary
+    link: {{ interface: eth1, address: 10.99.0.1/24 }}
+    lan: {{ interface: eth0, bridge: br0, address: 192.168.77.11/24, gateway: 192.168.77.1 }}
+  - name: b
+    preferred_role: secondary
+    link: {{ interface: eth1, address: 10.99.0.2/24 }}
+    lan: {{ interface: eth0, bridge: br0, dhcp: true }}
+timings: {{ heartbeat_ms: 100, dead_after_ms: {dead_after_ms}, fence_ms: 2000, epoch_ms: 50 }}
+vms: []
+"
+        )
+    }
+
+    #[test]
+    fn overlapping_reloads_run_one_after_the_other() {
+        let dir = std::env::temp_dir().join(format!("havms-state-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cfg, older, newer) = (dir.join("c.yaml"), dir.join("o.yaml"), dir.join("n.yaml"));
+        std::fs::write(&cfg, config(300)).unwrap();
+        std::fs::write(&older, config(400)).unwrap();
+        std::fs::write(&newer, config(900)).unwrap();
+        let shared = Shared::new(Settings {
+            node: Some("a".into()),
+            config_path: cfg,
+            peer_addr: None,
+            boot_id: 1,
+        });
+        assert_eq!(
+            shared.plan().unwrap().dead_after,
+            Duration::from_millis(300)
+        );
+
+        // Reload A reads the older file and is held up before installing it.
+        let (entered_tx, entered_rx) = mpsc::channel();
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let a = {
+            let shared = Arc::clone(&shared);
+            std::thread::spawn(move || {
+                shared.reload_with(|| {
+                    let loaded = node::load_for_node(&older, Some("a"));
+                    entered_tx.send(()).unwrap();
+                    release_rx.recv().unwrap();
+                    loaded
+                })
+            })
+        };
+        entered_rx.recv().unwrap();
+        // Reload B (the newer file) starts meanwhile: it must wait for A to finish.
+        let b_loading = Arc::new(AtomicBool::new(false));
+        let b = {
+            let (shared, flag) = (Arc::clone(&shared), Arc::clone(&b_loading));
+            std::thread::spawn(move || {
+                shared.reload_with(|| {
+                    flag.store(true, Ordering::SeqCst);
+                    node::load_for_node(&newer, Some("a"))
+                })
+            })
+        };
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(
+            !b_loading.load(Ordering::SeqCst),
+            "B loaded during A's reload"
+        );
+        release_tx.send(()).unwrap();
+        assert!(a.join().unwrap().is_ok());
+        assert!(b.join().unwrap().is_ok());
+        // The later reload's config is the one in force.
+        assert_eq!(
+            shared.plan().unwrap().dead_after,
+            Duration::from_millis(900)
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -2,6 +2,7 @@
 //! each `heartbeat_ms`, receives the peer's, checks them, feeds the tracker and logs its transitions.
 //! The config in force is re-read each round, so a reload takes effect without a restart.
 
+use crate::daemon::liveness::Progress;
 use crate::daemon::state::{PeerPlan, Shared};
 use crate::peer::heartbeat::Heartbeat;
 use crate::peer::ratelimit::RateLimit;
@@ -17,14 +18,19 @@ const IDLE: Duration = Duration::from_millis(200);
 /// Repeated warnings of one kind are logged this often.
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
-/// Runs forever; start it on its own thread.
-pub fn run(shared: Arc<Shared>, bind: SocketAddr) {
+/// Longest a round blocks in recv, so `progress` is beaten often even with a slow heartbeat.
+const MAX_WAIT: Duration = Duration::from_millis(500);
+
+/// Runs forever; start it on its own thread. Beats `progress` every round (and while retrying the
+/// bind: restarting havmsd would not free the port).
+pub fn run(shared: Arc<Shared>, bind: SocketAddr, progress: Arc<Progress>) {
     let mut warn = RateLimit::new(WARN_EVERY);
     let socket = loop {
+        progress.beat();
         match UdpSocket::bind(bind) {
             Ok(s) => break s,
             Err(e) => {
-                if warn.allow("bind", Instant::now()) {
+                if warn.allow(None, "bind", Instant::now()) {
                     log::error!("heartbeat: cannot bind udp {bind}: {e}; retrying");
                 }
                 std::thread::sleep(IDLE);
@@ -40,6 +46,7 @@ pub fn run(shared: Arc<Shared>, bind: SocketAddr) {
         next_send: Instant::now(),
     };
     loop {
+        progress.beat();
         svc.round();
     }
 }
@@ -73,7 +80,7 @@ impl Service {
         let wait = self
             .next_send
             .saturating_duration_since(Instant::now())
-            .max(Duration::from_millis(1));
+            .clamp(Duration::from_millis(1), MAX_WAIT);
         if let Err(e) = self.socket.set_read_timeout(Some(wait)) {
             log::error!("heartbeat: set_read_timeout: {e}");
         }
@@ -84,7 +91,7 @@ impl Service {
             Err(e) => {
                 // ICMP port unreachable from the last send surfaces here as ECONNREFUSED; harmless.
                 if e.kind() != ErrorKind::ConnectionRefused
-                    && self.warn.allow("recv", Instant::now())
+                    && self.warn.allow(None, "recv", Instant::now())
                 {
                     log::warn!("heartbeat: recv: {e}");
                 }
@@ -110,7 +117,7 @@ impl Service {
         let bytes = match hb.encode() {
             Ok(b) => b,
             Err(e) => {
-                if self.warn.allow("encode", Instant::now()) {
+                if self.warn.allow(None, "encode", Instant::now()) {
                     log::error!("heartbeat: {e}");
                 }
                 return;
@@ -123,7 +130,7 @@ impl Service {
                 .flatten(),
         ) {
             if let Err(e) = self.socket.send_to(&bytes, addr) {
-                if self.warn.allow(&format!("send {addr}"), Instant::now()) {
+                if self.warn.allow(Some(addr.ip()), "send", Instant::now()) {
                     log::warn!("heartbeat: sending to {} via {path} {addr}: {e}", plan.peer);
                 }
             }
@@ -135,19 +142,27 @@ impl Service {
         let hb = match Heartbeat::decode(datagram) {
             Ok(hb) => hb,
             Err(e) => {
-                if self.warn.allow(&format!("{from} decode"), now) {
+                if self.warn.allow(Some(from.ip()), "decode", now) {
                     log::warn!("heartbeat from {from} rejected: {e}");
                 }
                 return;
             }
         };
         if let Err(reason) = check(plan, &hb) {
-            if self.warn.allow(&format!("{from} check"), now) {
+            if self.warn.allow(Some(from.ip()), "check", now) {
                 log::warn!("heartbeat from {from} rejected: {reason}");
             }
             return;
         }
-        let path = classify(plan, from);
+        let path = match classify(plan, from) {
+            Ok(path) => path,
+            Err(reason) => {
+                if self.warn.allow(Some(from.ip()), "source", now) {
+                    log::warn!("heartbeat from {from} rejected: {reason}");
+                }
+                return;
+            }
+        };
         if let Some(events) = self
             .shared
             .with_tracker(|t| t.on_heartbeat(&hb, path, from, now))
@@ -183,14 +198,20 @@ pub fn check(plan: &PeerPlan, hb: &Heartbeat) -> Result<(), String> {
 }
 
 /// The path a heartbeat came over: a configured target's address names its path; otherwise the link
-/// subnet means the link and anything else the LAN (a DHCP peer).
-pub fn classify(plan: &PeerPlan, from: SocketAddr) -> NetPath {
+/// subnet means the link and anything else the LAN. A LAN source is accepted only if it is the peer's
+/// static LAN address, or from anywhere when the peer's LAN address comes from DHCP.
+pub fn classify(plan: &PeerPlan, from: SocketAddr) -> Result<NetPath, String> {
     if let Some((path, _)) = plan.targets.iter().find(|(_, a)| a.ip() == from.ip()) {
-        return *path;
+        return Ok(*path);
     }
-    match from {
-        SocketAddr::V4(v4) if plan.link_net.contains(*v4.ip()) => NetPath::Link,
-        _ => NetPath::Lan,
+    match (from, plan.peer_lan) {
+        (SocketAddr::V4(v4), _) if plan.link_net.contains(*v4.ip()) => Ok(NetPath::Link),
+        (_, None) => Ok(NetPath::Lan),
+        (_, Some(lan)) if lan == from.ip() => Ok(NetPath::Lan),
+        (_, Some(lan)) => Err(format!(
+            "not from {}'s link subnet {} or its static LAN address {lan}",
+            plan.peer, plan.link_net
+        )),
     }
 }
 
@@ -219,6 +240,7 @@ mod tests {
             dead_after: Duration::from_millis(500),
             targets: vec![(NetPath::Link, "10.99.0.2:7400".parse().unwrap())],
             link_net: "10.99.0.1/24".parse().unwrap(),
+            peer_lan: None,
         }
     }
 
@@ -249,20 +271,33 @@ mod tests {
     #[test]
     fn classifies_paths_and_learns_dhcp_lan() {
         let p = plan();
-        assert_eq!(
-            classify(&p, "10.99.0.2:7400".parse().unwrap()),
-            NetPath::Link
-        );
-        assert_eq!(
-            classify(&p, "10.99.0.9:7400".parse().unwrap()),
-            NetPath::Link
-        );
-        assert_eq!(
-            classify(&p, "192.168.77.50:7400".parse().unwrap()),
-            NetPath::Lan
-        );
+        let at = |p: &PeerPlan, a: &str| classify(p, a.parse().unwrap());
+        assert_eq!(at(&p, "10.99.0.2:7400"), Ok(NetPath::Link));
+        assert_eq!(at(&p, "10.99.0.9:7400"), Ok(NetPath::Link));
+        // A DHCP peer may send from anywhere on the LAN.
+        assert_eq!(at(&p, "192.168.77.50:7400"), Ok(NetPath::Lan));
+        assert_eq!(at(&p, "172.16.0.1:9"), Ok(NetPath::Lan));
         let lan: SocketAddr = "192.168.77.50:7400".parse().unwrap();
         assert_eq!(targets(&p, Some(lan)).last(), Some(&(NetPath::Lan, lan)));
         assert_eq!(targets(&p, None).len(), 1);
+    }
+
+    #[test]
+    fn static_lan_peer_is_heard_only_from_its_address() {
+        let mut p = plan();
+        p.peer_lan = Some("192.168.77.12".parse().unwrap());
+        p.targets
+            .push((NetPath::Lan, "192.168.77.12:7400".parse().unwrap()));
+        let at = |p: &PeerPlan, a: &str| classify(p, a.parse().unwrap());
+        assert_eq!(at(&p, "192.168.77.12:7400"), Ok(NetPath::Lan));
+        // Another port of the same host is still the peer (NAT, a restarted socket).
+        assert_eq!(at(&p, "192.168.77.12:40000"), Ok(NetPath::Lan));
+        assert_eq!(at(&p, "10.99.0.2:7400"), Ok(NetPath::Link));
+        let err = at(&p, "192.168.77.50:7400").unwrap_err();
+        assert!(err.contains("static LAN address 192.168.77.12"), "{err}");
+        // Even without the LAN target (host tests override the targets), the static address rules.
+        p.targets.truncate(1);
+        assert!(at(&p, "192.168.77.50:7400").is_err());
+        assert_eq!(at(&p, "192.168.77.12:7400"), Ok(NetPath::Lan));
     }
 }

@@ -4,9 +4,14 @@
 use crate::peer::heartbeat::Heartbeat;
 use crate::status::{PathStatus, PeerStatus};
 use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+
+/// Boot ids of the peer's earlier runs remembered to drop their late datagrams (a restart loop adds one
+/// per restart; the oldest is forgotten first).
+pub const MAX_OLD_BOOT_IDS: usize = 16;
 
 /// The two networks heartbeats travel on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -95,6 +100,9 @@ pub struct Tracker {
     dead_after: Duration,
     paths: [PathState; 2],
     boot_id: Option<u64>,
+    /// Boot ids the peer had before, newest last: a datagram carrying one is a straggler of a run
+    /// that is over and must neither count as a restart nor refresh the peer's liveness.
+    old_boot_ids: VecDeque<u64>,
     restarts: u32,
     last_seq: Option<u64>,
     peer_uptime_ms: Option<u64>,
@@ -107,6 +115,7 @@ impl Tracker {
             dead_after,
             paths: Default::default(),
             boot_id: None,
+            old_boot_ids: VecDeque::new(),
             restarts: 0,
             last_seq: None,
             peer_uptime_ms: None,
@@ -134,6 +143,7 @@ impl Tracker {
 
     /// Records a valid heartbeat from the peer (the caller checked cluster and sender name) that arrived
     /// on `path` from `from`. Expiry is applied first, so a long gap shows as down and up again.
+    /// A heartbeat from an earlier run of the peer (a boot id it already replaced) is ignored.
     pub fn on_heartbeat(
         &mut self,
         hb: &Heartbeat,
@@ -141,9 +151,16 @@ impl Tracker {
         from: SocketAddr,
         now: Instant,
     ) -> Vec<Event> {
+        if self.old_boot_ids.contains(&hb.boot_id) {
+            return self.tick(now);
+        }
         let mut events = self.tick(now);
         if let Some(old) = self.boot_id {
             if old != hb.boot_id {
+                if self.old_boot_ids.len() == MAX_OLD_BOOT_IDS {
+                    self.old_boot_ids.pop_front();
+                }
+                self.old_boot_ids.push_back(old);
                 self.restarts += 1;
                 events.push(Event::Restarted {
                     old,
@@ -363,6 +380,62 @@ mod tests {
         assert_eq!(s.restarts, 1);
         assert_eq!(s.boot_id.as_deref(), Some("0000000000000009"));
         assert_eq!(s.last_seq, Some(0));
+    }
+
+    #[test]
+    fn stragglers_of_an_earlier_run_are_ignored() {
+        let t0 = Instant::now();
+        let mut t = Tracker::new("b", DEAD);
+        t.on_heartbeat(&hb(7, 5), Path::Link, link_addr(), t0);
+        assert_eq!(
+            t.on_heartbeat(&hb(9, 0), Path::Lan, lan_addr(), t0 + ms(10)),
+            vec![
+                Event::Restarted { old: 7, new: 9 },
+                Event::PathUp {
+                    path: Path::Lan,
+                    from: lan_addr()
+                }
+            ]
+        );
+        // A late datagram of run 7 (on the other path): no second restart, boot id stays 9.
+        assert!(t
+            .on_heartbeat(&hb(7, 6), Path::Link, link_addr(), t0 + ms(20))
+            .is_empty());
+        let s = t.snapshot(t0 + ms(20));
+        assert_eq!(s.restarts, 1);
+        assert_eq!(s.boot_id.as_deref(), Some("0000000000000009"));
+        assert_eq!(s.last_seq, Some(0));
+        // Nor does it keep the peer alive: only run 9 on the LAN counts, and it goes silent.
+        let ev = t.tick(t0 + ms(10) + DEAD + ms(1));
+        assert_eq!(
+            ev,
+            vec![Event::Down {
+                silent_for: DEAD + ms(1)
+            }]
+        );
+        assert!(t
+            .on_heartbeat(&hb(7, 7), Path::Link, link_addr(), t0 + ms(600))
+            .is_empty());
+        assert!(!t.is_up());
+    }
+
+    #[test]
+    fn remembered_boot_ids_are_bounded() {
+        let t0 = Instant::now();
+        let mut t = Tracker::new("b", DEAD);
+        for id in 0..(MAX_OLD_BOOT_IDS as u64 + 5) {
+            t.on_heartbeat(&hb(id, 0), Path::Link, link_addr(), t0);
+        }
+        assert_eq!(t.old_boot_ids.len(), MAX_OLD_BOOT_IDS);
+        // The oldest were forgotten: boot id 0 is taken as new again, the newest old one is not.
+        let newest_old = MAX_OLD_BOOT_IDS as u64 + 3;
+        assert!(t
+            .on_heartbeat(&hb(newest_old, 1), Path::Link, link_addr(), t0)
+            .is_empty());
+        assert_eq!(
+            t.on_heartbeat(&hb(0, 1), Path::Link, link_addr(), t0).len(),
+            1
+        );
     }
 
     #[test]
