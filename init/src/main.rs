@@ -6,11 +6,13 @@
 //! (docs/node-runtime.md). Every step logs its failure and boot goes on to a usable console:
 //! PID 1 never exits and never panics out of `main`.
 
+mod alive;
 mod backoff;
 mod cmdline;
 mod datafs;
 mod kvm;
 mod logger;
+mod logrotate;
 mod modules;
 mod mounts;
 mod network;
@@ -20,12 +22,14 @@ mod shutdown;
 mod signals;
 mod watchdog;
 
+use std::os::fd::AsRawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use havms_config::paths::{CONFIG_FILE, LOG_FILE, MODULES_LIST, NODE_NAME_FILE};
 
+use alive::AliveWatch;
 use cmdline::KernelArgs;
 use datafs::DataFs;
 use services::{Io, Spec, Supervisor, PATH};
@@ -33,6 +37,8 @@ use signals::{action_for, Signals};
 use watchdog::Watchdog;
 
 const HAVMSD: &str = "/usr/bin/havmsd";
+/// The service name of havmsd in the supervisor (and in its log lines).
+const HAVMSD_SERVICE: &str = "havmsd";
 const HAVMS_CLI: &str = "/usr/bin/havms";
 /// The main loop wakes at least this often even with nothing to do.
 const IDLE: Duration = Duration::from_secs(10);
@@ -48,11 +54,16 @@ fn guarded<T>(what: &str, fallback: T, f: impl FnOnce() -> T) -> T {
     }
 }
 
-/// When the kernel found no /dev/console in the initramfs, fds 0-2 are closed: give them the
-/// console now that devtmpfs is mounted, so children and panics have somewhere to write.
+/// Gives the console to whichever of fds 0-2 is not a terminal. When the initramfs had no
+/// /dev/console the kernel started us with them closed, and Rust's runtime reopened them on
+/// /dev/null before `main`: "is open" says nothing, "is a tty" does. Runs once devtmpfs is
+/// mounted, and before the signalfd exists, so dup2 can never replace a descriptor we use.
 fn ensure_stdio() {
-    // SAFETY: F_GETFD on a possibly-closed descriptor only queries it.
-    if unsafe { libc::fcntl(2, libc::F_GETFD) } >= 0 {
+    // SAFETY: isatty only queries the descriptor.
+    let missing: Vec<i32> = (0..=2)
+        .filter(|fd| unsafe { libc::isatty(*fd) } != 1)
+        .collect();
+    if missing.is_empty() {
         return;
     }
     let Ok(console) = std::fs::OpenOptions::new()
@@ -62,16 +73,16 @@ fn ensure_stdio() {
     else {
         return;
     };
-    let fd = std::os::fd::IntoRawFd::into_raw_fd(console);
-    for target in 0..=2 {
-        if fd != target {
-            // SAFETY: dup2 onto the standard descriptors, which nothing else owns yet.
-            unsafe { libc::dup2(fd, target) };
+    for target in missing {
+        if console.as_raw_fd() != target {
+            // SAFETY: dup2 onto a standard descriptor; its previous file (/dev/null or nothing)
+            // is not used by anything else in init.
+            unsafe { libc::dup2(console.as_raw_fd(), target) };
         }
     }
-    if fd > 2 {
-        // SAFETY: `fd` came from into_raw_fd above and is closed exactly once.
-        unsafe { libc::close(fd) };
+    if console.as_raw_fd() <= 2 {
+        // It landed on a standard descriptor that was closed: that one stays open.
+        std::mem::forget(console);
     }
 }
 
@@ -141,7 +152,7 @@ fn service_specs(args: &KernelArgs) -> Vec<Spec> {
         ("HOME".to_string(), "/root".to_string()),
     ];
     let mut specs = vec![Spec {
-        name: "havmsd".into(),
+        name: HAVMSD_SERVICE.into(),
         program: HAVMSD.into(),
         args: Vec::new(),
         io: Io::Append(LOG_FILE.into()),
@@ -165,9 +176,16 @@ struct Node {
     sup: Supervisor,
     data: DataFs,
     watchdog: Option<Watchdog>,
+    alive: AliveWatch,
 }
 
 fn boot() -> Node {
+    // ctrl-alt-del becomes SIGINT to us instead of an immediate reboot.
+    let cad = nix::sys::reboot::set_cad_enabled(false);
+    let mount_errors = mounts::mount_early();
+    ensure_stdio();
+    // After ensure_stdio: its dup2 can never land on the signalfd. Until here signals to
+    // PID 1 with the default disposition are dropped, and we have no children yet.
     let signals = match Signals::new() {
         Ok(s) => Some(s),
         Err(e) => {
@@ -175,10 +193,6 @@ fn boot() -> Node {
             None
         }
     };
-    // ctrl-alt-del becomes SIGINT to us instead of an immediate reboot.
-    let cad = nix::sys::reboot::set_cad_enabled(false);
-    let mount_errors = mounts::mount_early();
-    ensure_stdio();
     // Our own log lines would be rate-limited by the kernel otherwise.
     let _ = std::fs::write("/proc/sys/kernel/printk_devkmsg", "on\n");
     let cmdline = read_cmdline();
@@ -224,6 +238,7 @@ fn boot() -> Node {
         sup,
         data,
         watchdog,
+        alive: AliveWatch::new(alive::ALIVE_FILE),
     }
 }
 
@@ -236,6 +251,9 @@ fn turn(node: &mut Node) {
     }
     if let Some(w) = &node.watchdog {
         next = next.min(w.next_due());
+    }
+    if let Some(due) = node.alive.next_due() {
+        next = next.min(due);
     }
     let timeout = next
         .saturating_duration_since(now)
@@ -262,6 +280,22 @@ fn turn(node: &mut Node) {
         }
     }
     node.sup.start_due(now);
+    let havmsd = node.sup.running_since(HAVMSD_SERVICE);
+    if let Some((pid, silence)) = node.alive.check(havmsd, now) {
+        logger::say(&format!(
+            "havmsd is hung (no sign of life for {} s); killing it",
+            silence.as_secs()
+        ));
+        // The reaper sees it die and the supervisor restarts it as after any crash.
+        if let Err(e) = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL) {
+            log::error!("killing havmsd (pid {pid}): {e}");
+        }
+    }
+    match logrotate::rotate_if_big(Path::new(LOG_FILE), logrotate::ROTATE_AT) {
+        Ok(true) => log::info!("{LOG_FILE} rotated (previous lines in {LOG_FILE}.1)"),
+        Ok(false) => {}
+        Err(e) => log::error!("rotating {LOG_FILE}: {e}"),
+    }
     if let Some(w) = node.watchdog.as_mut() {
         w.tick(now);
     }
@@ -282,6 +316,7 @@ fn main() {
                 sup: Supervisor::default(),
                 data: DataFs::Tmpfs,
                 watchdog: None,
+                alive: AliveWatch::new(alive::ALIVE_FILE),
             }
         }
     };

@@ -54,7 +54,8 @@ const EARLY: &[Early] = &[
         fstype: "tmpfs",
         target: "/run",
         flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV),
-        data: "mode=0755",
+        // Bounded: the node's log lives here (rotated at 4 MiB, see logrotate.rs), in RAM.
+        data: "mode=0755,size=64m",
     },
     Early {
         fstype: "tmpfs",

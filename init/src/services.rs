@@ -198,6 +198,14 @@ impl Supervisor {
             .collect()
     }
 
+    /// The pid and start time of the service called `name`, while it runs.
+    pub fn running_since(&self, name: &str) -> Option<(Pid, Instant)> {
+        self.services
+            .iter()
+            .find(|s| s.spec.name == name)
+            .and_then(|s| s.pid.map(|p| (p, s.started)))
+    }
+
     /// No more restarts: the node is going down.
     pub fn stop(&mut self) {
         self.stopping = true;
@@ -249,6 +257,8 @@ mod tests {
         let running = sup.running();
         assert_eq!(running.len(), 1, "{running:?}");
         let pid = running[0].1;
+        assert_eq!(sup.running_since("echo"), Some((pid, t0)));
+        assert_eq!(sup.running_since("missing"), None);
         let status = waitpid(pid, None).unwrap();
         assert_eq!(status, WaitStatus::Exited(pid, 3));
         assert!(sup.on_exit(pid, &status, t0));

@@ -1,5 +1,10 @@
 //! Orderly shutdown: stop every process, sync, unmount the data partition, reboot(2).
+//!
+//! The watchdog stays armed (and petted) until right before reboot(2): a sync or umount that
+//! hangs then resets the node instead of leaving it hung for ever. Each step runs under
+//! `catch_unwind`, so a panic in one still ends in sync and reboot(2).
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
@@ -19,9 +24,12 @@ use havms_config::paths::DATA_DIR;
 const GRACE: Duration = Duration::from_secs(5);
 
 /// Waits until no child is left or `limit` passes; returns whether all are gone.
-fn reap_until_empty(sup: &mut Supervisor, limit: Duration) -> bool {
+fn reap_until_empty(sup: &mut Supervisor, limit: Duration, wd: &mut Option<Watchdog>) -> bool {
     let deadline = Instant::now() + limit;
     loop {
+        if let Some(w) = wd.as_mut() {
+            w.tick(Instant::now());
+        }
         for (pid, status) in reap_all() {
             sup.on_exit(pid, &status, Instant::now());
         }
@@ -89,9 +97,22 @@ fn unmount_data(data: &DataFs) {
     }
 }
 
-/// Never returns: ends in reboot(2), or loops if even that fails.
-pub fn run(action: Action, sup: &mut Supervisor, data: &DataFs, watchdog: Option<Watchdog>) -> ! {
-    logger::say(action.message());
+/// Runs one shutdown step; a panic in it is logged and the shutdown goes on.
+fn step(what: &str, f: impl FnOnce()) {
+    if catch_unwind(AssertUnwindSafe(f)).is_err() {
+        log::error!("shutdown: {what}: internal error (panic); going on");
+    }
+}
+
+/// A fresh pet before a step that may block for long (sync, umount) gives it the whole timeout.
+fn pet(wd: &mut Option<Watchdog>) {
+    if let Some(w) = wd.as_mut() {
+        w.pet();
+    }
+}
+
+/// SIGTERM to the services and everything else, up to `GRACE` of reaping, SIGKILL the rest.
+fn stop_processes(sup: &mut Supervisor, wd: &mut Option<Watchdog>) {
     sup.stop();
     for (name, pid) in sup.running() {
         log::info!("stopping {name} (pid {pid})");
@@ -99,30 +120,44 @@ pub fn run(action: Action, sup: &mut Supervisor, data: &DataFs, watchdog: Option
     }
     // Everything else, orphans included (kill(-1) spares PID 1 itself).
     let _ = kill(Pid::from_raw(-1), Signal::SIGTERM);
-    if !reap_until_empty(sup, GRACE) {
+    if !reap_until_empty(sup, GRACE, wd) {
         log::warn!(
             "processes still running after {} s; killing them",
             GRACE.as_secs()
         );
         let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
-        reap_until_empty(sup, Duration::from_secs(2));
+        reap_until_empty(sup, Duration::from_secs(2), wd);
     }
-    if let Some(w) = watchdog {
-        w.disarm();
-    }
-    nix::unistd::sync();
-    unmount_data(data);
-    nix::unistd::sync();
+}
+
+/// Never returns: ends in reboot(2), or, if even that fails, leaves the watchdog armed and
+/// unpetted so that it resets the node.
+pub fn run(action: Action, sup: &mut Supervisor, data: &DataFs, watchdog: Option<Watchdog>) -> ! {
+    let mut wd = watchdog;
+    step("announcing", || logger::say(action.message()));
+    step("stopping processes", || stop_processes(sup, &mut wd));
+    pet(&mut wd);
+    step("sync", nix::unistd::sync);
+    pet(&mut wd);
+    step("unmounting the data partition", || unmount_data(data));
+    pet(&mut wd);
+    step("sync", nix::unistd::sync);
     let mode = match action {
         Action::Reboot => RebootMode::RB_AUTOBOOT,
         Action::PowerOff => RebootMode::RB_POWER_OFF,
         Action::Halt => RebootMode::RB_HALT_SYSTEM,
     };
+    // Disarmed only now: a halted or powered-off node must not be reset by it.
+    if let Some(w) = wd.take() {
+        w.disarm();
+    }
     let err = match reboot(mode) {
         Ok(never) => match never {},
         Err(e) => e,
     };
-    log::error!("reboot(2) failed: {err}");
+    log::error!("reboot(2) failed: {err}; leaving it to the watchdog");
+    // Opening the device arms it again; never petted, it resets the node.
+    let _armed = Watchdog::rearm();
     loop {
         std::thread::sleep(Duration::from_secs(3600));
     }
@@ -131,6 +166,15 @@ pub fn run(action: Action, sup: &mut Supervisor, data: &DataFs, watchdog: Option
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A panicking step is contained and the steps after it still run.
+    #[test]
+    fn a_panicking_step_does_not_stop_the_shutdown() {
+        let mut ran = Vec::new();
+        step("first", || panic!("boom"));
+        step("second", || ran.push("second"));
+        assert_eq!(ran, vec!["second"]);
+    }
 
     #[test]
     fn submounts_deepest_first() {

@@ -87,11 +87,18 @@ impl Watchdog {
         self.last + self.every
     }
 
-    fn pet(&mut self) {
+    /// Pets now, whatever the interval.
+    pub fn pet(&mut self) {
         if let Err(e) = self.dev.write_all(b"\0") {
             log::error!("petting /dev/watchdog: {e}");
         }
         self.last = Instant::now();
+    }
+
+    /// Opens /dev/watchdog again after `disarm` (opening arms it); for the last resort of a
+    /// failed reboot(2), where the returned handle is kept and never petted.
+    pub fn rearm() -> Option<File> {
+        OpenOptions::new().write(true).open("/dev/watchdog").ok()
     }
 
     /// Disarms ("magic close": 'V' then close) for an orderly shutdown.
