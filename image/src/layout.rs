@@ -1,5 +1,5 @@
 //! What a node's initramfs holds and where (the table "What the image holds" in
-//! docs/node-runtime.md): our binaries, busybox and its applets, the kernel modules the
+//! docs/node-runtime.md): our binaries (init, supervisor, VM engine), busybox and its applets, the kernel modules the
 //! modules list needs with their `modules.dep`, the list itself and the DHCP script.
 
 use std::path::Path;
@@ -19,6 +19,9 @@ pub struct NodeInputs<'a> {
     pub init: &'a Path,
     pub havmsd: &'a Path,
     pub havms: &'a Path,
+    /// The VM engine as commands: `havms-vm` (one VM per process) and `havms-remote` (its API).
+    pub havms_vm: &'a Path,
+    pub havms_remote: &'a Path,
     /// A static busybox that also runs on the build host (its applet list is asked from it).
     pub busybox: &'a Path,
     pub kernel: &'a Kernel,
@@ -61,11 +64,15 @@ pub fn node_tree(inputs: &NodeInputs<'_>) -> Result<NodeTree> {
     }
     // The kernel opens /dev/console for init's stdio before anything mounts devtmpfs.
     tree.add_char_dev("/dev/console", 0o600, 5, 1)?;
+    // Rust's runtime reopens closed fds 0-2 on /dev/null before init's main, and aborts without it.
+    tree.add_char_dev("/dev/null", 0o666, 1, 3)?;
 
     for (dest, src) in [
         ("/init", inputs.init),
         ("/usr/bin/havmsd", inputs.havmsd),
         ("/usr/bin/havms", inputs.havms),
+        ("/usr/bin/havms-vm", inputs.havms_vm),
+        ("/usr/bin/havms-remote", inputs.havms_remote),
     ] {
         check_static_file(src)?;
         tree.add_file(dest, 0o755, Contents::Path(src.to_path_buf()))?;

@@ -81,6 +81,8 @@ fn node_tree_holds_what_the_contract_says() {
         init: busybox,
         havmsd: busybox,
         havms: busybox,
+        havms_vm: busybox,
+        havms_remote: busybox,
         busybox,
         kernel: &kernel,
         modules_list: &list,
@@ -96,6 +98,8 @@ fn node_tree_holds_what_the_contract_says() {
         "init",
         "usr/bin/havmsd",
         "usr/bin/havms",
+        "usr/bin/havms-vm",
+        "usr/bin/havms-remote",
         "bin/busybox",
         "etc/havms/modules.list",
         "usr/share/udhcpc/default.script",
@@ -119,6 +123,14 @@ fn node_tree_holds_what_the_contract_says() {
             mode: 0o600,
             major: 5,
             minor: 1
+        })
+    );
+    assert_eq!(
+        entries.get("dev/null"),
+        Some(&&Node::CharDev {
+            mode: 0o666,
+            major: 1,
+            minor: 3
         })
     );
     assert!(matches!(
@@ -164,6 +176,8 @@ fn dynamic_binary_is_refused() {
         init: &exe,
         havmsd: &exe,
         havms: &exe,
+        havms_vm: &exe,
+        havms_remote: &exe,
         busybox: Path::new("/bin/busybox"),
         kernel: &kernel,
         modules_list: &list,

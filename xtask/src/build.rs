@@ -1,5 +1,6 @@
-//! Builds the node's binaries (havms-init, havmsd, havms) statically linked, since the
-//! initramfs has no dynamic loader: release profile, gnu target with crt-static.
+//! Builds the node's binaries (havms-init, havmsd, havms, and the VM engine's havms-vm and
+//! havms-remote) statically linked, since the initramfs has no dynamic loader: release profile,
+//! gnu target with crt-static.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -18,6 +19,9 @@ pub struct NodeBinaries {
     pub init: PathBuf,
     pub havmsd: PathBuf,
     pub havms: PathBuf,
+    /// The VM engine as a command (tests drive it from the node's shell).
+    pub havms_vm: PathBuf,
+    pub havms_remote: PathBuf,
 }
 
 /// `cargo build --release` of the node crates, then checks each binary is static.
@@ -25,8 +29,16 @@ pub fn node_binaries() -> Result<NodeBinaries> {
     let mut cmd = Command::new(paths::cargo());
     cmd.current_dir(paths::workspace_root())
         .args(["build", "--release", "--target", TARGET])
-        .args(["-p", "havms-init", "-p", "havms-supervisor"])
+        .args([
+            "-p",
+            "havms-init",
+            "-p",
+            "havms-supervisor",
+            "-p",
+            "havms-vmm",
+        ])
         .args(["--bin", "havms-init", "--bin", "havmsd", "--bin", "havms"])
+        .args(["--bin", "havms-vm", "--bin", "havms-remote"])
         // CARGO_ENCODED_RUSTFLAGS would win over RUSTFLAGS if something exported it.
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .env("RUSTFLAGS", "-C target-feature=+crt-static");
@@ -34,15 +46,23 @@ pub fn node_binaries() -> Result<NodeBinaries> {
         .status()
         .context("cannot run cargo build for the node binaries")?;
     if !status.success() {
-        bail!("cargo build of havms-init and havms-supervisor failed ({status})");
+        bail!("cargo build of havms-init, havms-supervisor and havms-vmm failed ({status})");
     }
     let dir = paths::target_dir().join(TARGET).join("release");
     let bins = NodeBinaries {
         init: dir.join("havms-init"),
         havmsd: dir.join("havmsd"),
         havms: dir.join("havms"),
+        havms_vm: dir.join("havms-vm"),
+        havms_remote: dir.join("havms-remote"),
     };
-    for bin in [&bins.init, &bins.havmsd, &bins.havms] {
+    for bin in [
+        &bins.init,
+        &bins.havmsd,
+        &bins.havms,
+        &bins.havms_vm,
+        &bins.havms_remote,
+    ] {
         havms_image::elfcheck::check_static_file(bin)
             .with_context(|| format!("checking {} is statically linked", bin.display()))?;
     }

@@ -48,6 +48,8 @@ pub fn run() -> Result<Artifacts> {
             init: &bins.init,
             havmsd: &bins.havmsd,
             havms: &bins.havms,
+            havms_vm: &bins.havms_vm,
+            havms_remote: &bins.havms_remote,
             busybox: &busybox,
             kernel: &kernel,
             modules_list: &modules_list,

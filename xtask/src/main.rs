@@ -47,9 +47,9 @@ enum Cmd {
         /// Scenario name (`cargo run -p havms-qemu-tests --bin qemu-tests -- list` lists them).
         name: String,
     },
-    /// Build the image and run one benchmark.
+    /// Build the image and run one benchmark (docs/performance.md).
     Bench {
-        /// Benchmark name.
+        /// Benchmark name: `boot` (node boot phases) or `engine` (our VM engine against QEMU).
         name: String,
     },
 }

@@ -26,7 +26,8 @@ enum Command {
     List,
     /// Run the named scenarios (all when none is named; `boot` means every boot-* scenario).
     Run { names: Vec<String> },
-    /// Run one benchmark (`boot`: seconds from QEMU start to init, boot complete and the menu).
+    /// Run one benchmark (`boot`: seconds from QEMU start to init, boot complete and the menu;
+    /// `engine`: our VM engine against QEMU in a nested node, see docs/performance.md).
     Bench { name: String },
     /// Boot a two-node pair and show both consoles on stdout.
     Demo {

@@ -21,7 +21,7 @@ use crate::error::{HarnessError, Result};
 use crate::scenarios::{Ctx, STEP};
 use crate::shell::Shell;
 
-/// Repetitions of each measure.
+/// Repetitions of each measure, unless HAVMS_BENCH_RUNS says otherwise.
 const RUNS: usize = 3;
 /// Dirty page counts of the increment measure.
 const DIRTY: &[u64] = &[100, 1_000, 10_000, 50_000];
@@ -39,6 +39,15 @@ struct Row {
     note: String,
 }
 
+/// RUNS, or HAVMS_BENCH_RUNS (a quick look with 1).
+fn runs() -> usize {
+    std::env::var("HAVMS_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(RUNS)
+}
+
 pub fn run(artifacts: &Artifacts) -> Result<()> {
     let ctx = Ctx::new(artifacts, "bench-engine");
     let mut cluster = session::boot(
@@ -49,7 +58,10 @@ pub fn run(artifacts: &Artifacts) -> Result<()> {
         },
     )?;
     let mut sh = session::shell(&ctx, &mut cluster)?;
-    let out = sh.ok("$QEMU --version | head -1; uname -r; grep -m1 'model name' /proc/cpuinfo", STEP)?;
+    let out = sh.ok(
+        "$QEMU --version | head -1; uname -r; grep -m1 'model name' /proc/cpuinfo",
+        STEP,
+    )?;
     let qemu_version = capture(r"(QEMU emulator version [^\r\n]*)", &out)?.remove(0);
     ctx.step(&qemu_version);
 
@@ -60,29 +72,30 @@ pub fn run(artifacts: &Artifacts) -> Result<()> {
     sh.exit(STEP)?;
 
     println!();
-    println!("bench engine: {RUNS} runs each, medians; nested KVM in a QEMU TCG node; baseline {qemu_version}");
-    println!(
-        "| {:<34} | {:>10} | {:>10} | {:>6} | {} |",
-        "measure", "ours", "baseline", "ratio", "baseline is / runs (ours; baseline)"
+    print!("{}", table(&rows, runs(), &qemu_version));
+    Ok(())
+}
+
+/// The results as a Markdown table (what docs/performance.md shows).
+fn table(rows: &[Row], runs: usize, qemu_version: &str) -> String {
+    let mut t = format!(
+        "bench engine: {runs} run(s) each, medians; nested KVM in a QEMU TCG node; baseline \
+         {qemu_version}\n\n| measure | ours | baseline | ratio ours/baseline | baseline | runs: ours ; baseline |\n|---|---:|---:|---:|---|---|\n"
     );
-    println!("|{:-<36}|{:->12}|{:->12}|{:->8}|{:-<40}|", "", "", "", "", "");
-    for r in &rows {
+    for r in rows {
         let (o, b) = (median(&r.ours), median(&r.base));
-        println!(
-            "| {:<34} | {:>7.1} {:<2} | {:>7.1} {:<2} | {:>6.2} | {}: {} ; {}{} |",
+        let ratio = if b > 0.0 { o / b } else { f64::NAN };
+        t.push_str(&format!(
+            "| {} | {o:.1} {unit} | {b:.1} {unit} | {ratio:.2} | {} | {} ; {}{} |\n",
             r.what,
-            o,
-            r.unit,
-            b,
-            r.unit,
-            if b > 0.0 { o / b } else { f64::NAN },
             r.base_name,
             list(&r.ours),
             list(&r.base),
-            r.note
-        );
+            r.note,
+            unit = r.unit,
+        ));
     }
-    Ok(())
+    t
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -121,7 +134,7 @@ fn boot_row(ctx: &Ctx, sh: &mut Shell) -> Result<Row> {
         base_name: "QEMU -enable-kvm",
         note: String::new(),
     };
-    for i in 0..RUNS {
+    for i in 0..runs() {
         let out = sh.ok(
             "t0=$(now); vm_start bo boot --memory size=256M; wait_line bo '^HAVMS-GUEST-UP' 200 && \
              echo \"BOOT $t0 $(now)\"; wait_exit bo 60",
@@ -162,7 +175,7 @@ fn capture_restore_rows(ctx: &Ctx, sh: &mut Shell) -> Result<Vec<Row>> {
         note: String::new(),
     };
     let mut sizes = (0, 0);
-    for i in 0..RUNS {
+    for i in 0..runs() {
         // Ours: pause + full snapshot as the engine times them; restore to the next line.
         let out = sh.ok(
             "rm -rf $W/osnap; vm_start oc counter --memory size=256M && wait_sock oc && \
@@ -177,9 +190,15 @@ fn capture_restore_rows(ctx: &Ctx, sh: &mut Shell) -> Result<Vec<Row>> {
         let out = sh.ok(
             "n=$(ser oc | grep -c '^COUNT'); t0=$(now); vm_restore or $W/osnap && \
              wait_count or '^COUNT [0-9]+ up=' 1 100 && echo \"RESTORE $t0 $(now)\"; \
-             R or shutdown >/dev/null; wait_exit or 30; ser or | grep -c HAVMS-GUEST-UP",
+             R or shutdown >/dev/null; wait_exit or 30; \
+             echo \"REBOOTS $(ser or | grep -c HAVMS-GUEST-UP)\"",
             GUEST,
         )?;
+        if !out.contains("REBOOTS 0") {
+            return Err(HarnessError::Check(format!(
+                "our restored guest booted again:\n{out}"
+            )));
+        }
         res.ours.push(elapsed_ms("RESTORE", &out)?);
 
         // QEMU: live migration to a file (its total time), then -incoming from it.
@@ -191,17 +210,22 @@ fn capture_restore_rows(ctx: &Ctx, sh: &mut Shell) -> Result<Vec<Row>> {
              hmp quit >/dev/null; wait_exit qc 30; echo \"SIZE $(du -sk $W/qmig | cut -f1)\"",
             GUEST,
         )?;
-        let total: f64 = number(r"total time: (\d+) ms", &out).map_err(|e| {
-            HarnessError::Check(format!("QEMU's migration did not complete: {e}"))
-        })?;
+        let total: f64 = number(r"total time: (\d+) ms", &out)
+            .map_err(|e| HarnessError::Check(format!("QEMU's migration did not complete: {e}")))?;
         cap.base.push(total);
         sizes.1 = number(r"SIZE (\d+)", &out)?;
         let out = sh.ok(
             "t0=$(now); qemu_start qr counter -incoming \"exec:cat $W/qmig\" && \
              wait_count qr '^COUNT [0-9]+ up=' 1 100 && echo \"RESTORE $t0 $(now)\"; \
-             hmp quit >/dev/null; wait_exit qr 30",
+             hmp quit >/dev/null; wait_exit qr 30; \
+             echo \"REBOOTS $(ser qr | grep -c HAVMS-GUEST-UP)\"",
             GUEST,
         )?;
+        if !out.contains("REBOOTS 0") {
+            return Err(HarnessError::Check(format!(
+                "QEMU's restored guest booted again:\n{out}"
+            )));
+        }
         res.base.push(elapsed_ms("RESTORE", &out)?);
         ctx.step(format!(
             "capture/restore run {}: ours {:.0}/{:.0} ms, QEMU {:.0}/{:.0} ms",
@@ -238,7 +262,7 @@ fn increment_rows(ctx: &Ctx, sh: &mut Shell) -> Result<Vec<Row>> {
             note: String::new(),
         };
         let mut seen = Vec::new();
-        for k in 0..=RUNS {
+        for k in 0..=runs() {
             // Right after a round ends the guest sleeps 1 s: the capture sees that round's pages.
             let out = sh.ok(
                 &format!(
@@ -260,7 +284,10 @@ fn increment_rows(ctx: &Ctx, sh: &mut Shell) -> Result<Vec<Row>> {
             row.base.push(full.micros as f64 / 1000.0);
             seen.push(inc.pages.unwrap_or(0));
         }
-        let out = sh.ok("R dv shutdown >/dev/null; wait_exit dv 30; rm -rf $W/inc", STEP)?;
+        let out = sh.ok(
+            "R dv shutdown >/dev/null; wait_exit dv 30; rm -rf $W/inc",
+            STEP,
+        )?;
         if !out.contains("VM-EXIT dv rc=0") {
             return Err(HarnessError::Check(format!(
                 "the dirtying guest's engine did not exit 0:\n{out}"
@@ -276,4 +303,30 @@ fn increment_rows(ctx: &Ctx, sh: &mut Shell) -> Result<Vec<Row>> {
         rows.push(row);
     }
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians_and_the_table() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert!(median(&[]).is_nan());
+        let rows = [Row {
+            what: "boot to guest init".into(),
+            unit: "ms",
+            ours: vec![900.0, 1000.0, 1100.0],
+            base: vec![2000.0, 2100.0, 1900.0],
+            base_name: "QEMU -enable-kvm",
+            note: "; x".into(),
+        }];
+        let t = table(&rows, 3, "QEMU emulator version 7.2");
+        assert!(t.starts_with("bench engine: 3 run(s) each"), "{t}");
+        assert!(
+            t.contains("| boot to guest init | 1000.0 ms | 2000.0 ms | 0.50 | QEMU -enable-kvm | 900.0 1000.0 1100.0 ; 2000.0 2100.0 1900.0; x |"),
+            "{t}"
+        );
+    }
 }

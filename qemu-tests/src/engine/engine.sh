@@ -8,7 +8,7 @@ mkdir -p $W
 GUEST_CL="console=ttyS0 quiet panic=-1 i8042.noaux i8042.nomux i8042.dumbkbd"
 now() { cut -d' ' -f1 /proc/uptime; }
 # ser NAME: NAME's serial output without the tty's carriage returns.
-ser() { tr -d '\r' < $W/$1.ser 2>/dev/null; }
+ser() { { tr -d '\r' < $W/$1.ser; } 2>/dev/null; }
 
 # run_bg NAME CMD...: CMD in the background; its pid and, when it ends, its status are recorded.
 run_bg() {

@@ -33,12 +33,13 @@ case $MODE in
       echo "COUNT $i up=$(up)"; usleep 100000
     done ;;
   dirty)
-    # Bench: a file of pages=N pages in tmpfs, rewritten in full every second: each round dirties
-    # the same N guest pages (plus the little the kernel itself writes).
-    n=$(arg pages); dd if=/dev/zero of=/dev/shm/d bs=4096 count=$n 2>/dev/null
+    # Bench: a tmpfs file of pages=N pages of random data, copied onto itself every second:
+    # each round dirties the same N guest pages (plus the little the kernel itself writes), and
+    # they are not zero, so a full capture has to save them too.
+    n=$(arg pages); dd if=/dev/urandom of=/dev/shm/d bs=4096 count=$n 2>/dev/null
     echo "DIRTY-READY pages=$n"
     i=0; while true; do
-      i=$((i+1)); dd if=/dev/zero of=/dev/shm/d bs=4096 count=$n conv=notrunc 2>/dev/null
+      i=$((i+1)); dd if=/dev/shm/d of=/dev/shm/d bs=4096 count=$n conv=notrunc 2>/dev/null
       echo "DIRTY $i up=$(up)"; sleep 1
     done ;;
   disk-write)

@@ -102,7 +102,8 @@ mod tests {
 
     #[test]
     fn remote_answers_with_and_without_extras() {
-        let text = "$ R a snapshot /x | sed 's/^/snap: /'\nsnap: ok (1523 us, paused 210 us, 88 pages)\n";
+        let text =
+            "$ R a snapshot /x | sed 's/^/snap: /'\nsnap: ok (1523 us, paused 210 us, 88 pages)\n";
         assert_eq!(
             remote_ok("snap: ", text).unwrap(),
             RemoteOk {

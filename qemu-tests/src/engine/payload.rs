@@ -72,10 +72,16 @@ pub fn build(artifacts: &Artifacts, work_dir: &Path, qemu: bool) -> Result<Vec<D
         }
         tree.add_char_dev("/dev/console", 0o600, 5, 1)?;
         tree.add_file("/bin/busybox", 0o755, Contents::Path(busybox.clone()))?;
-        tree.add_file("/init", 0o755, Contents::Bytes(GUEST_INIT.as_bytes().to_vec()))?;
+        tree.add_file(
+            "/init",
+            0o755,
+            Contents::Bytes(GUEST_INIT.as_bytes().to_vec()),
+        )?;
         for m in GUEST_MODULES {
             let src = kernel.modules_dir.join("kernel").join(m);
-            let name = Path::new(m).file_name().map(|n| n.to_string_lossy().into_owned());
+            let name = Path::new(m)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned());
             tree.add_file(
                 &format!("/mod/{}", name.unwrap_or_default()),
                 0o644,
@@ -137,7 +143,10 @@ fn qemu_files() -> Result<Vec<DiskFile>> {
             });
         }
         let name = src.file_name().map(|n| n.to_string_lossy().into_owned());
-        files.push(file(&format!("qemu/share/{}", name.unwrap_or_default()), src));
+        files.push(file(
+            &format!("qemu/share/{}", name.unwrap_or_default()),
+            src,
+        ));
     }
     Ok(files)
 }
@@ -195,13 +204,22 @@ mod tests {
     #[test]
     fn the_guest_init_handles_every_mode_the_scenarios_use() {
         for mode in [
-            "boot)", "counter)", "memwrite)", "dirty)", "disk-write)", "disk-read)", "pinger)",
+            "boot)",
+            "counter)",
+            "memwrite)",
+            "dirty)",
+            "disk-write)",
+            "disk-read)",
+            "pinger)",
         ] {
             assert!(GUEST_INIT.contains(mode), "guest-init.sh has no {mode}");
         }
         for m in GUEST_MODULES {
             let name = Path::new(m).file_stem().unwrap().to_string_lossy();
-            assert!(GUEST_INIT.contains(&*name), "guest-init.sh does not load {name}");
+            assert!(
+                GUEST_INIT.contains(&*name),
+                "guest-init.sh does not load {name}"
+            );
         }
     }
 }

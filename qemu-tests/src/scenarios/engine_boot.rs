@@ -6,8 +6,8 @@ use std::time::Duration;
 use super::{Ctx, STEP};
 use crate::engine::parse::{capture, number};
 use crate::engine::session::{self, Needs};
-use crate::error::Result;
 use crate::ensure;
+use crate::error::Result;
 
 /// Guest memory asked for; the guest's MemTotal must be a little under it.
 const MEMORY_MIB: u64 = 256;
@@ -42,14 +42,10 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         "the guest ran mode {:?}, not boot:\n{out}",
         up[0]
     );
-    ensure!(
-        up[1] == "2",
-        "the guest sees {} CPUs, not 2:\n{out}",
-        up[1]
-    );
+    ensure!(up[1] == "2", "the guest sees {} CPUs, not 2:\n{out}", up[1]);
     let mem_kib: u64 = number(r"mem_kib=(\d+)", &out)?;
     ensure!(
-        mem_kib <= MEMORY_MIB * 1024 && mem_kib >= MEMORY_MIB * 1024 * 3 / 4,
+        (MEMORY_MIB * 1024 * 3 / 4..=MEMORY_MIB * 1024).contains(&mem_kib),
         "the guest's MemTotal is {mem_kib} KiB for a {MEMORY_MIB} MiB VM:\n{out}"
     );
     ensure!(

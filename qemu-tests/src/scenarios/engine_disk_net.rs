@@ -9,8 +9,8 @@ use std::time::Duration;
 use super::{Ctx, STEP};
 use crate::engine::parse::capture;
 use crate::engine::session::{self, Needs};
-use crate::error::Result;
 use crate::ensure;
+use crate::error::Result;
 
 const GUEST: Duration = Duration::from_secs(200);
 /// sha256 of 4 MiB of zeros: what a disk that kept nothing reads.

@@ -8,8 +8,8 @@ use std::time::Duration;
 use super::{Ctx, STEP};
 use crate::engine::parse::{capture, gate_counter, number, remote_ok};
 use crate::engine::session::{self, Needs};
-use crate::error::{HarnessError, Result};
 use crate::ensure;
+use crate::error::{HarnessError, Result};
 
 const GUEST: Duration = Duration::from_secs(200);
 

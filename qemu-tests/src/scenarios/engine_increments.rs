@@ -8,8 +8,8 @@ use std::time::Duration;
 use super::{Ctx, STEP};
 use crate::engine::parse::{capture, counts, number, remote_ok};
 use crate::engine::session::{self, Needs};
-use crate::error::Result;
 use crate::ensure;
+use crate::error::Result;
 
 const GUEST: Duration = Duration::from_secs(200);
 /// Increments after the base: 19 with the guest running, the last one paused.

@@ -7,8 +7,8 @@ use std::time::Duration;
 use super::{Ctx, STEP};
 use crate::engine::parse::{capture, counts, number, remote_ok};
 use crate::engine::session::{self, Needs};
-use crate::error::Result;
 use crate::ensure;
+use crate::error::Result;
 
 /// Long enough for a guest boot under nested KVM on a busy TCG node.
 const GUEST: Duration = Duration::from_secs(200);
