@@ -36,6 +36,8 @@ pub enum SerialSpec {
     Tty,
     /// Append to a file.
     File(PathBuf),
+    /// A listening Unix stream socket at this path (`devices::serial_socket`).
+    Socket(PathBuf),
 }
 
 /// A virtio-blk disk on a raw image file.
@@ -215,15 +217,30 @@ pub fn parse_memory(s: &str) -> Result<u64, SpecError> {
     mib.ok_or_else(|| invalid("--memory", s, "missing size=M"))
 }
 
-/// `--serial file=F|tty|null|off`
+/// `--serial file=F|socket=S|tty|null|off`
 pub fn parse_serial(s: &str) -> Result<SerialSpec, SpecError> {
     match s {
         "tty" => Ok(SerialSpec::Tty),
         "null" | "off" => Ok(SerialSpec::Null),
-        _ => match s.strip_prefix("file=") {
-            Some(p) if !p.is_empty() => Ok(SerialSpec::File(PathBuf::from(p))),
-            _ => Err(invalid("--serial", s, "expected tty, null or file=PATH")),
-        },
+        _ => {
+            if let Some(p) = s.strip_prefix("file=") {
+                if p.is_empty() {
+                    return Err(invalid("--serial", s, "file= needs a path"));
+                }
+                Ok(SerialSpec::File(PathBuf::from(p)))
+            } else if let Some(p) = s.strip_prefix("socket=") {
+                if p.is_empty() {
+                    return Err(invalid("--serial", s, "socket= needs a path"));
+                }
+                Ok(SerialSpec::Socket(PathBuf::from(p)))
+            } else {
+                Err(invalid(
+                    "--serial",
+                    s,
+                    "expected tty, null, file=PATH or socket=PATH",
+                ))
+            }
+        }
     }
 }
 
@@ -327,7 +344,13 @@ mod tests {
             Ok(SerialSpec::File("/tmp/x".into()))
         );
         assert!(parse_serial("file=").is_err());
-        assert!(parse_serial("socket=/x").is_err());
+        assert_eq!(
+            parse_serial("socket=/run/c.sock"),
+            Ok(SerialSpec::Socket("/run/c.sock".into()))
+        );
+        let e = parse_serial("socket=").unwrap_err().to_string();
+        assert!(e.contains("socket= needs a path"), "{e}");
+        assert!(parse_serial("pty").is_err());
         let d = parse_disk("path=/a.img,readonly=on").unwrap();
         assert!(d.readonly);
         assert_eq!(d.path, PathBuf::from("/a.img"));

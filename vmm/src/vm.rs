@@ -14,6 +14,7 @@ use crate::boot::{acpi, loader, mptable};
 use crate::devices::bus::Devices;
 use crate::devices::i8042;
 use crate::devices::serial::{self, SerialOut, SerialSnapshot, COM1_IRQ};
+use crate::devices::serial_socket::SerialSocket;
 use crate::exit::{ExitReason, ExitState};
 use crate::kvm::vcpu::{broadcast, VcpuAck, VcpuCmd, VcpuHandle, VcpuRunner};
 use crate::kvm::vm::{self as kvmvm, KvmVm};
@@ -157,7 +158,43 @@ pub fn serial_output(spec: &SerialSpec) -> Result<SerialOut, VmError> {
             path: p.display().to_string(),
             source,
         })?,
+        // Its input must reach the VM, which does not exist yet: see `with_serial`.
+        SerialSpec::Socket(p) => {
+            return Err(VmError::SerialOut {
+                path: p.display().to_string(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::Unsupported,
+                    "a socket console is opened by Vm::create or Vm::restore_with_serial",
+                ),
+            })
+        }
     })
+}
+
+/// Builds a VM with the serial backend `spec` names. A socket console is bound before the VM
+/// exists (early output goes to its backlog) and its input wired to the VM afterwards.
+fn with_serial(
+    spec: &SerialSpec,
+    build: impl FnOnce(SerialOut) -> Result<Vm, VmError>,
+) -> Result<Vm, VmError> {
+    let SerialSpec::Socket(path) = spec else {
+        return build(serial_output(spec)?);
+    };
+    let err = |source| VmError::SerialOut {
+        path: path.display().to_string(),
+        source,
+    };
+    let sock = SerialSocket::bind(path).map_err(err)?;
+    let vm = build(sock.writer()).inspect_err(|_| {
+        let _ = std::fs::remove_file(path);
+    })?;
+    // Weak: the socket threads live on, but must not keep a finished guest's memory alive.
+    let weak = Arc::downgrade(&vm.inner);
+    sock.serve(Box::new(move |b: &[u8]| {
+        weak.upgrade().map(|inner| Vm { inner }.serial_input(b))
+    }))
+    .map_err(err)?;
+    Ok(vm)
 }
 
 /// The pieces every VM has, fresh or restored.
@@ -211,8 +248,12 @@ impl Vm {
     /// Creates a VM from `spec` with the serial output the spec names.
     pub fn create(spec: &VmSpec) -> Result<Vm, VmError> {
         spec.validate()?;
-        let out = serial_output(&spec.serial)?;
-        Self::create_with_output(spec, out)
+        with_serial(&spec.serial, |out| Self::create_with_output(spec, out))
+    }
+
+    /// `restore` with the serial backend `serial` names (a socket console gets its input too).
+    pub fn restore_with_serial(dir: &Path, serial: &SerialSpec) -> Result<Vm, VmError> {
+        with_serial(serial, |out| Self::restore(dir, out))
     }
 
     /// Creates a VM whose serial output goes to `out` (the supervisor's console tee).

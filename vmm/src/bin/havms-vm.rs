@@ -1,7 +1,7 @@
 //! `havms-vm`: run one guest, Cloud Hypervisor style.
 //!
 //! havms-vm --kernel K [--initramfs I] [--cmdline C] [--cpus boot=N] [--memory size=M]
-//!          [--serial file=F|tty|null] [--api-socket S]
+//!          [--serial file=F|socket=S|tty|null] [--api-socket S]
 //! havms-vm --restore DIR [--serial ...] [--api-socket S]
 //! havms-vm --restore DIR --memory-sha256
 //!
@@ -33,7 +33,7 @@ struct Args {
     /// Memory: size=M (K/M/G suffix).
     #[arg(long, default_value = "size=512M")]
     memory: String,
-    /// Serial console: tty (stdout), file=PATH or null.
+    /// Serial console: tty (stdout), file=PATH, socket=PATH (Unix socket server) or null.
     #[arg(long, default_value = "tty")]
     serial: String,
     /// virtio-blk disk: path=P[,readonly=on] (repeatable).
@@ -64,9 +64,8 @@ struct Args {
 fn build(args: &Args) -> Result<Vm> {
     let serial = parse_serial(&args.serial)?;
     if let Some(dir) = &args.restore {
-        let out = havms_vmm::vm_serial_output(&serial)?;
-        let vm =
-            Vm::restore(dir, out).with_context(|| format!("restoring from {}", dir.display()))?;
+        let vm = Vm::restore_with_serial(dir, &serial)
+            .with_context(|| format!("restoring from {}", dir.display()))?;
         if args.dirty_log {
             // Increments of the restored VM start from its next full snapshot.
             vm.set_dirty_log(true).context("enabling the dirty log")?;
@@ -155,6 +154,9 @@ fn run(args: &Args) -> Result<i32> {
     }
     let reason = vm.wait();
     eprintln!("havms-vm: {reason}");
+    if let havms_vmm::SerialSpec::Socket(s) = parse_serial(&args.serial)? {
+        let _ = std::fs::remove_file(s);
+    }
     if let Some(s) = &args.api_socket {
         let _ = std::fs::remove_file(s);
     }
