@@ -44,7 +44,7 @@ enum Cmd {
     Test,
     /// Build the image and run one QEMU scenario.
     QemuTest {
-        /// Scenario name (`cargo run -p havms-qemu-tests --bin qemu-tests -- list` lists them).
+        /// Scenario name, `boot` / `engine` for a group, or `list` to print the names.
         name: String,
     },
     /// Build the image and run one benchmark (docs/performance.md).
@@ -83,6 +83,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let artifacts = image::run()?;
             let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
             qemu::checked("demo", &artifacts.dir, &extra)?;
+        }
+        Cmd::QemuTest { name } if name == "list" => {
+            for scenario in qemu::list()? {
+                println!("{scenario}");
+            }
         }
         Cmd::QemuTest { name } => {
             prereqs::ensure(&[prereqs::Need::Qemu])?;
