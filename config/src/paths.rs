@@ -9,6 +9,9 @@ pub const CONFIG_FILE: &str = "/var/lib/havms/havms.yaml";
 pub const NODE_NAME_FILE: &str = "/var/lib/havms/node";
 /// Run-time state of havmsd.
 pub const RUN_DIR: &str = "/run/havms";
+/// havmsd's sign of life: it touches this file about every second while its threads make progress;
+/// init SIGKILLs a havmsd whose file goes stale (fencing a hung supervisor).
+pub const ALIVE_FILE: &str = "/run/havms/alive";
 /// havmsd's control socket (JSON lines).
 pub const CONTROL_SOCKET: &str = "/run/havms/havmsd.sock";
 /// Directory of the node's log.

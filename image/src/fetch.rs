@@ -57,6 +57,13 @@ impl Fetcher {
         self.apt.kernel_package(KERNEL_META)
     }
 
+    /// The kernel `linux-image-amd64` points at, downloaded (or taken from the cache) and unpacked:
+    /// the one place that resolves, fetches and locates it, for the image build and the tests alike.
+    pub fn kernel(&self) -> Result<Kernel> {
+        let package = self.kernel_package()?;
+        kernel(&self.fetch(&package)?)
+    }
+
     /// The candidate version of `package`, downloaded unless its `.deb` is cached, unpacked
     /// unless already unpacked.
     pub fn fetch(&self, package: &str) -> Result<Fetched> {

@@ -5,20 +5,15 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use crate::fetch::{self, Fetcher, Kernel};
+use crate::fetch::{Fetcher, Kernel};
 
 /// The unpacked `linux-image-amd64` kernel, fetched on first use.
 pub fn kernel() -> &'static Kernel {
     static KERNEL: OnceLock<Kernel> = OnceLock::new();
     KERNEL.get_or_init(|| {
         let cache = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/havms/cache");
-        let fetcher = Fetcher::new(cache);
-        let package = fetcher.kernel_package().unwrap_or_else(|e| {
-            panic!("cannot resolve the Debian kernel package for this test: {e}")
-        });
-        let fetched = fetcher
-            .fetch(&package)
-            .unwrap_or_else(|e| panic!("cannot fetch {package} for this test: {e}"));
-        fetch::kernel(&fetched).unwrap_or_else(|e| panic!("{package}: {e}"))
+        Fetcher::new(cache)
+            .kernel()
+            .unwrap_or_else(|e| panic!("cannot fetch the Debian kernel for this test: {e}"))
     })
 }

@@ -10,9 +10,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use nix::unistd::Pid;
 
-/// havmsd's sign of life. Listed in docs/node-runtime.md ("Paths at run time"); kept here
-/// rather than in config/src/paths.rs, which init does not own.
-pub const ALIVE_FILE: &str = "/run/havms/alive";
+/// havmsd's sign of life (the shared contract path, see docs/node-runtime.md).
+pub use havms_config::paths::ALIVE_FILE;
 /// havmsd gets this long after a start to touch the file the first time.
 pub const GRACE: Duration = Duration::from_secs(10);
 /// A sign of life older than this means havmsd is hung.

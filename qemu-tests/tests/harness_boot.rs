@@ -41,28 +41,12 @@ read x
 exec sh
 "#;
 
-/// The unpacked Debian kernel package (the root of its files), fetched on first use.
-fn kernel_tree() -> PathBuf {
-    let cache = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/havms/cache");
-    let fetcher = havms_image::fetch::Fetcher::new(cache);
-    let package = fetcher
-        .kernel_package()
-        .unwrap_or_else(|e| panic!("cannot resolve the Debian kernel package: {e}"));
-    fetcher
-        .fetch(&package)
-        .unwrap_or_else(|e| panic!("cannot fetch {package}: {e}"))
-        .root
-}
-
 fn build_artifacts(dir: &Path) -> Artifacts {
-    let tree = kernel_tree();
-    let kver = std::fs::read_dir(tree.join("lib/modules"))
-        .expect("kernel tree has lib/modules")
-        .next()
-        .unwrap()
-        .unwrap()
-        .file_name();
-    let kdir = tree.join("lib/modules").join(&kver).join("kernel");
+    let cache = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/havms/cache");
+    let kernel = havms_image::fetch::Fetcher::new(cache)
+        .kernel()
+        .unwrap_or_else(|e| panic!("cannot fetch the Debian kernel: {e}"));
+    let kdir = kernel.modules_dir.join("kernel");
     let root = dir.join("root");
     for sub in ["bin", "proc", "sys", "dev", "mod"] {
         std::fs::create_dir_all(root.join(sub)).unwrap();
@@ -80,17 +64,7 @@ fn build_artifacts(dir: &Path) -> Artifacts {
         .status()
         .unwrap();
     assert!(status.success());
-    let vmlinuz = std::fs::read_dir(tree.join("boot"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("vmlinuz")
-        })
-        .unwrap();
-    std::fs::copy(vmlinuz, dir.join("vmlinuz")).unwrap();
+    std::fs::copy(&kernel.vmlinuz, dir.join("vmlinuz")).unwrap();
     std::fs::write(dir.join("havms.iso"), b"unused").unwrap();
     Artifacts::open(dir).unwrap()
 }

@@ -30,9 +30,7 @@ pub fn run() -> Result<Artifacts> {
 
     let fetcher = fetch::Fetcher::new(dir.join("cache"));
     let kernel = step("fetch the kernel (linux-image-amd64)", || {
-        let package = fetcher.kernel_package()?;
-        let fetched = fetcher.fetch(&package)?;
-        let kernel = fetch::kernel(&fetched)?;
+        let kernel = fetcher.kernel()?;
         log::info!("xtask: kernel {}", kernel.release);
         Ok(kernel)
     })?;

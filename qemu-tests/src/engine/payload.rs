@@ -52,12 +52,8 @@ pub fn build(artifacts: &Artifacts, work_dir: &Path, qemu: bool) -> Result<Vec<D
         let what = what.to_string();
         move |source| HarnessError::Image { what, source }
     };
-    let package = fetcher
-        .kernel_package()
-        .map_err(image_err("resolving the Debian kernel package"))?;
     let kernel = fetcher
-        .fetch(&package)
-        .and_then(|f| fetch::kernel(&f))
+        .kernel()
         .map_err(image_err("fetching the guest kernel's modules"))?;
     let busybox = fetcher
         .fetch(fetch::BUSYBOX_PACKAGE)

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 /// Where havmsd proves it is alive (init watches its mtime).
-pub const ALIVE_FILE: &str = "/run/havms/alive";
+pub use havms_config::paths::ALIVE_FILE;
 /// How often the alive file is touched.
 pub const TOUCH_EVERY: Duration = Duration::from_secs(1);
 /// A worker silent for longer is wedged; init's 5 s leaves room for two missed touches after that.
