@@ -6,14 +6,19 @@
 #
 # Usage: vmm/dev/nested-run.sh [SCENARIO] [WORKDIR]
 #   boot     guest prints HAVMS-GUEST-UP and powers off; havms-vm must exit 0   (default)
+#            (--no-reboot: with GUEST_END='reboot -f' or a guest panic the VM ends too)
 #   smp      same with --cpus boot=2; the guest must see 2 CPUs
+#   reboot   guest prints HAVMS-GUEST-UP then `reboot -f`: havms-vm reboots it in place; the
+#            serial file shows HAVMS-GUEST-UP at least twice, `havms-remote info` boots >= 2,
+#            then `havms-remote shutdown` ends it with exit 0; a snapshot taken after the reboot
+#            restores, and the restored VM reboots too (from the spec in its state.json)
 #   restore  counter guest; pause, snapshot, shutdown, restore in a new process; the counter
 #            must continue from where it was (no reboot)
 #   increments  counter guest with --dirty-log: full snapshot, then increments while it runs
 #            (the pause each needs is printed), then at one paused instant an increment and a full
 #            snapshot; base + increments must hash like the full one, and the chain must restore
 #   devices  virtio-blk (reads a marker from the image, writes one back), virtio-rng, virtio-net
-#            on a tap (the guest pings the node), then power off
+#            on a tap (the guest pings the node), then power off (--no-reboot: a panic ends it)
 #   devices-restore  the devices guest pings the node and reads its disk in a loop; pause,
 #            snapshot, shutdown, restore (tap re-created): the loop goes on, pings still answer
 #   gating   the pinging guest with the NIC's output gate on: requests are held (pings fail,
@@ -39,7 +44,7 @@ BIN=$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/release
 
 K=${KDIR:-}
 # Default: the kernel package `cargo xtask image` fetched into the workspace cache.
-CACHED=$(ls -d "$(dirname "$0")"/../../target/havms/cache/root/linux-image-*/ 2>/dev/null | head -1)
+CACHED=$(ls -d "$ROOT"/target/havms/cache/root/linux-image-*/ 2>/dev/null | head -1 || true)
 [ -z "$K" ] && { [ -d "$W/k" ] && K=$W/k || K=${CACHED:-/tmp/kcheck/k}; }
 [ -d "$K/boot" ] || { echo "no Debian kernel at $K (run /work/shared/probes/nested-kvm.sh $W first)" >&2; exit 2; }
 KV=$(ls "$K/lib/modules"); M=$K/lib/modules/$KV/kernel; VMLINUZ=$(ls "$K"/boot/vmlinuz-* | head -1)
@@ -90,7 +95,8 @@ mount -t proc p /proc
 echo HAVMS-GUEST-UP $(uname -r) cpus=$(grep -c ^processor /proc/cpuinfo) up=$(cut -d' ' -f1 /proc/uptime)
 @END@
 IN
-    sed -i "s|@END@|${GUEST_END:-poweroff -f}|" g/init
+    END=${GUEST_END:-poweroff -f}; [ "$SCEN" = reboot ] && END='reboot -f'
+    sed -i "s|@END@|$END|" g/init
     ;;
 esac
 chmod +x g/init; mk g g.cpio.gz
@@ -124,12 +130,41 @@ case $SCEN in
     CPUS=1; [ "$SCEN" = smp ] && CPUS=2
     cat >> o/init <<IN
 t0=\$(now)
-RUST_LOG=info $VM --cpus boot=$CPUS --cmdline "$CL" --serial tty --api-socket /tmp/api.sock &
+RUST_LOG=info $VM --no-reboot --cpus boot=$CPUS --cmdline "$CL" --serial tty --api-socket /tmp/api.sock &
 pid=\$!
 for i in \$(seq 1 90); do sleep 1; kill -0 \$pid 2>/dev/null || break; done
 if kill -0 \$pid 2>/dev/null; then echo NODE-VM-HUNG; havms-remote --api-socket /tmp/api.sock shutdown; sleep 3; fi
 wait \$pid
 echo "NODE-VM-EXIT rc=\$? start=\$t0 end=\$(now)"
+IN
+    ;;
+  reboot)
+    cat >> o/init <<IN
+S=/tmp/api.sock; R="havms-remote --api-socket \$S"
+RUST_LOG=info $VM --cmdline "$CL" --serial file=/tmp/ser --api-socket \$S 2>/tmp/vm.log &
+pid=\$!
+for i in \$(seq 1 150); do sleep 1; [ "\$(grep -c HAVMS-GUEST-UP /tmp/ser 2>/dev/null)" -ge 2 ] && break; kill -0 \$pid 2>/dev/null || break; done
+echo "guest-up-lines: \$(grep -c HAVMS-GUEST-UP /tmp/ser)"
+echo "info-boots: \$(\$R info | sed -n 's/.*"boots": \([0-9]*\).*/\1/p')"
+\$R pause >/dev/null; \$R snapshot /tmp/snap | sed 's/^/snapshot after reboot: /'; \$R resume >/dev/null
+\$R shutdown | sed 's/^/shutdown: /'
+for i in \$(seq 1 20); do sleep 1; kill -0 \$pid 2>/dev/null || break; done
+kill -0 \$pid 2>/dev/null && { echo NODE-VM-HUNG; kill \$pid; }
+wait \$pid
+echo "NODE-VM-EXIT rc=\$?"
+grep -E 'rebooting|havms-vm:|error' /tmp/vm.log
+# The snapshot taken after a reboot restores, and the restored VM reboots from its spec.
+RUST_LOG=info havms-vm --restore /tmp/snap --serial file=/tmp/ser2 --api-socket \$S 2>/tmp/vm2.log &
+pid=\$!
+for i in \$(seq 1 90); do sleep 1; grep -q 'rebooting (boot 2)' /tmp/vm2.log && grep -q HAVMS-GUEST-UP /tmp/ser2 2>/dev/null && break; kill -0 \$pid 2>/dev/null || break; done
+echo "restored-up-lines: \$(grep -c HAVMS-GUEST-UP /tmp/ser2)"
+echo "restored-info-boots: \$(\$R info | sed -n 's/.*"boots": \([0-9]*\).*/\1/p')"
+\$R shutdown >/dev/null
+for i in \$(seq 1 20); do sleep 1; kill -0 \$pid 2>/dev/null || break; done
+kill -0 \$pid 2>/dev/null && { echo NODE-VM2-HUNG; kill \$pid; }
+wait \$pid
+echo "NODE-VM2-EXIT rc=\$?"
+grep -E 'rebooting|havms-vm:|error' /tmp/vm2.log
 IN
     ;;
   restore)
@@ -183,7 +218,7 @@ IN
 insmod /mod/tun.ko
 dd if=/dev/zero of=/tmp/disk.img bs=1M count=8 2>/dev/null
 printf HAVMS-DISK-MARKER | dd of=/tmp/disk.img conv=notrunc 2>/dev/null
-RUST_LOG=info $VM --cmdline "$CL" --disk path=/tmp/disk.img --net tap=tap0,mac=52:54:00:12:34:56 --rng --serial tty &
+RUST_LOG=info $VM --no-reboot --cmdline "$CL" --disk path=/tmp/disk.img --net tap=tap0,mac=52:54:00:12:34:56 --rng --serial tty &
 pid=\$!
 for i in \$(seq 1 30); do sleep 0.5; ip link show tap0 >/dev/null 2>&1 && break; done
 ip addr add 10.0.2.1/24 dev tap0; ip link set tap0 up
@@ -261,6 +296,12 @@ ok=0
 case $SCEN in
   boot|qemu) grep -q 'HAVMS-GUEST-UP' "$LOG" && grep -q 'NODE-VM-EXIT rc=0' "$LOG" && ok=1 ;;
   smp) grep -q 'HAVMS-GUEST-UP.*cpus=2' "$LOG" && grep -q 'NODE-VM-EXIT rc=0' "$LOG" && ok=1 ;;
+  reboot)
+    u=$(sed -n 's/^guest-up-lines: //p' "$LOG"); b=$(sed -n 's/^info-boots: //p' "$LOG")
+    u2=$(sed -n 's/^restored-up-lines: //p' "$LOG"); b2=$(sed -n 's/^restored-info-boots: //p' "$LOG")
+    [ -n "$u" ] && [ "$u" -ge 2 ] && [ -n "$b" ] && [ "$b" -ge 2 ] && grep -q 'NODE-VM-EXIT rc=0' "$LOG" \
+      && grep -q 'guest reset: rebooting (boot 2)' "$LOG" && grep -q '^snapshot after reboot: ok' "$LOG" \
+      && [ -n "$u2" ] && [ "$u2" -ge 1 ] && [ -n "$b2" ] && [ "$b2" -ge 2 ] && grep -q 'NODE-VM2-EXIT rc=0' "$LOG" && ok=1 ;;
   devices)
     grep -q 'DISK-READ: HAVMS-DISK-MARKER' "$LOG" && grep -q 'NODE-DISK-AT-4096: HAVMS-GUEST-WROTE' "$LOG" \
       && grep -q 'RNG: ..' "$LOG" && grep -q GUEST-PING-OK "$LOG" && grep -q 'NODE-VM-EXIT rc=0' "$LOG" && ok=1 ;;

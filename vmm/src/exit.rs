@@ -10,6 +10,7 @@ pub enum ExitReason {
     /// The guest powered off (ACPI-less guests end with a reset instead, see `Reset`).
     PowerOff,
     /// The guest reset the machine: `reboot`, i8042 reset line, triple fault, or `panic=-1`.
+    /// It ends a `Vm`; a `Machine` reboots (builds the next `Vm`) unless told `OnReset::Exit`.
     Reset,
     /// The VMM was asked to stop (API `shutdown`, `Vm::shutdown`).
     Shutdown,

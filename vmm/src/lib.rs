@@ -19,20 +19,37 @@
 //!
 //! `Vm::restore(dir, serial)` rebuilds a VM from a snapshot in a fresh process; after `start()`
 //! the guest continues where it was captured.
+//!
+//! A `Vm` ends when the guest resets. `Machine` is the guest across reboots: it builds a new
+//! `Vm` from the same spec on the same console each time, as Cloud Hypervisor does:
+//!
+//! ```no_run
+//! use havms_vmm::{Machine, OnReset, VmSpec};
+//! let m = Machine::boot(VmSpec::new("/boot/vmlinuz"), OnReset::Reboot)?;
+//! let m2 = m.clone();                   // e.g. for the API server: acts on the current VM
+//! std::thread::spawn(move || { m2.vm().map(|vm| vm.pause()) });
+//! let why = m.run();                    // power off / shutdown / error; resets reboot
+//! println!("ended after {} boots: {why}", m.boots());
+//! # Ok::<(), havms_vmm::VmError>(())
+//! ```
 
 pub mod api;
 pub mod boot;
+pub mod console;
 pub mod devices;
 pub mod exit;
 pub mod kvm;
 pub mod layout;
+pub mod machine;
 pub mod memory;
 pub mod spec;
 pub mod state;
 pub mod virtio;
 pub mod vm;
 
+pub use console::Console;
 pub use exit::ExitReason;
+pub use machine::{Machine, OnReset};
 pub use spec::{DiskSpec, NetSpec, SerialSpec, SpecError, VmSpec};
 pub use vm::{serial_output as vm_serial_output, Vm, VmError, VmInfo};
 

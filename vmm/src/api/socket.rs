@@ -9,8 +9,42 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use crate::machine::Machine;
 use crate::virtio::net::GateMode;
-use crate::vm::{Vm, VmInfo};
+use crate::vm::{Vm, VmError, VmInfo};
+
+/// What the server drives: one `Vm`, or a `Machine`, whose current VM each request acts on
+/// (so the socket keeps working across guest reboots).
+pub trait ApiTarget: Send + Sync + 'static {
+    /// The VM that pause, resume, snapshot and the gates act on now.
+    fn current_vm(&self) -> Result<Vm, VmError>;
+    fn info(&self) -> VmInfo;
+    fn shutdown(&self);
+}
+
+impl ApiTarget for Vm {
+    fn current_vm(&self) -> Result<Vm, VmError> {
+        Ok(self.clone())
+    }
+    fn info(&self) -> VmInfo {
+        Vm::info(self)
+    }
+    fn shutdown(&self) {
+        Vm::shutdown(self)
+    }
+}
+
+impl ApiTarget for Machine {
+    fn current_vm(&self) -> Result<Vm, VmError> {
+        self.vm()
+    }
+    fn info(&self) -> VmInfo {
+        Machine::info(self)
+    }
+    fn shutdown(&self) {
+        Machine::shutdown(self)
+    }
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "cmd", rename_all = "lowercase")]
@@ -76,12 +110,29 @@ impl Response {
     }
 }
 
-/// Executes one request on `vm`.
-pub fn handle(vm: &Vm, req: &Request) -> Response {
+/// Executes one request on `target`.
+pub fn handle<T: ApiTarget + ?Sized>(target: &T, req: &Request) -> Response {
     let t = Instant::now();
     let mut r = match req {
-        Request::Pause => vm.pause().map(|_| Response::ok()),
-        Request::Resume => vm.resume().map(|_| Response::ok()),
+        Request::Info => Ok(Response {
+            ok: true,
+            info: Some(target.info()),
+            ..Default::default()
+        }),
+        Request::Shutdown => {
+            target.shutdown();
+            Ok(Response::ok())
+        }
+        _ => target.current_vm().and_then(|vm| handle_vm(&vm, req)),
+    }
+    .unwrap_or_else(Response::err);
+    r.micros = Some(t.elapsed().as_micros() as u64);
+    r
+}
+
+/// The requests that act on one VM.
+fn handle_vm(vm: &Vm, req: &Request) -> Result<Response, VmError> {
+    match req {
         Request::Info => Ok(Response {
             ok: true,
             info: Some(vm.info()),
@@ -91,6 +142,8 @@ pub fn handle(vm: &Vm, req: &Request) -> Response {
             vm.shutdown();
             Ok(Response::ok())
         }
+        Request::Pause => vm.pause().map(|_| Response::ok()),
+        Request::Resume => vm.resume().map(|_| Response::ok()),
         Request::Snapshot {
             dir,
             incremental: false,
@@ -109,7 +162,7 @@ pub fn handle(vm: &Vm, req: &Request) -> Response {
             .iter()
             .try_for_each(|o| o.begin_epoch(*n))
             .map(|_| Response::ok())
-            .map_err(|e| crate::vm::VmError::Control(format!("epoch {n}: {e}"))),
+            .map_err(|e| VmError::Control(format!("epoch {n}: {e}"))),
         Request::Commit { n } => {
             let released: usize = vm.net_outputs().iter().map(|o| o.commit(*n)).sum();
             Ok(Response {
@@ -119,14 +172,11 @@ pub fn handle(vm: &Vm, req: &Request) -> Response {
             })
         }
     }
-    .unwrap_or_else(Response::err);
-    r.micros = Some(t.elapsed().as_micros() as u64);
-    r
 }
 
 /// An increment: if the VM runs, it is paused only for the capture into memory, and the files
 /// are written after it resumed.
-fn increment(vm: &Vm, dir: &Path) -> Result<Response, crate::vm::VmError> {
+fn increment(vm: &Vm, dir: &Path) -> Result<Response, VmError> {
     let was_running = vm.info().state == "running";
     let t = Instant::now();
     if was_running {
@@ -147,7 +197,7 @@ fn increment(vm: &Vm, dir: &Path) -> Result<Response, crate::vm::VmError> {
     })
 }
 
-fn serve_conn(vm: &Vm, stream: UnixStream) -> std::io::Result<()> {
+fn serve_conn<T: ApiTarget>(target: &T, stream: UnixStream) -> std::io::Result<()> {
     let mut w = stream.try_clone()?;
     for line in BufReader::new(stream).lines() {
         let line = line?;
@@ -157,7 +207,7 @@ fn serve_conn(vm: &Vm, stream: UnixStream) -> std::io::Result<()> {
         let resp = match serde_json::from_str::<Request>(&line) {
             Ok(req) => {
                 log::info!("API request {req:?}");
-                handle(vm, &req)
+                handle(target, &req)
             }
             Err(e) => Response::err(format!("bad request '{line}': {e}")),
         };
@@ -168,8 +218,9 @@ fn serve_conn(vm: &Vm, stream: UnixStream) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Binds `path` (replacing a stale socket) and serves requests on a background thread.
-pub fn spawn_server(vm: Vm, path: &Path) -> std::io::Result<()> {
+/// Binds `path` (replacing a stale socket) and serves requests for `target` (a `Vm` or a
+/// `Machine`) on a background thread.
+pub fn spawn_server<T: ApiTarget>(target: T, path: &Path) -> std::io::Result<()> {
     if path.exists() {
         std::fs::remove_file(path)?;
     }
@@ -180,7 +231,7 @@ pub fn spawn_server(vm: Vm, path: &Path) -> std::io::Result<()> {
             for conn in listener.incoming() {
                 match conn {
                     Ok(s) => {
-                        if let Err(e) = serve_conn(&vm, s) {
+                        if let Err(e) = serve_conn(&target, s) {
                             log::warn!("API connection: {e}");
                         }
                     }

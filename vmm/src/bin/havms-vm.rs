@@ -1,11 +1,13 @@
 //! `havms-vm`: run one guest, Cloud Hypervisor style.
 //!
 //! havms-vm --kernel K [--initramfs I] [--cmdline C] [--cpus boot=N] [--memory size=M]
-//!          [--serial file=F|socket=S|tty|null] [--api-socket S]
-//! havms-vm --restore DIR [--serial ...] [--api-socket S]
+//!          [--serial file=F|socket=S|tty|null] [--api-socket S] [--no-reboot]
+//! havms-vm --restore DIR [--serial ...] [--api-socket S] [--no-reboot]
 //! havms-vm --restore DIR --memory-sha256
 //!
-//! Exit code 0 when the guest powers off or resets or the API asks for shutdown, 1 on errors.
+//! A guest reset reboots the guest in place (`havms_vmm::Machine`), unless `--no-reboot`.
+//! Exit code 0 when the guest powers off (or resets, with --no-reboot) or the API asks for
+//! shutdown, 1 on errors.
 
 use std::path::PathBuf;
 
@@ -13,7 +15,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use havms_vmm::api::socket;
 use havms_vmm::spec::{parse_cpus, parse_disk, parse_memory, parse_net, parse_serial};
-use havms_vmm::{Vm, VmSpec};
+use havms_vmm::{Machine, OnReset, VmSpec};
 
 #[derive(Parser, Debug)]
 #[command(name = "havms-vm", about = "Run a Linux guest on KVM (HAVmS engine)")]
@@ -59,18 +61,26 @@ struct Args {
     /// exit without running it.
     #[arg(long, requires = "restore")]
     memory_sha256: bool,
+    /// A guest reset ends the VM (exit 0) instead of rebooting it, as QEMU's -no-reboot.
+    #[arg(long)]
+    no_reboot: bool,
 }
 
-fn build(args: &Args) -> Result<Vm> {
+fn build(args: &Args) -> Result<Machine> {
     let serial = parse_serial(&args.serial)?;
+    let on_reset = if args.no_reboot {
+        OnReset::Exit
+    } else {
+        OnReset::Reboot
+    };
     if let Some(dir) = &args.restore {
-        let vm = Vm::restore_with_serial(dir, &serial)
+        let m = Machine::restore(dir, &serial, on_reset)
             .with_context(|| format!("restoring from {}", dir.display()))?;
         if args.dirty_log {
             // Increments of the restored VM start from its next full snapshot.
-            vm.set_dirty_log(true).context("enabling the dirty log")?;
+            m.set_dirty_log(true).context("enabling the dirty log")?;
         }
-        return Ok(vm);
+        return Ok(m);
     }
     let Some(kernel) = &args.kernel else {
         bail!("--kernel is required unless --restore is given");
@@ -93,7 +103,8 @@ fn build(args: &Args) -> Result<Vm> {
         .collect::<Result<_, _>>()?;
     spec.rng = args.rng;
     spec.dirty_log = args.dirty_log;
-    Vm::create(&spec).with_context(|| format!("creating the VM for {}", kernel.display()))
+    Machine::boot(spec, on_reset)
+        .with_context(|| format!("creating the VM for {}", kernel.display()))
 }
 
 fn main() {
@@ -110,8 +121,8 @@ fn main() {
 }
 
 /// With `--serial tty`, what is typed on stdin goes to the guest's console (line by line: the
-/// terminal stays in cooked mode).
-fn spawn_stdin_feeder(vm: Vm) {
+/// terminal stays in cooked mode), whichever boot of the machine is running.
+fn spawn_stdin_feeder(vm: Machine) {
     let _ = std::thread::Builder::new()
         .name("stdin".into())
         .spawn(move || {
@@ -127,7 +138,7 @@ fn spawn_stdin_feeder(vm: Vm) {
                     let took = vm.serial_input(rest);
                     rest = &rest[took..];
                     if took == 0 {
-                        // The UART FIFO is full until the guest reads it.
+                        // The UART FIFO is full until the guest reads it (or it reboots).
                         std::thread::sleep(std::time::Duration::from_millis(5));
                     }
                 }
@@ -143,20 +154,17 @@ fn run(args: &Args) -> Result<i32> {
         println!("{}", havms_vmm::memory::sha256(&mem));
         return Ok(0);
     }
-    let vm = build(args)?;
+    let machine = build(args)?;
     if let Some(s) = &args.api_socket {
-        socket::spawn_server(vm.clone(), s)
+        socket::spawn_server(machine.clone(), s)
             .with_context(|| format!("API socket {}", s.display()))?;
     }
-    vm.start().context("starting the vCPUs")?;
     if parse_serial(&args.serial)? == havms_vmm::SerialSpec::Tty {
-        spawn_stdin_feeder(vm.clone());
+        spawn_stdin_feeder(machine.clone());
     }
-    let reason = vm.wait();
-    eprintln!("havms-vm: {reason}");
-    if let havms_vmm::SerialSpec::Socket(s) = parse_serial(&args.serial)? {
-        let _ = std::fs::remove_file(s);
-    }
+    // Closes the console (a socket console's file is removed) when it returns.
+    let reason = machine.run();
+    eprintln!("havms-vm: {reason} (boots: {})", machine.boots());
     if let Some(s) = &args.api_socket {
         let _ = std::fs::remove_file(s);
     }

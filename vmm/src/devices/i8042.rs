@@ -1,6 +1,6 @@
 //! The i8042 keyboard controller (ports 0x60 and 0x64), vm-superio's model. Its only job here is
 //! the CPU reset line: a guest `reboot` (and the panic path of a power off without ACPI) writes
-//! 0xfe to port 0x64, which ends the VM with `ExitReason::Reset`.
+//! 0xfe to port 0x64, which ends the VM with `ExitReason::Reset` (a `Machine` then reboots it).
 
 use std::sync::Arc;
 

@@ -6,16 +6,24 @@
 //! must never wait for a client: each client gets a byte-bounded queue drained by its own
 //! thread, and a client whose queue overflows (it stopped reading) or whose socket fails is
 //! dropped. A new client first receives the backlog, so boot output printed before anyone
-//! connected is not lost. Bytes a client sends go to the input sink (`Vm::serial_input`).
+//! connected is not lost. Bytes a client sends go to the input sink (`Vm::serial_input`), which
+//! can be switched while clients stay connected (a rebooted guest is a new `Vm`).
+//!
+//! `SerialSocketServer` is the owner: dropping it stops the accept thread (woken through an
+//! eventfd it polls beside the listener), disconnects the clients and removes the socket file.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 use std::time::Duration;
+
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::serial::SerialOut;
 
@@ -23,6 +31,8 @@ use super::serial::SerialOut;
 pub const BACKLOG_BYTES: usize = 64 * 1024;
 /// Output queued for one client before it counts as stuck and is dropped.
 pub const CLIENT_QUEUE_BYTES: usize = 1024 * 1024;
+/// How long a closing console keeps sending queued output to a client that does not read.
+const FINISH_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Takes console input; returns how many bytes it accepted (0: full, try again later), or
 /// None once the guest is gone (the client is then dropped).
@@ -44,6 +54,8 @@ struct ClientQueue {
 struct QueueState {
     buf: VecDeque<u8>,
     closed: bool,
+    /// The console is closing: send what is queued, then disconnect.
+    finishing: bool,
 }
 
 impl ClientQueue {
@@ -75,13 +87,19 @@ impl ClientQueue {
         let _ = self.stream.shutdown(Shutdown::Both);
     }
 
-    /// The next chunk to send, or None once the client is closed.
+    /// Lets the sender disconnect the client once what is queued is sent.
+    fn finish(&self) {
+        lock(&self.state).finishing = true;
+        self.ready.notify_all();
+    }
+
+    /// The next chunk to send, or None once the client is closed (or finished and drained).
     fn next_chunk(&self) -> Option<Vec<u8>> {
         let mut q = lock(&self.state);
-        while q.buf.is_empty() && !q.closed {
+        while q.buf.is_empty() && !q.closed && !q.finishing {
             q = self.ready.wait(q).unwrap_or_else(|p| p.into_inner());
         }
-        if q.closed {
+        if q.closed || q.buf.is_empty() {
             return None;
         }
         let n = q.buf.len().min(64 * 1024);
@@ -160,36 +178,164 @@ impl SerialSocket {
         })
     }
 
-    /// Starts the accept thread; clients' bytes go to `input`.
-    pub fn serve(self, input: InputSink) -> io::Result<()> {
-        let input: Arc<InputSink> = Arc::new(input);
-        std::thread::Builder::new()
+    /// Starts the accept thread; clients' bytes go to `input` until `set_input` replaces it.
+    /// The returned server owns the thread, the clients and the socket file.
+    pub fn serve(self, input: InputSink) -> io::Result<SerialSocketServer> {
+        let input: SharedSink = Arc::new(Mutex::new(Arc::new(input)));
+        let stop = EventFd::new(EFD_NONBLOCK)?;
+        // Non-blocking: a wakeup whose connection went away again must not block the thread.
+        self.listener.set_nonblocking(true)?;
+        let ctx = AcceptCtx {
+            listener: self.listener,
+            stop: stop.try_clone()?,
+            hub: self.hub.clone(),
+            input: input.clone(),
+            path: self.path.clone(),
+        };
+        let accept = std::thread::Builder::new()
             .name("serial-socket".into())
-            .spawn(move || {
-                for conn in self.listener.incoming() {
-                    match conn {
-                        Ok(stream) => {
-                            if let Err(e) = add_client(&self.hub, stream, input.clone()) {
-                                log::warn!("serial socket {}: client: {e}", self.path.display());
-                            }
-                        }
-                        Err(e) => {
-                            log::warn!("serial socket {}: accept: {e}", self.path.display());
-                            // Out of descriptors and the like: do not spin.
-                            std::thread::sleep(Duration::from_millis(100));
-                        }
-                    }
-                }
-            })?;
-        Ok(())
+            .spawn(move || ctx.run())?;
+        Ok(SerialSocketServer {
+            path: self.path,
+            hub: self.hub,
+            input,
+            stop,
+            accept: Some(accept),
+        })
     }
 }
 
-fn add_client(hub: &Mutex<Hub>, stream: UnixStream, input: Arc<InputSink>) -> io::Result<()> {
+/// The current input sink, replaceable while clients are connected.
+type SharedSink = Arc<Mutex<Arc<InputSink>>>;
+
+/// A serving console socket. Dropping (or `close`) stops the accept thread, disconnects every
+/// client and removes the socket file.
+pub struct SerialSocketServer {
+    path: PathBuf,
+    hub: Arc<Mutex<Hub>>,
+    input: SharedSink,
+    stop: EventFd,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl SerialSocketServer {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Another output end on the same backlog and clients (a rebooted guest's new UART).
+    pub fn writer(&self) -> SerialOut {
+        Box::new(SocketWriter {
+            hub: self.hub.clone(),
+        })
+    }
+
+    /// Sends what clients type from now on to `input`; connected clients stay connected.
+    pub fn set_input(&self, input: InputSink) {
+        *lock(&self.input) = Arc::new(input);
+    }
+
+    /// Stops the accept thread and waits for it, disconnects every client once its queued
+    /// output is sent (at most `FINISH_TIMEOUT` later; their threads then end on their own) and
+    /// removes the socket file. Idempotent.
+    pub fn close(&mut self) {
+        let Some(t) = self.accept.take() else { return };
+        if let Err(e) = self.stop.write(1) {
+            // Without the wakeup the thread would block the join forever: leave it.
+            log::error!("serial socket {}: stopping: {e}", self.path.display());
+        } else if t.join().is_err() {
+            log::error!(
+                "serial socket {}: accept thread panicked",
+                self.path.display()
+            );
+        }
+        let clients = std::mem::take(&mut lock(&self.hub).clients);
+        for c in &clients {
+            c.finish();
+        }
+        let t0 = std::time::Instant::now();
+        while clients.iter().any(|c| !c.is_closed()) && t0.elapsed() < FINISH_TIMEOUT {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // A client that did not read it all in time is cut off (unblocks its sender).
+        for c in &clients {
+            c.close();
+        }
+        if std::fs::symlink_metadata(&self.path).is_ok_and(|m| m.file_type().is_socket()) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+impl Drop for SerialSocketServer {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// What the accept thread owns.
+struct AcceptCtx {
+    listener: UnixListener,
+    stop: EventFd,
+    hub: Arc<Mutex<Hub>>,
+    input: SharedSink,
+    path: PathBuf,
+}
+
+impl AcceptCtx {
+    fn run(self) {
+        loop {
+            let mut fds = [
+                libc::pollfd {
+                    fd: self.listener.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: self.stop.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            // SAFETY: `fds` is an array of two initialised pollfd structs that outlives the call,
+            // and the count passed is its length; both fds are owned by `self` and open.
+            let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+            if r < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    log::warn!("serial socket {}: poll: {e}", self.path.display());
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                continue;
+            }
+            if fds[1].revents != 0 {
+                return;
+            }
+            match self.listener.accept() {
+                Ok((stream, _)) => {
+                    if let Err(e) = add_client(&self.hub, stream, self.input.clone()) {
+                        log::warn!("serial socket {}: client: {e}", self.path.display());
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    log::warn!("serial socket {}: accept: {e}", self.path.display());
+                    // Out of descriptors and the like: do not spin.
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+}
+
+fn add_client(hub: &Mutex<Hub>, stream: UnixStream, input: SharedSink) -> io::Result<()> {
+    // The listener is non-blocking; the client threads want blocking sockets.
+    stream.set_nonblocking(false)?;
     let queue = Arc::new(ClientQueue {
         state: Mutex::new(QueueState {
             buf: VecDeque::new(),
             closed: false,
+            finishing: false,
         }),
         ready: Condvar::new(),
         stream: stream.try_clone()?,
@@ -227,7 +373,9 @@ fn add_client(hub: &Mutex<Hub>, stream: UnixStream, input: Arc<InputSink>) -> io
                 };
                 let mut rest = &buf[..n];
                 while !rest.is_empty() && !queue.is_closed() {
-                    let Some(took) = input(rest) else {
+                    // Not called under the lock: the sink takes the UART's lock.
+                    let sink = lock(&input).clone();
+                    let Some(took) = sink(rest) else {
                         queue.close();
                         return;
                     };

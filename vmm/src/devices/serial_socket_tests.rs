@@ -58,7 +58,7 @@ fn early_output_from_backlog_then_live_output() {
     let sock = SerialSocket::bind(&path).unwrap();
     let mut w = sock.writer();
     w.write_all(b"early boot\n").unwrap();
-    sock.serve(Box::new(|b: &[u8]| Some(b.len()))).unwrap();
+    let _server = sock.serve(Box::new(|b: &[u8]| Some(b.len()))).unwrap();
 
     let mut c = connect(&path);
     assert_eq!(read_n(&mut c, 11), b"early boot\n");
@@ -78,7 +78,7 @@ fn backlog_keeps_the_last_64k() {
     for chunk in data.chunks(7) {
         w.write_all(chunk).unwrap();
     }
-    sock.serve(Box::new(|b: &[u8]| Some(b.len()))).unwrap();
+    let _server = sock.serve(Box::new(|b: &[u8]| Some(b.len()))).unwrap();
     let mut c = connect(&path);
     wait_for("client registered", || clients(&hub) == 1);
     assert_eq!(
@@ -98,7 +98,7 @@ fn client_input_reaches_the_sink() {
     let path = dir.as_path().join("s");
     let sock = SerialSocket::bind(&path).unwrap();
     let (sink, got) = recording_sink();
-    sock.serve(sink).unwrap();
+    let _server = sock.serve(sink).unwrap();
     let mut c = connect(&path);
     c.write_all(b"root\nls -l /\n").unwrap();
     wait_for("input delivered", || got.lock().unwrap().len() == 13);
@@ -112,7 +112,7 @@ fn a_client_that_never_reads_does_not_block_writes() {
     let sock = SerialSocket::bind(&path).unwrap();
     let hub = sock.hub.clone();
     let mut w = sock.writer();
-    sock.serve(Box::new(|b: &[u8]| Some(b.len()))).unwrap();
+    let _server = sock.serve(Box::new(|b: &[u8]| Some(b.len()))).unwrap();
     let _stuck = connect(&path);
     wait_for("stuck client registered", || clients(&hub) == 1);
 
@@ -143,7 +143,7 @@ fn a_disconnected_client_is_dropped() {
     let sock = SerialSocket::bind(&path).unwrap();
     let hub = sock.hub.clone();
     let mut w = sock.writer();
-    sock.serve(Box::new(|b: &[u8]| Some(b.len()))).unwrap();
+    let _server = sock.serve(Box::new(|b: &[u8]| Some(b.len()))).unwrap();
     let c = connect(&path);
     wait_for("client registered", || clients(&hub) == 1);
     drop(c);
@@ -165,7 +165,7 @@ fn stale_socket_is_replaced() {
     let sock = SerialSocket::bind(&path).unwrap();
     let mut w = sock.writer();
     w.write_all(b"hi").unwrap();
-    sock.serve(Box::new(|b: &[u8]| Some(b.len()))).unwrap();
+    let _server = sock.serve(Box::new(|b: &[u8]| Some(b.len()))).unwrap();
     assert_eq!(read_n(&mut connect(&path), 2), b"hi");
 }
 
@@ -180,4 +180,116 @@ fn regular_file_is_refused() {
     assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
     assert!(e.to_string().contains("not a socket"), "{e}");
     assert_eq!(std::fs::read(&path).unwrap(), b"keep me");
+}
+
+#[test]
+fn close_ends_the_accept_thread_drops_clients_and_removes_the_socket() {
+    let dir = tmp();
+    let path = dir.as_path().join("s");
+    let sock = SerialSocket::bind(&path).unwrap();
+    let hub = sock.hub.clone();
+    let server = sock.serve(Box::new(|b: &[u8]| Some(b.len()))).unwrap();
+    let mut c = connect(&path);
+    wait_for("client registered", || clients(&hub) == 1);
+    // `close` joins the accept thread: it returning in time is the thread having ended.
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut server = server;
+        server.close();
+        tx.send(server.accept.is_none()).unwrap();
+    });
+    assert!(rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("accept thread still running 5 s after close"));
+    assert_eq!(clients(&hub), 0);
+    // The client was disconnected: its read sees end of file, not a timeout.
+    let mut b = [0u8; 1];
+    assert_eq!(c.read(&mut b).expect("read after close"), 0);
+    assert!(!path.exists(), "socket file left behind");
+    assert!(UnixStream::connect(&path).is_err());
+}
+
+#[test]
+fn dropping_the_server_stops_it_within_a_timeout() {
+    let dir = tmp();
+    let path = dir.as_path().join("s");
+    let server = SerialSocket::bind(&path)
+        .unwrap()
+        .serve(Box::new(|b: &[u8]| Some(b.len())))
+        .unwrap();
+    let _c = connect(&path);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        drop(server);
+        tx.send(()).unwrap();
+    });
+    rx.recv_timeout(Duration::from_secs(5))
+        .expect("dropping the server did not return: accept thread not stopped");
+    assert!(!path.exists(), "socket file left behind");
+}
+
+#[test]
+fn a_client_stays_across_an_input_switch() {
+    let dir = tmp();
+    let path = dir.as_path().join("s");
+    let sock = SerialSocket::bind(&path).unwrap();
+    let hub = sock.hub.clone();
+    let mut w1 = sock.writer();
+    let (sink1, got1) = recording_sink();
+    let server = sock.serve(sink1).unwrap();
+    let mut c = connect(&path);
+    wait_for("client registered", || clients(&hub) == 1);
+    w1.write_all(b"boot 1\n").unwrap();
+    assert_eq!(read_n(&mut c, 7), b"boot 1\n");
+    c.write_all(b"one").unwrap();
+    wait_for("input to the first target", || {
+        got1.lock().unwrap().len() == 3
+    });
+
+    // "Reboot": input is held while there is no guest, then goes to the new one, whose UART
+    // writes through a new writer on the same server.
+    server.set_input(Box::new(|_: &[u8]| Some(0)));
+    drop(w1);
+    c.write_all(b"typed-while-rebooting ").unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let (sink2, got2) = recording_sink();
+    server.set_input(sink2);
+    let mut w2 = server.writer();
+    w2.write_all(b"boot 2\n").unwrap();
+    assert_eq!(read_n(&mut c, 7), b"boot 2\n");
+    c.write_all(b"two").unwrap();
+    wait_for("input to the second target", || {
+        got2.lock().unwrap().ends_with(b"two")
+    });
+    assert_eq!(&got1.lock().unwrap()[..], b"one");
+    assert_eq!(&got2.lock().unwrap()[..], b"typed-while-rebooting two");
+    assert_eq!(clients(&hub), 1, "the client was dropped across the switch");
+    // A client connecting now gets both boots' output from the backlog.
+    let mut late = connect(&path);
+    assert_eq!(read_n(&mut late, 14), b"boot 1\nboot 2\n");
+}
+
+#[test]
+fn close_sends_queued_output_before_disconnecting() {
+    let dir = tmp();
+    let path = dir.as_path().join("s");
+    let sock = SerialSocket::bind(&path).unwrap();
+    let hub = sock.hub.clone();
+    let mut w = sock.writer();
+    let mut server = sock.serve(Box::new(|b: &[u8]| Some(b.len()))).unwrap();
+    let mut c = connect(&path);
+    wait_for("client registered", || clients(&hub) == 1);
+    // More than a socket buffer holds: part of it is still queued when close starts.
+    let data: Vec<u8> = (0..600 * 1024u32).map(|i| (i % 253) as u8).collect();
+    w.write_all(&data).unwrap();
+    w.write_all(b"reboot: Power down\n").unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        c.read_to_end(&mut all).expect("reading to the end");
+        all
+    });
+    server.close();
+    let all = reader.join().unwrap();
+    assert_eq!(all.len(), data.len() + 19);
+    assert!(all.ends_with(b"reboot: Power down\n"));
 }

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::vcpu::VcpuState;
 use super::vm::VmState;
 use crate::devices::serial::SerialSnapshot;
-use crate::spec::{DiskSpec, NetSpec};
+use crate::spec::{DiskSpec, NetSpec, VmSpec};
 use crate::virtio::MmioState;
 
 pub const STATE_FILE: &str = "state.json";
@@ -56,6 +56,12 @@ pub struct Snapshot {
     pub rng: bool,
     #[serde(default)]
     pub virtio: Vec<MmioState>,
+    /// The boot files: a restored VM that the guest resets boots again from them (with the
+    /// command line, shape and devices above). Absent in snapshots of older engines.
+    #[serde(default)]
+    pub kernel: Option<PathBuf>,
+    #[serde(default)]
+    pub initramfs: Option<PathBuf>,
 }
 
 /// `VmState` without Debug (KVM structs) wrapped so `Snapshot` can derive it.
@@ -69,6 +75,20 @@ impl std::fmt::Debug for VmStateBox {
 }
 
 impl Snapshot {
+    /// The spec a reboot of the restored VM boots from (serial: the spec's default, the
+    /// caller keeps its own console), or None when the snapshot names no kernel.
+    pub fn boot_spec(&self) -> Option<VmSpec> {
+        let mut spec = VmSpec::new(self.kernel.clone()?);
+        spec.initramfs = self.initramfs.clone();
+        spec.cmdline = self.cmdline.clone();
+        spec.cpus = self.cpus;
+        spec.memory_mib = self.memory_mib;
+        spec.disks = self.disks.clone();
+        spec.nets = self.nets.clone();
+        spec.rng = self.rng;
+        Some(spec)
+    }
+
     pub fn write(&self, dir: &Path) -> Result<(), SnapshotError> {
         let io = |what, path: &Path| {
             let path = path.to_path_buf();

@@ -119,16 +119,18 @@ impl Vm {
         };
         Ok(Snapshot {
             version: FORMAT_VERSION,
-            cpus: self.inner.cpus,
-            memory_mib: self.inner.memory_mib,
-            cmdline: self.inner.cmdline.clone(),
+            cpus: self.inner.shape.cpus,
+            memory_mib: self.inner.shape.memory_mib,
+            cmdline: self.inner.shape.cmdline.clone(),
             vcpus,
             vm: VmStateBox(vm),
             serial,
-            disks: self.inner.virtio_spec.disks.clone(),
-            nets: self.inner.virtio_spec.nets.clone(),
-            rng: self.inner.virtio_spec.rng,
+            disks: self.inner.shape.virtio.disks.clone(),
+            nets: self.inner.shape.virtio.nets.clone(),
+            rng: self.inner.shape.virtio.rng,
             virtio: self.inner.devices.virtio.save_state(),
+            kernel: self.inner.shape.kernel.clone(),
+            initramfs: self.inner.shape.initramfs.clone(),
         })
     }
 }

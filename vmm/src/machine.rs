@@ -1,0 +1,275 @@
+//! `Machine`: one guest across reboots, as Cloud Hypervisor and QEMU (without `-no-reboot`)
+//! run it. A guest reset (`reboot`, the i8042 reset line, a triple fault, `panic=-1`) ends the
+//! current `Vm`; the machine then builds a new one from the same spec (fresh memory, devices
+//! reset, taps and disk files opened again) on the same `Console` and boots it. It owns the
+//! spec, the console, the current `Vm` and the boot counter; the API server and the supervisor
+//! hold clones and always act on the current VM.
+//!
+//! A restored machine reboots from the spec its snapshot recorded (kernel, initramfs, command
+//! line, shape, devices). With `OnReset::Exit` (`havms-vm --no-reboot`) a reset ends the machine
+//! like a power off. A VM that cannot be rebuilt (a tap gone, the kernel file removed) ends the
+//! machine with `ExitReason::Error` saying what failed.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use crate::console::Console;
+use crate::exit::ExitReason;
+use crate::spec::{SerialSpec, VmSpec};
+use crate::state::snapshot::Snapshot;
+use crate::vm::{Vm, VmError, VmInfo};
+
+/// How long a reboot waits for other holders of the old VM (an API request in flight) to let
+/// go, so its taps and memory are released before the new VM opens them.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a guest reset does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnReset {
+    /// Build the VM again and boot it (the default, like Cloud Hypervisor and QEMU).
+    #[default]
+    Reboot,
+    /// End the machine with `ExitReason::Reset` (QEMU's `-no-reboot`).
+    Exit,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+struct Current {
+    /// None only while a reboot replaces it.
+    vm: Option<Vm>,
+    /// `shutdown` was asked: a reset in progress must not boot again.
+    stopping: bool,
+}
+
+struct Shared {
+    /// What each reboot builds; None for a machine restored from a snapshot that names no
+    /// kernel (then a reset cannot reboot).
+    spec: Mutex<Option<VmSpec>>,
+    console: Mutex<Console>,
+    on_reset: OnReset,
+    current: Mutex<Current>,
+    boots: AtomicU32,
+}
+
+/// A guest that survives its own reboots. Clones share it.
+#[derive(Clone)]
+pub struct Machine {
+    shared: Arc<Shared>,
+}
+
+impl Machine {
+    /// Builds the first VM from `spec` on the console `spec.serial` names.
+    pub fn boot(spec: VmSpec, on_reset: OnReset) -> Result<Machine, VmError> {
+        spec.validate()?;
+        let console = Console::open(&spec.serial)?;
+        Self::boot_on(spec, console, on_reset)
+    }
+
+    /// `boot` on a console the caller made (e.g. `Console::from_writer` for a tee).
+    pub fn boot_on(spec: VmSpec, console: Console, on_reset: OnReset) -> Result<Machine, VmError> {
+        let vm = Vm::create_on(&spec, &console)?;
+        Ok(Self::assemble(vm, Some(spec), console, on_reset))
+    }
+
+    /// Restores the VM saved in `dir` on the console `serial` names; a reset reboots it from
+    /// the spec the snapshot recorded.
+    pub fn restore(dir: &Path, serial: &SerialSpec, on_reset: OnReset) -> Result<Machine, VmError> {
+        let console = Console::open(serial)?;
+        Self::restore_on(dir, console, on_reset)
+    }
+
+    /// `restore` on a console the caller made.
+    pub fn restore_on(dir: &Path, console: Console, on_reset: OnReset) -> Result<Machine, VmError> {
+        let spec = Snapshot::read(dir)?.boot_spec();
+        if spec.is_none() {
+            log::warn!(
+                "{}: the snapshot names no kernel; a guest reset will end the VM",
+                dir.display()
+            );
+        }
+        let vm = Vm::restore_on(dir, &console)?;
+        Ok(Self::assemble(vm, spec, console, on_reset))
+    }
+
+    fn assemble(vm: Vm, spec: Option<VmSpec>, console: Console, on_reset: OnReset) -> Machine {
+        console.attach(&vm);
+        Machine {
+            shared: Arc::new(Shared {
+                spec: Mutex::new(spec),
+                console: Mutex::new(console),
+                on_reset,
+                current: Mutex::new(Current {
+                    vm: Some(vm),
+                    stopping: false,
+                }),
+                boots: AtomicU32::new(1),
+            }),
+        }
+    }
+
+    /// The current VM (what pause, resume, snapshot and the NIC gates act on); an error while
+    /// a reboot replaces it.
+    pub fn vm(&self) -> Result<Vm, VmError> {
+        lock(&self.shared.current)
+            .vm
+            .clone()
+            .ok_or(VmError::WrongState("rebooting"))
+    }
+
+    /// How many VMs this machine has booted: 1, plus one per reboot.
+    pub fn boots(&self) -> u32 {
+        self.shared.boots.load(Ordering::SeqCst)
+    }
+
+    /// The current VM's `info`, with the boot count.
+    pub fn info(&self) -> VmInfo {
+        let boots = self.boots();
+        match self.vm() {
+            Ok(vm) => VmInfo { boots, ..vm.info() },
+            Err(_) => {
+                let spec = lock(&self.shared.spec).clone();
+                VmInfo {
+                    state: "rebooting".into(),
+                    cpus: spec.as_ref().map_or(0, |s| s.cpus),
+                    memory_mib: spec.as_ref().map_or(0, |s| s.memory_mib),
+                    cmdline: spec.as_ref().map(|s| s.cmdline.clone()).unwrap_or_default(),
+                    dirty_log: spec.as_ref().is_some_and(|s| s.dirty_log),
+                    boots,
+                    nets: Vec::new(),
+                }
+            }
+        }
+    }
+
+    /// Ends the machine: the current VM stops and no reset reboots it any more; `run`
+    /// returns `ExitReason::Shutdown`.
+    pub fn shutdown(&self) {
+        let mut cur = lock(&self.shared.current);
+        cur.stopping = true;
+        if let Some(vm) = &cur.vm {
+            vm.shutdown();
+        }
+    }
+
+    /// Types `bytes` into the current guest's console; 0 while it reboots (try again).
+    pub fn serial_input(&self, bytes: &[u8]) -> usize {
+        self.vm().map_or(0, |vm| vm.serial_input(bytes))
+    }
+
+    /// Turns KVM dirty logging on or off for the current VM and every later boot. After a
+    /// reboot the new VM has no previous capture: take a full snapshot before increments.
+    pub fn set_dirty_log(&self, on: bool) -> Result<(), VmError> {
+        if let Some(spec) = lock(&self.shared.spec).as_mut() {
+            spec.dirty_log = on;
+        }
+        self.vm()?.set_dirty_log(on)
+    }
+
+    /// Starts the current VM (if not started yet) and runs the machine until it ends: a power
+    /// off, `shutdown`, an error, or a reset with `OnReset::Exit`. Every other reset reboots.
+    /// The console is closed when it returns (socket clients get the last output first).
+    pub fn run(&self) -> ExitReason {
+        let reason = self.run_boots();
+        lock(&self.shared.console).close();
+        reason
+    }
+
+    fn run_boots(&self) -> ExitReason {
+        let mut vm = match self.vm() {
+            Ok(vm) => vm,
+            Err(e) => return ExitReason::Error(e.to_string()),
+        };
+        loop {
+            if vm.is_created() {
+                if let Err(e) = vm.start() {
+                    return ExitReason::Error(format!("starting the vCPUs: {e}"));
+                }
+            }
+            let reason = vm.wait();
+            if reason != ExitReason::Reset || self.shared.on_reset == OnReset::Exit {
+                return reason;
+            }
+            if lock(&self.shared.current).stopping {
+                return ExitReason::Shutdown;
+            }
+            vm = match self.reboot(vm) {
+                Ok(vm) => vm,
+                Err(r) => return r,
+            };
+        }
+    }
+
+    /// Replaces the ended `old` VM by a freshly built one, returned not started.
+    fn reboot(&self, old: Vm) -> Result<Vm, ExitReason> {
+        let n = self.boots() + 1;
+        log::info!("guest reset: rebooting (boot {n})");
+        let console = lock(&self.shared.console);
+        console.detach();
+        lock(&self.shared.current).vm = None;
+        if !old.release(RELEASE_TIMEOUT) {
+            log::warn!("the reset VM is still referenced after {RELEASE_TIMEOUT:?}; building the next one anyway");
+        }
+        let spec = lock(&self.shared.spec).clone().ok_or_else(|| {
+            ExitReason::Error(
+                "guest reset: cannot reboot: the snapshot this VM was restored from names no kernel"
+                    .into(),
+            )
+        })?;
+        let vm = Vm::create_on(&spec, &console).map_err(|e| {
+            ExitReason::Error(format!(
+                "guest reset: rebuilding the VM for boot {n}: {}",
+                crate::error_chain(&e)
+            ))
+        })?;
+        console.attach(&vm);
+        drop(console);
+        let mut cur = lock(&self.shared.current);
+        cur.vm = Some(vm.clone());
+        if cur.stopping {
+            // Shut down while it was being built: it never runs, `info` shows it ended.
+            vm.shutdown();
+            return Err(ExitReason::Shutdown);
+        }
+        self.shared.boots.store(n, Ordering::SeqCst);
+        Ok(vm)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vmm_sys_util::tempdir::TempDir;
+
+    #[test]
+    fn a_machine_that_cannot_boot_names_the_kernel_and_closes_its_console() {
+        let dir = TempDir::new_with_prefix("/tmp/havms-machine-").unwrap();
+        let sock = dir.as_path().join("console.sock");
+        let mut spec = VmSpec::new(dir.as_path().join("no-such-vmlinuz"));
+        spec.serial = SerialSpec::Socket(sock.clone());
+        let e = Machine::boot(spec, OnReset::Reboot)
+            .err()
+            .expect("booting a missing kernel");
+        assert!(
+            crate::error_chain(&e).contains("no-such-vmlinuz"),
+            "{}",
+            crate::error_chain(&e)
+        );
+        assert!(
+            !sock.exists(),
+            "the console socket outlived the failed boot"
+        );
+    }
+
+    #[test]
+    fn info_without_boots_reads_as_one_boot() {
+        let old =
+            r#"{"state":"running","cpus":1,"memory_mib":256,"cmdline":"c","dirty_log":false}"#;
+        let info: VmInfo = serde_json::from_str(old).unwrap();
+        assert_eq!(info.boots, 1);
+    }
+}
