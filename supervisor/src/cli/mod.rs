@@ -1,6 +1,8 @@
-//! `havms`, the node's command line: status, reboot and power off, config checks, and the serial
-//! console menu (`havms console`, started by init on each console).
+//! `havms`, the node's command line: status, reboot and power off, config checks, the serial
+//! console menu (`havms console`, started by init on each console) and a VM console client
+//! (`havms attach`).
 
+pub mod attach;
 pub mod config;
 pub mod power;
 pub mod status;
@@ -10,6 +12,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use havms_config::paths;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// havms, the HAVmS node command line.
 #[derive(Debug, Parser)]
@@ -58,6 +61,29 @@ pub enum Command {
     },
     /// The serial console menu (init runs it on each console).
     Console,
+    /// Connect to a VM's serial console socket (`havms-vm --serial socket=PATH`).
+    ///
+    /// A new connection first shows the last 64 KiB of the console, then live output, byte for
+    /// byte. When stdin is a terminal it goes into raw mode (every key, ctrl-c included, goes to
+    /// the guest) and `Ctrl-]` detaches. Otherwise stdin is copied to the console until it ends,
+    /// then output is still printed for --linger seconds.
+    ///
+    /// Exit status: 0 when detached, when the VM closed the console (`SOCKET: console closed` on
+    /// stderr), after --linger or --timeout; 1 when SOCKET cannot be connected or I/O fails.
+    Attach {
+        /// The VM's console socket (not --socket, which is havmsd's control socket).
+        #[arg(value_name = "SOCKET")]
+        path: PathBuf,
+        /// After stdin (not a terminal) ends, keep printing output for SECONDS (fractions allowed).
+        #[arg(long, value_name = "SECONDS", default_value = "1", value_parser = attach::parse_seconds)]
+        linger: Duration,
+        /// Exit after SECONDS whatever happens (exit 0).
+        #[arg(long, value_name = "SECONDS", value_parser = attach::parse_seconds)]
+        timeout: Option<Duration>,
+        /// Never read stdin: only watch the output (the terminal is left as it is).
+        #[arg(long)]
+        no_input: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -92,5 +118,18 @@ pub fn run(args: Args) -> Result<i32> {
             action: ConfigAction::Reload,
         } => config::reload(&src),
         Command::Console => crate::console::run(&src),
+        Command::Attach {
+            path,
+            linger,
+            timeout,
+            no_input,
+        } => attach::run(
+            &path,
+            &attach::Options {
+                linger,
+                timeout,
+                no_input,
+            },
+        ),
     }
 }
