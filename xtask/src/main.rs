@@ -44,8 +44,10 @@ enum Cmd {
     Test,
     /// Build the image and run one QEMU scenario.
     QemuTest {
-        /// Scenario name, `boot` / `engine` for a group, or `list` to print the names.
-        name: String,
+        /// Scenario names (run in this order), `boot` / `engine` for a group, or `list` to
+        /// print the names.
+        #[arg(required = true)]
+        names: Vec<String>,
     },
     /// Build the image and run one benchmark (docs/performance.md).
     Bench {
@@ -84,16 +86,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
             qemu::checked("demo", &artifacts.dir, &extra)?;
         }
-        Cmd::QemuTest { name } if name == "list" => {
+        Cmd::QemuTest { names } if names.len() == 1 && names[0] == "list" => {
             for scenario in qemu::list()? {
                 println!("{scenario}");
             }
         }
-        Cmd::QemuTest { name } => {
+        Cmd::QemuTest { names } => {
             prereqs::ensure(&[prereqs::Need::Qemu])?;
             let artifacts = image::run()?;
-            step::step(&format!("scenario {name}"), || {
-                qemu::checked("run", &artifacts.dir, &[&name])
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            step::step(&format!("scenario {}", names.join(" ")), || {
+                qemu::checked("run", &artifacts.dir, &names)
             })?;
         }
         Cmd::Bench { name } => {

@@ -19,19 +19,22 @@ run_bg() {
 }
 
 # vm_start NAME MODE [havms-vm options]: boots the test guest in MODE (guest-init.sh);
-# GUEST_ARGS adds kernel arguments (e.g. pages=N).
+# GUEST_ARGS adds kernel arguments (e.g. pages=N); SERIAL replaces the serial file $W/NAME.ser
+# (e.g. SERIAL=socket=$W/NAME.con).
 vm_start() {
   n=$1; m=$2; shift 2
-  rm -f $W/$n.ser $W/$n.sock
+  rm -f $W/$n.ser $W/$n.sock $W/$n.con
   run_bg $n env RUST_LOG=info havms-vm --kernel $E/vmlinuz --initramfs $E/guest.cpio.gz \
-    --cmdline "$GUEST_CL guest=$m $GUEST_ARGS" --serial file=$W/$n.ser --api-socket $W/$n.sock "$@"
+    --cmdline "$GUEST_CL guest=$m $GUEST_ARGS" --serial ${SERIAL:-file=$W/$n.ser} \
+    --api-socket $W/$n.sock "$@"
 }
 
 # vm_restore NAME DIR [options]: a new havms-vm process continuing the guest saved in DIR.
 vm_restore() {
   n=$1; d=$2; shift 2
-  rm -f $W/$n.ser $W/$n.sock
-  run_bg $n env RUST_LOG=info havms-vm --restore $d --serial file=$W/$n.ser --api-socket $W/$n.sock "$@"
+  rm -f $W/$n.ser $W/$n.sock $W/$n.con
+  run_bg $n env RUST_LOG=info havms-vm --restore $d --serial ${SERIAL:-file=$W/$n.ser} \
+    --api-socket $W/$n.sock "$@"
 }
 
 # R NAME VERB...: havms-remote on VM NAME's socket.
@@ -74,12 +77,15 @@ wait_exit() {
   kill -9 $(cat $W/$1.pid) 2>/dev/null; echo "VM-EXIT $1 rc=timeout"; return 1
 }
 
-# tap_up TAP: waits for the engine to create TAP, gives the node 10.0.2.1/24 on it.
+# tap_up TAP: waits for the engine to create TAP, gives the node 10.0.2.1/24 on it. The node's
+# end always gets the same MAC, so a guest restored in a new engine process (which creates the
+# tap again) still reaches the node through the address in its ARP cache.
 tap_up() {
   i=0; while ! ip link show $1 >/dev/null 2>&1; do
     i=$((i+1)); [ $i -ge 100 ] && { echo "TIMEOUT: no $1"; return 1; }; usleep 100000
   done
-  ip addr add 10.0.2.1/24 dev $1 && ip link set $1 up
+  ip link set $1 down; ip link set $1 address 02:48:56:00:00:01 &&
+    ip addr add 10.0.2.1/24 dev $1 && ip link set $1 up
 }
 
 # last_count NAME: NAME's last complete `COUNT n up=s` line.

@@ -10,10 +10,9 @@ arg() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" /proc/cmdline; }
 up() { cut -d' ' -f1 /proc/uptime; }
 # waitp PATH: up to 5 s for a device the drivers probe asynchronously.
 waitp() { i=0; while [ ! -e "$1" ] && [ $i -lt 50 ]; do i=$((i+1)); usleep 100000; done; }
+# The virtio drivers and ext4, dependencies first (payload.rs resolves the order).
 devices() {
-  for m in virtio_ring virtio virtio_mmio virtio_blk failover net_failover virtio_net; do
-    insmod /mod/$m.ko || echo "GUEST-INSMOD-FAILED $m"
-  done
+  for m in $(cat /mod/load-order); do insmod /mod/$m || echo "GUEST-INSMOD-FAILED $m"; done
 }
 net_up() {
   ip link set lo up; ip link set eth0 up; ip addr add 10.0.2.15/24 dev eth0
@@ -43,25 +42,29 @@ case $MODE in
       echo "DIRTY $i up=$(up)"; sleep 1
     done ;;
   disk-write)
-    devices; waitp /dev/vda; waitp /sys/class/net/eth0; net_up
-    # 4 MiB of random data at 1 MiB into /dev/vda, flushed; the next boot reads it back.
+    devices; waitp /dev/vda
+    # The second boot (the guest rebooted in place, same command line) finds the mark the first
+    # wrote into sector 0 and reads the data back.
+    if [ "$(head -c 18 /dev/vda)" = HAVMS-DISK-WRITTEN ]; then
+      echo "DISK-READ sha=$(dd if=/dev/vda bs=1M skip=1 count=4 2>/dev/null | sha256sum | cut -d' ' -f1)"
+      poweroff -f
+    fi
+    waitp /sys/class/net/eth0; net_up
+    # 4 MiB of random data at 1 MiB into /dev/vda, flushed, then the mark.
     dd if=/dev/urandom of=/tmp/p bs=1M count=4 2>/dev/null
     dd if=/tmp/p of=/dev/vda bs=1M seek=1 conv=fsync 2>/dev/null && sync && echo "DISK-WROTE sha=$(sha256sum < /tmp/p | cut -d' ' -f1)"
+    echo -n HAVMS-DISK-WRITTEN | dd of=/dev/vda conv=fsync 2>/dev/null
     # TCP echo, guest -> node: the node runs an echo server on 10.0.2.1:7001.
     id=G2N-$(cut -c1-8 /proc/sys/kernel/random/uuid)
     got=; i=0; while [ $i -lt 20 ] && [ -z "$got" ]; do
       got=$(echo "$id" | nc -w 5 10.0.2.1 7001 2>/dev/null); i=$((i+1)); [ -z "$got" ] && sleep 1
     done
     echo "G2N-SENT $id"; echo "G2N-GOT ${got:-nothing}"
-    # TCP echo, node -> guest: one connection served, then reboot (the VM ends; the disk stays).
+    # TCP echo, node -> guest: one connection served, then reboot onto the same disk.
     echo "GUEST-ECHO-LISTENING"
     nc -l -p 7000 -e cat
     echo "GUEST-ECHO-SERVED"
     reboot -f ;;
-  disk-read)
-    devices; waitp /dev/vda
-    echo "DISK-READ sha=$(dd if=/dev/vda bs=1M skip=1 count=4 2>/dev/null | sha256sum | cut -d' ' -f1)"
-    poweroff -f ;;
   pinger)
     devices; waitp /sys/class/net/eth0; net_up
     # One ping a line: `ok` when 10.0.2.1 (the node's tap) answered within 1 s.
@@ -69,6 +72,49 @@ case $MODE in
       i=$((i+1)); p=fail; ping -c 1 -W 1 10.0.2.1 >/dev/null 2>&1 && p=ok
       echo "NET $i $p up=$(up)"; usleep 300000
     done ;;
+  stateful)
+    # engine-restore: a counter every 100 ms (as `counter`), and every ~0.5 s a device round:
+    # ping the node, write the round number to a file on the ext2 disk, sync, drop the page
+    # cache and read the files back, so each line proves the NIC and the disk really work.
+    devices; waitp /dev/vda; waitp /sys/class/net/eth0; net_up
+    mkdir -p /mnt
+    { mke2fs -q /dev/vda && mount -t ext2 /dev/vda /mnt; } || echo "GUEST-DISK-FAILED"
+    arg marker > /mnt/marker; sync
+    echo "STATEFUL-READY marker=$(cat /mnt/marker)"
+    (
+      j=0; while true; do
+        j=$((j+1)); p=fail; ping -c 1 -W 1 10.0.2.1 >/dev/null 2>&1 && p=ok
+        echo $j > /mnt/last; sync; echo 3 > /proc/sys/vm/drop_caches
+        echo "DEV $j net=$p marker=$(cat /mnt/marker) last=$(cat /mnt/last) up=$(up)"; usleep 300000
+      done
+    ) &
+    i=0; while true; do i=$((i+1)); echo "COUNT $i up=$(up)"; usleep 100000; done ;;
+  rootfs)
+    # The installer and the initramfs of a guest whose root is on its virtio disk: boot 1 finds
+    # no root filesystem there, formats the disk, installs busybox and /sbin/init
+    # (guest-rootfs-init.sh) and reboots; later boots mount it and switch_root onto it.
+    devices; waitp /dev/vda; mkdir -p /new
+    if mount -t ext2 /dev/vda /new 2>/dev/null && [ -x /new/sbin/init ]; then
+      echo "ROOTFS-SWITCH"
+      umount /dev/shm /dev /sys /proc 2>/dev/null
+      exec switch_root /new /sbin/init
+    fi
+    umount /new 2>/dev/null
+    mke2fs -q -L havms-root /dev/vda || echo "GUEST-DISK-FAILED mke2fs"
+    mount -t ext2 /dev/vda /new || echo "GUEST-DISK-FAILED mount"
+    mkdir -p /new/bin /new/sbin /new/proc /new/sys /new/dev /new/etc /new/var
+    cp /bin/busybox /new/bin/busybox && cp /rootfs-init /new/sbin/init
+    arg marker > /new/etc/marker; echo 0 > /new/var/boots
+    sync; umount /new || echo "GUEST-DISK-FAILED umount"
+    echo "ROOTFS-INSTALLED marker=$(arg marker)"
+    reboot -f ;;
+  serial-echo)
+    # engine-serial: a tick every second (live output), and every line typed on the console
+    # comes back as `SERIAL-GOT line`.
+    ( i=0; while true; do i=$((i+1)); echo "TICK $i up=$(up)"; sleep 1; done ) &
+    echo "SERIAL-READY"
+    while read -r line; do echo "SERIAL-GOT $line"; done
+    echo "SERIAL-EOF"; poweroff -f ;;
   *)
     echo "GUEST-UNKNOWN-MODE '$MODE'"; poweroff -f ;;
 esac

@@ -51,6 +51,38 @@ pub fn counts(text: &str) -> Vec<Count> {
         .collect()
 }
 
+/// One `DEV j net=ok|fail marker=M last=L up=s` line of the `stateful` guest: a ping of the node
+/// and a write + cache drop + read back of files on its ext2 disk.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DevRound {
+    pub j: u64,
+    pub net_ok: bool,
+    pub marker: String,
+    /// What the guest read back from the file it had just written `j` into.
+    pub last: String,
+    pub uptime: f64,
+}
+
+/// Every complete `DEV ...` line in `text`, in order.
+pub fn dev_rounds(text: &str) -> Vec<DevRound> {
+    let Ok(re) =
+        Regex::new(r"(?m)^DEV (\d+) net=(ok|fail) marker=(\S*) last=(\S*) up=(\d+\.\d+)\r?$")
+    else {
+        unreachable!("literal pattern")
+    };
+    re.captures_iter(text)
+        .filter_map(|c| {
+            Some(DevRound {
+                j: c[1].parse().ok()?,
+                net_ok: &c[2] == "ok",
+                marker: c[3].to_string(),
+                last: c[4].to_string(),
+                uptime: c[5].parse().ok()?,
+            })
+        })
+        .collect()
+}
+
 /// What `havms-remote` prints for a verb that succeeded:
 /// `ok (M us[, paused P us][, N pages][, F frames released])`.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -98,6 +130,22 @@ mod tests {
             ]
         );
         assert!(counts("COUNT 4 up=\n").is_empty());
+    }
+
+    #[test]
+    fn device_rounds_are_read_whole_only() {
+        let text = "DEV 1 net=fail marker=M1 last=1 up=3.50\r\n\
+            COUNT 7 up=3.6\n\
+            DEV 2 net=ok marker=M1 last=2 up=4.01\n\
+            DEV 3 net=ok marker=M1 last=";
+        let r = dev_rounds(text);
+        assert_eq!(r.len(), 2);
+        assert_eq!(
+            (r[0].j, r[0].net_ok, r[0].marker.as_str()),
+            (1, false, "M1")
+        );
+        assert_eq!((r[1].j, r[1].net_ok, r[1].last.as_str()), (2, true, "2"));
+        assert_eq!(r[1].uptime, 4.01);
     }
 
     #[test]

@@ -8,6 +8,8 @@ use std::process::Command;
 
 use havms_image::fetch::{self, Fetcher};
 use havms_image::initramfs;
+use havms_image::modlist::ModuleEntry;
+use havms_image::modules::{self, ModuleIndex};
 use havms_image::tree::{Contents, Tree};
 
 use crate::artifacts::Artifacts;
@@ -22,16 +24,21 @@ pub const NODE_DIR: &str = "/var/lib/havms/engine";
 const GUEST_INIT: &str = include_str!("guest-init.sh");
 /// The node-side helpers.
 const ENGINE_SH: &str = include_str!("engine.sh");
-/// Guest drivers, in load order (guest-init.sh insmods them by file name).
+/// The root filesystem's /sbin/init that the `rootfs` guest installs on its virtio disk.
+const ROOTFS_INIT: &str = include_str!("guest-rootfs-init.sh");
+/// The guest's drivers: the virtio-mmio transport and devices, and ext4 (which also mounts the
+/// ext2 filesystem busybox's mke2fs makes; crc32c is its soft dependency, not in `.modinfo`).
+/// Resolved with their dependencies from the kernel's own `.modinfo`, like the node image's.
 const GUEST_MODULES: &[&str] = &[
-    "drivers/virtio/virtio_ring.ko",
-    "drivers/virtio/virtio.ko",
-    "drivers/virtio/virtio_mmio.ko",
-    "drivers/block/virtio_blk.ko",
-    "net/core/failover.ko",
-    "drivers/net/net_failover.ko",
-    "drivers/net/virtio_net.ko",
+    "virtio_mmio",
+    "virtio_blk",
+    "virtio_net",
+    "virtio_rng",
+    "crc32c_generic",
+    "ext4",
 ];
+/// The file in the guest initramfs listing `/mod/*.ko` in load order (dependencies first).
+const LOAD_ORDER: &str = "/mod/load-order";
 /// QEMU's firmware for a direct kernel boot (`-L` points at them).
 const QEMU_FIRMWARE: &[&str] = &[
     "/usr/share/seabios/bios-256k.bin",
@@ -60,6 +67,10 @@ pub fn build(artifacts: &Artifacts, work_dir: &Path, qemu: bool) -> Result<Vec<D
         .and_then(|f| fetch::busybox(&f))
         .map_err(image_err("fetching busybox-static for the guest"))?;
 
+    let index = ModuleIndex::scan(&kernel.modules_dir)
+        .map_err(image_err("indexing the guest kernel's modules"))?;
+    let order = guest_modules(&index).map_err(image_err("resolving the guest's modules"))?;
+
     let mut tree = Tree::new();
     let tree_err = image_err("assembling the guest initramfs");
     (|| {
@@ -73,17 +84,23 @@ pub fn build(artifacts: &Artifacts, work_dir: &Path, qemu: bool) -> Result<Vec<D
             0o755,
             Contents::Bytes(GUEST_INIT.as_bytes().to_vec()),
         )?;
-        for m in GUEST_MODULES {
-            let src = kernel.modules_dir.join("kernel").join(m);
-            let name = Path::new(m)
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned());
+        tree.add_file(
+            "/rootfs-init",
+            0o755,
+            Contents::Bytes(ROOTFS_INIT.as_bytes().to_vec()),
+        )?;
+        let mut names = String::new();
+        for rel in &order {
+            let name = file_name(rel);
             tree.add_file(
-                &format!("/mod/{}", name.unwrap_or_default()),
+                &format!("/mod/{name}"),
                 0o644,
-                Contents::Path(src),
+                Contents::Path(kernel.modules_dir.join(rel)),
             )?;
+            names.push_str(&name);
+            names.push('\n');
         }
+        tree.add_file(LOAD_ORDER, 0o644, Contents::Bytes(names.into_bytes()))?;
         Ok(())
     })()
     .map_err(tree_err)?;
@@ -104,6 +121,40 @@ pub fn build(artifacts: &Artifacts, work_dir: &Path, qemu: bool) -> Result<Vec<D
         files.extend(qemu_files()?);
     }
     Ok(files)
+}
+
+/// The guest's modules and their dependencies, as paths relative to the modules directory, in
+/// load order: every module after the ones it depends on, each once.
+fn guest_modules(index: &ModuleIndex) -> havms_image::error::Result<Vec<String>> {
+    let entries: Vec<ModuleEntry> = GUEST_MODULES
+        .iter()
+        .enumerate()
+        .map(|(i, name)| ModuleEntry {
+            name: name.to_string(),
+            params: Vec::new(),
+            line: i + 1,
+        })
+        .collect();
+    let closure = modules::resolve(index, &entries, Path::new("qemu-tests guest module list"))?;
+    let mut order: Vec<String> = Vec::new();
+    for entry in &entries {
+        let Some(rel) = index.lookup(&entry.name) else {
+            continue; // built into the kernel: nothing to load
+        };
+        // `modules` lists a module's dependencies users-first: loading goes the other way.
+        let deps = closure.modules.get(rel).cloned().unwrap_or_default();
+        for m in deps.iter().rev().chain(std::iter::once(&rel.to_string())) {
+            if !order.contains(m) {
+                order.push(m.clone());
+            }
+        }
+    }
+    Ok(order)
+}
+
+/// `kernel/fs/ext4/ext4.ko` -> `ext4.ko`.
+fn file_name(rel: &str) -> String {
+    rel.rsplit('/').next().unwrap_or(rel).to_string()
 }
 
 fn file(dest: &str, src: &Path) -> DiskFile {
@@ -205,17 +256,56 @@ mod tests {
             "memwrite)",
             "dirty)",
             "disk-write)",
-            "disk-read)",
             "pinger)",
+            "stateful)",
+            "rootfs)",
+            "serial-echo)",
         ] {
             assert!(GUEST_INIT.contains(mode), "guest-init.sh has no {mode}");
         }
-        for m in GUEST_MODULES {
-            let name = Path::new(m).file_stem().unwrap().to_string_lossy();
-            assert!(
-                GUEST_INIT.contains(&*name),
-                "guest-init.sh does not load {name}"
-            );
-        }
+        assert!(
+            GUEST_INIT.contains(LOAD_ORDER),
+            "guest-init.sh does not load the modules listed in {LOAD_ORDER}"
+        );
+        assert!(GUEST_INIT.contains("/rootfs-init"));
+    }
+
+    /// Against the real Debian kernel (fetched into the workspace cache like the image build
+    /// does): every module comes after its dependencies, and the drivers the guests use are in.
+    #[test]
+    fn guest_modules_load_dependencies_first() {
+        let cache = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/havms/cache");
+        let kernel = Fetcher::new(cache)
+            .kernel()
+            .unwrap_or_else(|e| panic!("cannot fetch the Debian kernel for this test: {e}"));
+        let index = ModuleIndex::scan(&kernel.modules_dir).unwrap();
+        let order: Vec<String> = guest_modules(&index)
+            .unwrap()
+            .iter()
+            .map(|r| file_name(r))
+            .collect();
+        let pos = |m: &str| {
+            order
+                .iter()
+                .position(|o| o == m)
+                .unwrap_or_else(|| panic!("{m} not in {order:?}"))
+        };
+        assert!(pos("virtio.ko") < pos("virtio_mmio.ko"));
+        assert!(pos("virtio_ring.ko") < pos("virtio_blk.ko"));
+        assert!(pos("net_failover.ko") < pos("virtio_net.ko"));
+        assert!(pos("jbd2.ko") < pos("ext4.ko"));
+        assert!(pos("mbcache.ko") < pos("ext4.ko"));
+        assert!(pos("crc32c_generic.ko") < pos("ext4.ko"));
+        pos("virtio-rng.ko");
+        let mut unique = order.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), order.len(), "a module twice: {order:?}");
+    }
+
+    #[test]
+    fn module_file_names_drop_the_directories() {
+        assert_eq!(file_name("kernel/fs/ext4/ext4.ko"), "ext4.ko");
+        assert_eq!(file_name("ext4.ko"), "ext4.ko");
     }
 }

@@ -15,6 +15,8 @@ mod engine_disk_net;
 mod engine_gating;
 mod engine_increments;
 mod engine_restore;
+mod engine_rootfs;
+mod engine_serial;
 mod pair;
 mod pid1;
 
@@ -92,7 +94,8 @@ pub fn all() -> Vec<Scenario> {
         },
         Scenario {
             name: "engine-boot",
-            about: "the engine boots a guest to its init (2 vCPUs, its memory) and exits 0 on poweroff",
+            about:
+                "the engine boots a guest to its init (2 vCPUs, its memory) and exits 0 on poweroff",
             run: engine_boot::run,
         },
         Scenario {
@@ -101,18 +104,32 @@ pub fn all() -> Vec<Scenario> {
             run: engine_disk_net::run,
         },
         Scenario {
+            name: "engine-rootfs",
+            about:
+                "a guest installs a root filesystem on its virtio disk, reboots and boots from it",
+            run: engine_rootfs::run,
+        },
+        Scenario {
             name: "engine-restore",
-            about: "capture, kill -9 the engine, restore in a new process: the guest counts on, no reboot",
+            about:
+                "capture, kill -9 the engine, restore in a new process: counter, disk and NIC go on",
             run: engine_restore::run,
         },
         Scenario {
+            name: "engine-serial",
+            about: "socket console via havms attach: backlog, live output, input, across a restore",
+            run: engine_serial::run,
+        },
+        Scenario {
             name: "engine-increments",
-            about: "base + 20 increments of a memory-writing guest hash like a full capture; restore",
+            about:
+                "base + 20 increments of a memory-writing guest hash like a full capture; restore",
             run: engine_increments::run,
         },
         Scenario {
             name: "engine-gating",
-            about: "output gating holds the guest's frames, releases them by epoch, passes when off",
+            about:
+                "output gating holds the guest's frames, releases them by epoch, passes when off",
             run: engine_gating::run,
         },
     ]
@@ -164,7 +181,9 @@ mod tests {
             [
                 "engine-boot",
                 "engine-disk-net",
+                "engine-rootfs",
                 "engine-restore",
+                "engine-serial",
                 "engine-increments",
                 "engine-gating",
             ]
