@@ -42,6 +42,7 @@ pub mod kvm;
 pub mod layout;
 pub mod machine;
 pub mod memory;
+pub mod replication;
 pub mod spec;
 pub mod state;
 pub mod virtio;

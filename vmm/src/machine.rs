@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use crate::console::Console;
 use crate::exit::ExitReason;
+use crate::replication::primary::{ProtectConfig, ProtectStatus, Protection};
 use crate::spec::{SerialSpec, VmSpec};
 use crate::state::snapshot::Snapshot;
 use crate::vm::{Vm, VmError, VmInfo};
@@ -54,6 +55,8 @@ struct Shared {
     on_reset: OnReset,
     current: Mutex<Current>,
     boots: AtomicU32,
+    /// The replication stream of the current VM, when it is protected.
+    protection: Mutex<Option<Protection>>,
 }
 
 /// A guest that survives its own reboots. Clones share it.
@@ -96,6 +99,28 @@ impl Machine {
         Ok(Self::assemble(vm, spec, console, on_reset))
     }
 
+    /// Failover: the machine a replica holds, as of its last committed epoch, on `console`; a
+    /// reset reboots it from the spec its state recorded. `run()` starts it.
+    pub fn from_replica(
+        replica: crate::replication::replica::Replica,
+        console: Console,
+        on_reset: OnReset,
+    ) -> Result<Machine, crate::replication::replica::ReplicaError> {
+        let spec = replica.committed_state().and_then(Snapshot::boot_spec);
+        let macs: Vec<[u8; 6]> = replica
+            .committed_state()
+            .map(|s| s.nets.iter().map(|n| n.mac).collect())
+            .unwrap_or_default();
+        let vm = replica.start(&console)?;
+        // The replica is now the only copy: what its last epoch held back goes out (it is
+        // part of the committed state), then the MACs are announced from this node.
+        for (net, mac) in vm.net_outputs().iter().zip(macs) {
+            net.set_mode(crate::virtio::net::GateMode::Off);
+            net.announce(mac);
+        }
+        Ok(Self::assemble(vm, spec, console, on_reset))
+    }
+
     fn assemble(vm: Vm, spec: Option<VmSpec>, console: Console, on_reset: OnReset) -> Machine {
         console.attach(&vm);
         Machine {
@@ -108,6 +133,7 @@ impl Machine {
                     stopping: false,
                 }),
                 boots: AtomicU32::new(1),
+                protection: Mutex::new(None),
             }),
         }
     }
@@ -129,7 +155,7 @@ impl Machine {
     /// The current VM's `info`, with the boot count.
     pub fn info(&self) -> VmInfo {
         let boots = self.boots();
-        match self.vm() {
+        let mut info = match self.vm() {
             Ok(vm) => VmInfo { boots, ..vm.info() },
             Err(_) => {
                 let spec = lock(&self.shared.spec).clone();
@@ -141,9 +167,32 @@ impl Machine {
                     dirty_log: spec.as_ref().is_some_and(|s| s.dirty_log),
                     boots,
                     nets: Vec::new(),
+                    replication: None,
                 }
             }
+        };
+        info.replication = lock(&self.shared.protection)
+            .as_ref()
+            .and_then(|p| serde_json::to_value(p.status()).ok());
+        info
+    }
+
+    /// Starts replicating the current VM to `peer` (`host:port`, a replica server), replacing
+    /// a previous stream. The stream runs in its own threads; `info` shows how it goes. A guest
+    /// reboot ends the stream (the new VM needs a new full copy): protect again.
+    pub fn protect(&self, peer: &str, cfg: ProtectConfig) -> Result<(), VmError> {
+        let vm = self.vm()?;
+        let mut slot = lock(&self.shared.protection);
+        if let Some(old) = slot.take() {
+            old.stop();
         }
+        *slot = Some(Protection::start(vm, peer, cfg));
+        Ok(())
+    }
+
+    /// Stops replicating (the VM runs unprotected); the stream's last status, if there was one.
+    pub fn unprotect(&self) -> Option<ProtectStatus> {
+        lock(&self.shared.protection).take().map(Protection::stop)
     }
 
     /// Ends the machine: the current VM stops and no reset reboots it any more; `run`
@@ -211,8 +260,15 @@ impl Machine {
         let console = lock(&self.shared.console);
         console.detach();
         lock(&self.shared.current).vm = None;
-        if !old.release(RELEASE_TIMEOUT) {
-            log::warn!("the reset VM is still referenced after {RELEASE_TIMEOUT:?}; building the next one anyway");
+        // Wait for every other holder: building the next VM while the old one still has the
+        // taps open fails (EBUSY on a persistent tap) and would hold two guests' memory.
+        let mut old = old;
+        while let Err(still) = old.release(RELEASE_TIMEOUT) {
+            log::warn!(
+                "the reset VM is still in use after {RELEASE_TIMEOUT:?} (an API request or a \
+                 replication stream holds it); waiting"
+            );
+            old = still;
         }
         let spec = lock(&self.shared.spec).clone().ok_or_else(|| {
             ExitReason::Error(

@@ -104,6 +104,10 @@ pub struct VmInfo {
     /// Output gate counters of each NIC (`GateStats` as JSON).
     #[serde(default)]
     pub nets: Vec<serde_json::Value>,
+    /// Replication: the protection stream of a primary (`ProtectStatus`) or the replica of a
+    /// secondary (`ReplicaStatus`), as JSON; absent when neither.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,8 +125,17 @@ struct Control {
     acks: Receiver<(u8, VcpuAck)>,
     ack_tx: Sender<(u8, VcpuAck)>,
     dirty_log: bool,
-    /// Directory of the previous capture, the parent of the next increment.
-    last_capture: Option<PathBuf>,
+    /// What the next increment is relative to.
+    last_capture: Option<CaptureBase>,
+}
+
+/// The capture the next increment is relative to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum CaptureBase {
+    /// A snapshot directory (full or increment): the next one names it as its parent.
+    Dir(PathBuf),
+    /// A capture stream (`Vm::start_stream`): increments go to a replica, not to files.
+    Stream,
 }
 
 struct Inner {
@@ -153,14 +166,24 @@ pub(crate) struct Shape {
 
 impl Shape {
     pub fn of_spec(spec: &VmSpec) -> Shape {
+        // Absolute paths: a snapshot may be restored (and the guest rebooted) from another
+        // working directory, or on the peer.
+        let abs = |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
         Shape {
             cpus: spec.cpus,
             memory_mib: spec.memory_mib,
             cmdline: spec.cmdline.clone(),
-            kernel: Some(spec.kernel.clone()),
-            initramfs: spec.initramfs.clone(),
+            kernel: Some(abs(&spec.kernel)),
+            initramfs: spec.initramfs.as_deref().map(abs),
             virtio: VirtioSpec {
-                disks: spec.disks.clone(),
+                disks: spec
+                    .disks
+                    .iter()
+                    .map(|d| DiskSpec {
+                        path: abs(&d.path),
+                        ..d.clone()
+                    })
+                    .collect(),
                 nets: spec.nets.clone(),
                 rng: spec.rng,
             },

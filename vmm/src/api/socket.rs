@@ -10,6 +10,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::machine::Machine;
+use crate::replication::primary::ProtectConfig;
 use crate::virtio::net::GateMode;
 use crate::vm::{Vm, VmError, VmInfo};
 
@@ -20,6 +21,22 @@ pub trait ApiTarget: Send + Sync + 'static {
     fn current_vm(&self) -> Result<Vm, VmError>;
     fn info(&self) -> VmInfo;
     fn shutdown(&self);
+    /// Starts replicating to a replica server at `to`.
+    fn protect(&self, _to: &str, _cfg: ProtectConfig) -> Result<(), VmError> {
+        Err(VmError::Control(
+            "replication needs a machine (havms-vm), not a bare VM".into(),
+        ))
+    }
+    /// Stops replicating.
+    fn unprotect(&self) -> Result<(), VmError> {
+        Err(VmError::Control("this VM is not protected".into()))
+    }
+    /// Failover: a replica starts its VM from the last committed epoch.
+    fn takeover(&self) -> Result<(), VmError> {
+        Err(VmError::Control(
+            "not a replica (havms-vm --replica-listen)".into(),
+        ))
+    }
 }
 
 impl ApiTarget for Vm {
@@ -43,6 +60,14 @@ impl ApiTarget for Machine {
     }
     fn shutdown(&self) {
         Machine::shutdown(self)
+    }
+    fn protect(&self, to: &str, cfg: ProtectConfig) -> Result<(), VmError> {
+        Machine::protect(self, to, cfg)
+    }
+    fn unprotect(&self) -> Result<(), VmError> {
+        Machine::unprotect(self)
+            .map(|_| ())
+            .ok_or(VmError::Control("this VM is not protected".into()))
     }
 }
 
@@ -71,6 +96,20 @@ pub enum Request {
     Commit {
         n: u64,
     },
+    /// Replicate the VM continuously to the replica server at `to` (`host:port`).
+    Protect {
+        to: String,
+        /// Time between checkpoints (default 50).
+        #[serde(default)]
+        epoch_ms: Option<u64>,
+        /// The VM's name on the wire (default "vm"; a replica may insist on its name).
+        #[serde(default)]
+        name: Option<String>,
+    },
+    /// Stop replicating: output flows at once.
+    Unprotect,
+    /// On a replica: start the VM from its last committed epoch (failover).
+    Takeover,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -123,6 +162,16 @@ pub fn handle<T: ApiTarget + ?Sized>(target: &T, req: &Request) -> Response {
             target.shutdown();
             Ok(Response::ok())
         }
+        Request::Protect { to, epoch_ms, name } => {
+            let name = name.clone().unwrap_or_else(|| "vm".into());
+            let mut cfg = ProtectConfig::new(&name, vm_id_of(&name));
+            if let Some(ms) = epoch_ms {
+                cfg.epoch = std::time::Duration::from_millis((*ms).max(1));
+            }
+            target.protect(to, cfg).map(|_| Response::ok())
+        }
+        Request::Unprotect => target.unprotect().map(|_| Response::ok()),
+        Request::Takeover => target.takeover().map(|_| Response::ok()),
         _ => target.current_vm().and_then(|vm| handle_vm(&vm, req)),
     }
     .unwrap_or_else(Response::err);
@@ -130,18 +179,25 @@ pub fn handle<T: ApiTarget + ?Sized>(target: &T, req: &Request) -> Response {
     r
 }
 
-/// The requests that act on one VM.
+/// A VM's id on the replication wire: a hash of its name (both sides know the name).
+pub fn vm_id_of(name: &str) -> u64 {
+    use sha2::{Digest, Sha256};
+    let h = Sha256::digest(name.as_bytes());
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&h[..8]);
+    u64::from_le_bytes(b)
+}
+
+/// The requests that act on the current VM (the others are the target's, see `handle`).
 fn handle_vm(vm: &Vm, req: &Request) -> Result<Response, VmError> {
     match req {
-        Request::Info => Ok(Response {
-            ok: true,
-            info: Some(vm.info()),
-            ..Default::default()
-        }),
-        Request::Shutdown => {
-            vm.shutdown();
-            Ok(Response::ok())
-        }
+        Request::Info
+        | Request::Shutdown
+        | Request::Protect { .. }
+        | Request::Unprotect
+        | Request::Takeover => Err(VmError::Control(format!(
+            "{req:?} is handled by the machine, not the VM"
+        ))),
         Request::Pause => vm.pause().map(|_| Response::ok()),
         Request::Resume => vm.resume().map(|_| Response::ok()),
         Request::Snapshot {

@@ -2,6 +2,7 @@
 //!
 //! havms-remote --api-socket S pause|resume|info|shutdown|snapshot DIR [--incremental]
 //! havms-remote --api-socket S gate on|off | epoch N | commit N
+//! havms-remote --api-socket S protect HOST:PORT [--epoch-ms N] [--name NAME] | unprotect | takeover
 
 use std::path::PathBuf;
 
@@ -48,6 +49,20 @@ enum Cmd {
     Epoch { n: u64 },
     /// Epoch N is committed: release held frames of epochs <= N.
     Commit { n: u64 },
+    /// Replicate the VM continuously to a replica (`havms-vm --replica-listen`) at HOST:PORT:
+    /// a full copy, then a checkpoint every --epoch-ms; guest output waits for each epoch's ack.
+    Protect {
+        to: String,
+        #[arg(long)]
+        epoch_ms: Option<u64>,
+        /// The VM's name on the wire (a replica started with --replica-name insists on it).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Stop replicating (output flows at once).
+    Unprotect,
+    /// On a replica: start the VM from its last committed epoch (failover).
+    Takeover,
 }
 
 fn main() {
@@ -78,6 +93,9 @@ fn run(args: Args) -> Result<()> {
         Cmd::Gate { mode } => Request::Gate { on: mode == "on" },
         Cmd::Epoch { n } => Request::Epoch { n },
         Cmd::Commit { n } => Request::Commit { n },
+        Cmd::Protect { to, epoch_ms, name } => Request::Protect { to, epoch_ms, name },
+        Cmd::Unprotect => Request::Unprotect,
+        Cmd::Takeover => Request::Takeover,
     };
     let resp = call(&args.api_socket, &req)
         .with_context(|| format!("talking to {}", args.api_socket.display()))?;

@@ -4,7 +4,11 @@
 //!          [--serial file=F|socket=S|tty|null] [--api-socket S] [--no-reboot]
 //! havms-vm --restore DIR [--serial ...] [--api-socket S] [--no-reboot]
 //! havms-vm --restore DIR --memory-sha256
+//! havms-vm --replica-listen HOST:PORT [--replica-name NAME] [--serial ...] [--api-socket S]
 //!
+//! With --replica-listen it runs no VM at first: it receives a protected VM's replication
+//! stream (`havms-remote protect HOST:PORT` on the primary) and keeps its replica until
+//! `havms-remote takeover`, which starts the VM from the last committed epoch.
 //! A guest reset reboots the guest in place (`havms_vmm::Machine`), unless `--no-reboot`.
 //! Exit code 0 when the guest powers off (or resets, with --no-reboot) or the API asks for
 //! shutdown, 1 on errors.
@@ -14,14 +18,16 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use havms_vmm::api::socket;
+use havms_vmm::replication::secondary::ReplicaServer;
+use havms_vmm::replication::standby::Standby;
 use havms_vmm::spec::{parse_cpus, parse_disk, parse_memory, parse_net, parse_serial};
-use havms_vmm::{Machine, OnReset, VmSpec};
+use havms_vmm::{Console, Machine, OnReset, VmSpec};
 
 #[derive(Parser, Debug)]
 #[command(name = "havms-vm", about = "Run a Linux guest on KVM (HAVmS engine)")]
 struct Args {
     /// bzImage to boot.
-    #[arg(long, required_unless_present = "restore")]
+    #[arg(long, required_unless_present_any = ["restore", "replica_listen"])]
     kernel: Option<PathBuf>,
     /// initramfs (cpio, optionally compressed).
     #[arg(long)]
@@ -51,7 +57,7 @@ struct Args {
     #[arg(long)]
     api_socket: Option<PathBuf>,
     /// Restore from a snapshot directory instead of booting.
-    #[arg(long, conflicts_with_all = ["kernel", "initramfs"])]
+    #[arg(long, conflicts_with_all = ["kernel", "initramfs", "cmdline", "cpus", "memory", "disk", "net", "rng"])]
     restore: Option<PathBuf>,
     /// Register memory with KVM dirty logging from the start (needed for incremental
     /// snapshots).
@@ -64,6 +70,13 @@ struct Args {
     /// A guest reset ends the VM (exit 0) instead of rebooting it, as QEMU's -no-reboot.
     #[arg(long)]
     no_reboot: bool,
+    /// Be the secondary of a protected VM: receive its replication stream on HOST:PORT and
+    /// keep a replica until `havms-remote takeover` starts it.
+    #[arg(long, conflicts_with_all = ["kernel", "initramfs", "restore", "cmdline", "cpus", "memory", "disk", "net", "rng"])]
+    replica_listen: Option<String>,
+    /// With --replica-listen: accept only streams of the VM of this name.
+    #[arg(long, requires = "replica_listen")]
+    replica_name: Option<String>,
 }
 
 fn build(args: &Args) -> Result<Machine> {
@@ -154,10 +167,22 @@ fn run(args: &Args) -> Result<i32> {
         println!("{}", havms_vmm::memory::sha256(&mem));
         return Ok(0);
     }
-    let machine = build(args)?;
-    if let Some(s) = &args.api_socket {
-        socket::spawn_server(machine.clone(), s)
-            .with_context(|| format!("API socket {}", s.display()))?;
+    let machine = match &args.replica_listen {
+        Some(addr) => match standby(args, addr)? {
+            Some(m) => m,
+            None => {
+                eprintln!("havms-vm: replica shut down before any takeover");
+                remove_api_socket(args);
+                return Ok(0);
+            }
+        },
+        None => build(args)?,
+    };
+    if args.replica_listen.is_none() {
+        if let Some(s) = &args.api_socket {
+            socket::spawn_server(machine.clone(), s)
+                .with_context(|| format!("API socket {}", s.display()))?;
+        }
     }
     if parse_serial(&args.serial)? == havms_vmm::SerialSpec::Tty {
         spawn_stdin_feeder(machine.clone());
@@ -165,8 +190,33 @@ fn run(args: &Args) -> Result<i32> {
     // Closes the console (a socket console's file is removed) when it returns.
     let reason = machine.run();
     eprintln!("havms-vm: {reason} (boots: {})", machine.boots());
+    remove_api_socket(args);
+    Ok(reason.exit_code())
+}
+
+fn remove_api_socket(args: &Args) {
     if let Some(s) = &args.api_socket {
         let _ = std::fs::remove_file(s);
     }
-    Ok(reason.exit_code())
+}
+
+/// The secondary: serves the API for the replica until a takeover gives the machine to run
+/// (or a shutdown ends it: None).
+fn standby(args: &Args, addr: &str) -> Result<Option<Machine>> {
+    let serial = parse_serial(&args.serial)?;
+    let on_reset = if args.no_reboot {
+        OnReset::Exit
+    } else {
+        OnReset::Reboot
+    };
+    let server = ReplicaServer::listen(addr, args.replica_name.clone())
+        .with_context(|| format!("listening for a replication stream on {addr}"))?;
+    eprintln!("havms-vm: replica listening on {}", server.local_addr());
+    let console = Console::open(&serial).context("opening the console")?;
+    let standby = Standby::new(server, console, on_reset);
+    if let Some(s) = &args.api_socket {
+        socket::spawn_server(standby.clone(), s)
+            .with_context(|| format!("API socket {}", s.display()))?;
+    }
+    Ok(standby.wait())
 }

@@ -113,8 +113,23 @@ impl Snapshot {
             path: p.clone(),
             source,
         })?;
+        Self::from_bytes(&bytes, &p)
+    }
+
+    /// The state as `state.json` holds it (and a replication stream's State frame carries it).
+    pub fn to_bytes(&self) -> Result<Vec<u8>, SnapshotError> {
+        serde_json::to_vec(self).map_err(|source| SnapshotError::Decode {
+            path: PathBuf::from("(state being encoded)"),
+            source,
+        })
+    }
+
+    /// Decodes and checks state bytes; `origin` names where they came from in errors (a file,
+    /// or a stream and epoch).
+    pub fn from_bytes(bytes: &[u8], origin: &Path) -> Result<Snapshot, SnapshotError> {
+        let p = origin.to_path_buf();
         let s: Snapshot =
-            serde_json::from_slice(&bytes).map_err(|source| SnapshotError::Decode {
+            serde_json::from_slice(bytes).map_err(|source| SnapshotError::Decode {
                 path: p.clone(),
                 source,
             })?;

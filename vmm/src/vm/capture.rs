@@ -3,18 +3,21 @@
 
 use std::path::Path;
 
-use super::{Control, RunState, Vm, VmError, VCPU_ACK_TIMEOUT};
+use super::{CaptureBase, Control, RunState, Vm, VmError, VCPU_ACK_TIMEOUT};
 use crate::devices::serial::SerialSnapshot;
 use crate::kvm::vcpu::VcpuCmd;
 use crate::memory::{self, GuestMem};
+use crate::spec::DiskSpec;
 use crate::state::increment::{self, PageDiff};
 use crate::state::snapshot::{Snapshot, VmStateBox, FORMAT_VERSION, MEMORY_FILE};
 use crate::state::vm as vmstate;
+use crate::virtio::manager::DisksObserver;
 use std::sync::mpsc::channel;
 
 impl Vm {
     /// Captures the full state (vCPUs, VM, devices, memory) into `dir`. The VM must be paused.
     pub fn snapshot(&self, dir: &Path) -> Result<(), VmError> {
+        self.refuse_ended()?;
         let mut c = self.ctl();
         if c.state != RunState::Paused {
             return Err(VmError::WrongState("not paused (pause it first)"));
@@ -28,7 +31,27 @@ impl Vm {
         }
         let _ = std::fs::remove_file(dir.join(increment::DIFF_FILE));
         let _ = std::fs::remove_file(dir.join(increment::PARENT_FILE));
-        c.last_capture = Some(dir.to_path_buf());
+        c.last_capture = Some(CaptureBase::Dir(dir.to_path_buf()));
+        Ok(())
+    }
+
+    /// Starts a capture stream (replication): dirty tracking on, both logs cleared, so the next
+    /// `capture_increment` holds every page written from this moment. The caller then copies
+    /// all of guest memory while the guest runs (`memory()`); a page the guest changes during
+    /// that copy is dirty again and comes with the first increment, so base + increments is
+    /// consistent with the state each increment captures. Works paused or running.
+    pub fn start_stream(&self) -> Result<(), VmError> {
+        self.refuse_ended()?;
+        let mut c = self.ctl();
+        if matches!(c.state, RunState::Ended) {
+            return Err(VmError::WrongState("ended"));
+        }
+        if !c.dirty_log {
+            memory::register(&self.inner.kvm.fd, &self.inner.mem, true)?;
+            c.dirty_log = true;
+        }
+        memory::take_dirty_bitmaps(&self.inner.kvm.fd, &self.inner.mem)?;
+        c.last_capture = Some(CaptureBase::Stream);
         Ok(())
     }
 
@@ -49,6 +72,7 @@ impl Vm {
     /// memory. The VM must be paused; resume it right after, and write the result with
     /// `write_increment` while the guest runs.
     pub fn capture_increment(&self) -> Result<(Snapshot, PageDiff), VmError> {
+        self.refuse_ended()?;
         let c = self.ctl();
         if c.state != RunState::Paused {
             return Err(VmError::WrongState("not paused (pause it first)"));
@@ -72,10 +96,15 @@ impl Vm {
         diff: &PageDiff,
     ) -> Result<(), VmError> {
         let mut c = self.ctl();
-        let parent = c
-            .last_capture
-            .clone()
-            .ok_or(VmError::WrongState("without a previous capture"))?;
+        let parent = match c.last_capture.clone() {
+            Some(CaptureBase::Dir(d)) => d,
+            Some(CaptureBase::Stream) => {
+                return Err(VmError::WrongState(
+                    "streaming its captures (an increment file needs a snapshot directory as its parent)",
+                ))
+            }
+            None => return Err(VmError::WrongState("without a previous capture")),
+        };
         if parent == dir {
             return Err(VmError::Control(format!(
                 "increment directory {} is its own parent",
@@ -90,7 +119,38 @@ impl Vm {
             parent.display().to_string(),
         )
         .map_err(|e| VmError::Control(format!("writing {}: {e}", dir.display())))?;
-        c.last_capture = Some(dir.to_path_buf());
+        c.last_capture = Some(CaptureBase::Dir(dir.to_path_buf()));
+        Ok(())
+    }
+
+    /// Reports every completed disk write or discard, as (disk index, change), to `observer`
+    /// (replication: the epoch's disk changes); None stops reporting. The report comes after
+    /// the change reached the image and before the guest sees it complete, from the vCPU
+    /// thread that ran the request, so once the VM is paused every change is reported.
+    pub fn set_disk_observer(&self, observer: Option<DisksObserver>) {
+        self.inner.devices.virtio.set_disk_observer(observer);
+    }
+
+    /// The VM's disks, in device order (what disk index N of a change means).
+    pub fn disks(&self) -> &[DiskSpec] {
+        &self.inner.shape.virtio.disks
+    }
+
+    /// The vCPU, VM and device state of the paused VM (no memory): what a replica needs with
+    /// each epoch.
+    pub fn capture_device_state(&self) -> Result<Snapshot, VmError> {
+        self.refuse_ended()?;
+        let c = self.ctl();
+        if c.state != RunState::Paused {
+            return Err(VmError::WrongState("not paused (pause it first)"));
+        }
+        self.capture_state(&c)
+    }
+
+    fn refuse_ended(&self) -> Result<(), VmError> {
+        if self.has_ended() {
+            return Err(VmError::WrongState("ended"));
+        }
         Ok(())
     }
 

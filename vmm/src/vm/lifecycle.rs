@@ -34,6 +34,9 @@ impl Vm {
 
     /// Parks every vCPU between two KVM_RUNs. Returns how long that took.
     pub fn pause(&self) -> Result<Duration, VmError> {
+        if self.inner.exit.get().is_some() {
+            return Err(VmError::WrongState("ended"));
+        }
         let mut c = self.ctl();
         match c.state {
             RunState::Running => {}
@@ -123,6 +126,7 @@ impl Vm {
                 .iter()
                 .map(|o| serde_json::to_value(o.stats()).unwrap_or_default())
                 .collect(),
+            replication: None,
         }
     }
 
@@ -156,18 +160,25 @@ impl Vm {
     }
 
     /// Drops this handle once it is the last one (other holders, e.g. an API request in
-    /// flight, finish within `timeout`), so the guest's memory, KVM VM and device backends
-    /// (taps, disk files) are released before a reboot opens them again. Returns false when
-    /// other handles were still alive at the deadline (then only this one is dropped).
-    pub fn release(self, timeout: Duration) -> bool {
+    /// flight or a replication stream, finish within `timeout`), so the guest's memory, KVM VM
+    /// and device backends (taps, disk files) are released before a reboot opens them again.
+    /// Gives the handle back when others still hold the VM at the deadline.
+    pub fn release(self, timeout: Duration) -> Result<(), Vm> {
         let t0 = Instant::now();
         while Arc::strong_count(&self.inner) > 1 {
             if t0.elapsed() > timeout {
-                return false;
+                return Err(self);
             }
             std::thread::sleep(Duration::from_millis(2));
         }
-        true
+        Ok(())
+    }
+
+    /// Whether the VM has ended (or is ending: the guest reset or powered off, or shutdown
+    /// was asked) even if `wait` has not collected it yet. Captures of such a VM are refused:
+    /// they would save a guest that is no longer there.
+    pub fn has_ended(&self) -> bool {
+        self.inner.exit.get().is_some() || self.ctl().state == RunState::Ended
     }
 }
 

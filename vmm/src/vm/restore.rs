@@ -11,6 +11,7 @@ use super::{restore_memory, Shape, VirtioSpec, Vm, VmError};
 use crate::console::Console;
 use crate::devices::serial::SerialOut;
 use crate::kvm::vcpu::VcpuRunner;
+use crate::memory::{self, GuestMem};
 use crate::spec::SerialSpec;
 use crate::state::snapshot::Snapshot;
 use crate::state::{vcpu as vstate, vm as vmstate};
@@ -20,6 +21,27 @@ fn restore(dir: &Path, out: SerialOut, console: Option<Console>) -> Result<Vm, V
     let snap = Snapshot::read(dir)?;
     let t0 = Instant::now();
     let mem = restore_memory(dir, snap.memory_mib)?;
+    log::info!("memory mapped in {:?}", t0.elapsed());
+    restore_parts(&snap, mem, out, console)
+}
+
+/// A VM from captured state and the guest memory that goes with it (read from a directory, or
+/// kept up to date in memory by a replica).
+fn restore_parts(
+    snap: &Snapshot,
+    mem: GuestMem,
+    out: SerialOut,
+    console: Option<Console>,
+) -> Result<Vm, VmError> {
+    let t0 = Instant::now();
+    let expected = snap.memory_mib << 20;
+    let got = memory::total_size(&mem);
+    if got != expected {
+        return Err(VmError::Control(format!(
+            "the state is for {} MiB of memory, the memory given holds {got} bytes",
+            snap.memory_mib
+        )));
+    }
     let shape = Shape {
         cpus: snap.cpus,
         memory_mib: snap.memory_mib,
@@ -41,7 +63,6 @@ fn restore(dir: &Path, out: SerialOut, console: Option<Console>) -> Result<Vm, V
         virtio,
         Some(&snap.virtio),
     )?;
-    log::info!("memory mapped in {:?}", t0.elapsed());
     let mut fds = Vec::new();
     for id in 0..snap.cpus {
         fds.push(create_vcpu_fd(&base, id)?);
@@ -84,5 +105,12 @@ impl Vm {
     /// `restore` on a console that outlives the VM (a `Machine`'s).
     pub fn restore_on(dir: &Path, console: &Console) -> Result<Vm, VmError> {
         restore(dir, console.writer(), None)
+    }
+
+    /// Rebuilds a VM from state held in memory (a replica's last committed epoch): `snap` as
+    /// captured, `mem` the guest memory of the same instant (its size must match). No file is
+    /// read but the disk images and taps the state names.
+    pub fn restore_from(snap: &Snapshot, mem: GuestMem, console: &Console) -> Result<Vm, VmError> {
+        restore_parts(snap, mem, console.writer(), None)
     }
 }

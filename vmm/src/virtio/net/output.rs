@@ -62,6 +62,13 @@ impl NetOutput {
         Self::transmit(self.backend.as_ref(), &mut inner, frame);
     }
 
+    /// Announces `mac` on the wire as QEMU's announce-self does: a broadcast RARP request from
+    /// it, so switches (and the node's bridge) learn at once that the guest is now behind
+    /// this port (after a failover the guest itself says nothing until it next sends).
+    pub fn announce(&self, mac: [u8; 6]) {
+        self.send_ungated(&rarp_announce(mac));
+    }
+
     /// Frames the guest sends from now on belong to epoch `n`.
     pub fn begin_epoch(&self, n: u64) -> Result<(), GateError> {
         self.lock().gate.begin_epoch(n)
@@ -111,5 +118,38 @@ impl NetOutput {
 
     pub fn restore(&self, s: &GateState) {
         self.lock().gate.restore(s)
+    }
+}
+
+/// A RARP "request reverse" from `mac` for itself, with the (all-zero) virtio-net header in
+/// front and padded to the 60-byte Ethernet minimum.
+pub fn rarp_announce(mac: [u8; 6]) -> Vec<u8> {
+    let mut f = vec![0u8; super::device::VNET_HDR_LEN];
+    f.extend_from_slice(&[0xff; 6]); // broadcast
+    f.extend_from_slice(&mac);
+    f.extend_from_slice(&[0x80, 0x35]); // RARP
+    f.extend_from_slice(&[0, 1, 0x08, 0x00, 6, 4, 0, 3]); // Ethernet/IPv4, op 3
+    f.extend_from_slice(&mac); // sender hardware address
+    f.extend_from_slice(&[0; 4]); // sender protocol address
+    f.extend_from_slice(&mac); // target hardware address
+    f.extend_from_slice(&[0; 4]); // target protocol address
+    f.resize(super::device::VNET_HDR_LEN + 60, 0);
+    f
+}
+
+#[cfg(test)]
+mod announce_tests {
+    #[test]
+    fn the_announce_is_a_broadcast_rarp_from_the_mac() {
+        let mac = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
+        let f = super::rarp_announce(mac);
+        let e = &f[12..];
+        assert_eq!(e.len(), 60);
+        assert_eq!(&e[0..6], &[0xff; 6]);
+        assert_eq!(&e[6..12], &mac);
+        assert_eq!(&e[12..14], &[0x80, 0x35]);
+        assert_eq!(&e[20..22], &[0, 3]);
+        assert_eq!(&e[22..28], &mac);
+        assert_eq!(&e[32..38], &mac);
     }
 }

@@ -1,0 +1,270 @@
+//! The primary's side of an epoch: what is captured, in what order, while the guest is paused.
+//!
+//! `Checkpointer::start` turns dirty tracking and disk-change reporting on and gates the
+//! guest's network output from epoch 1. `full_copy` reads all of memory and every disk while
+//! the guest runs (epoch 1's bulk: pages it changes meanwhile are dirty again). `checkpoint`
+//! then ends each epoch: pause, take the dirty pages, the disk ranges written (read back from
+//! the images now, while nothing can write them), the vCPU/device state; open the next epoch
+//! of the output gates; resume. The pause holds only memory copies. `committed(N)` releases
+//! the output of epochs up to N once the peer holds them; `unprotect` stops it all (the peer
+//! is gone: output flows again, nothing is held).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
+
+use super::replica::DiskOp;
+use crate::memory::{self, PAGE_SIZE};
+use crate::state::increment::PageDiff;
+use crate::virtio::block::{DiskChange, DiskChangeKind, RawFile, SECTOR_SIZE};
+use crate::virtio::net::GateMode;
+use crate::vm::{Vm, VmError};
+
+/// Pages per batch of the full copy (one Pages frame each): 1 MiB.
+pub const COPY_BATCH_PAGES: usize = 256;
+/// Bytes per disk chunk of the full copy.
+pub const DISK_CHUNK: u64 = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error("disk {index} ({path}): {what}: {source}")]
+    Disk {
+        index: usize,
+        path: String,
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("output gate: {0}")]
+    Gate(String),
+    #[error("{0}")]
+    Sink(String),
+}
+
+/// A piece of epoch 1's full copy.
+pub enum CopyItem<'a> {
+    /// Page numbers (memory.bin numbering, increasing) and their data.
+    Pages(&'a [u64], &'a [u8]),
+    Disk(DiskOp),
+}
+
+/// One finished epoch, ready to send.
+#[derive(Debug, Default)]
+pub struct EpochCapture {
+    pub epoch: u64,
+    pub pages: PageDiff,
+    pub disk: Vec<DiskOp>,
+    /// `Snapshot::to_bytes` of the vCPU/VM/device state at the end of the epoch.
+    pub state: Vec<u8>,
+    /// How long the guest was paused for it.
+    pub pause: Duration,
+}
+
+/// Drives the epochs of one protected VM.
+pub struct Checkpointer {
+    vm: Vm,
+    /// The epoch being run now (its output is held until it commits).
+    epoch: u64,
+    changes: Arc<Mutex<Vec<(usize, DiskChange)>>>,
+    disks: Vec<RawFile>,
+}
+
+impl Checkpointer {
+    /// Starts protecting `vm`: dirty tracking from now, disk changes recorded, network output
+    /// held as epoch 1.
+    pub fn start(vm: Vm) -> Result<Checkpointer, CheckpointError> {
+        let mut disks = Vec::new();
+        for (i, d) in vm.disks().iter().enumerate() {
+            disks.push(
+                RawFile::open(&d.path, true).map_err(|e| CheckpointError::Disk {
+                    index: i,
+                    path: d.path.display().to_string(),
+                    what: "opening for read-back",
+                    source: std::io::Error::other(e.to_string()),
+                })?,
+            );
+        }
+        let changes: Arc<Mutex<Vec<(usize, DiskChange)>>> = Arc::default();
+        let sink = Arc::clone(&changes);
+        vm.set_disk_observer(Some(Arc::new(move |disk, change| {
+            sink.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((disk, change));
+        })));
+        vm.start_stream()?;
+        for net in vm.net_outputs() {
+            net.set_mode(GateMode::Gated);
+            net.begin_epoch(1)
+                .map_err(|e| CheckpointError::Gate(e.to_string()))?;
+        }
+        Ok(Checkpointer {
+            vm,
+            epoch: 1,
+            changes,
+            disks,
+        })
+    }
+
+    /// The epoch running now.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    pub fn vm(&self) -> &Vm {
+        &self.vm
+    }
+
+    /// Epoch 1's bulk, while the guest runs, to `sink`: every non-zero page of memory
+    /// (batches of `COPY_BATCH_PAGES`; the replica starts zeroed), and every disk in
+    /// `DISK_CHUNK`s (all-zero chunks as discards, which read back as zeros). Returns the pages
+    /// and disk bytes sent.
+    pub fn full_copy(
+        &self,
+        mut sink: impl FnMut(CopyItem<'_>) -> Result<(), CheckpointError>,
+    ) -> Result<(u64, u64), CheckpointError> {
+        let mut sent_pages = 0u64;
+        let mut numbers = Vec::with_capacity(COPY_BATCH_PAGES);
+        let mut data = Vec::with_capacity(COPY_BATCH_PAGES * PAGE_SIZE);
+        let mut page_buf = vec![0u8; PAGE_SIZE];
+        let mut base = 0u64;
+        for region in self.vm.memory().iter() {
+            let n = region.len() / PAGE_SIZE as u64;
+            for p in 0..n {
+                // A volatile copy: the guest may be writing this page right now; a torn copy
+                // is fine, the page is dirty again and comes with the first increment.
+                region
+                    .read_slice(&mut page_buf, MemoryRegionAddress(p * PAGE_SIZE as u64))
+                    .map_err(|e| CheckpointError::Sink(format!("reading page {p}: {e}")))?;
+                if memory::is_zero(&page_buf) {
+                    continue;
+                }
+                numbers.push(base + p);
+                data.extend_from_slice(&page_buf);
+                if numbers.len() == COPY_BATCH_PAGES {
+                    sink(CopyItem::Pages(&numbers, &data))?;
+                    sent_pages += numbers.len() as u64;
+                    numbers.clear();
+                    data.clear();
+                }
+            }
+            base += n;
+        }
+        if !numbers.is_empty() {
+            sink(CopyItem::Pages(&numbers, &data))?;
+            sent_pages += numbers.len() as u64;
+        }
+        let mut sent_bytes = 0u64;
+        for (i, f) in self.disks.iter().enumerate() {
+            let mut off = 0u64;
+            while off < f.size() {
+                let len = DISK_CHUNK.min(f.size() - off);
+                let mut buf = vec![0u8; len as usize];
+                f.read_at(&mut buf, off)
+                    .map_err(|e| self.disk_err(i, "reading", e))?;
+                let zero = buf.iter().all(|&b| b == 0);
+                sink(CopyItem::Disk(DiskOp {
+                    disk: i as u32,
+                    kind: if zero {
+                        DiskChangeKind::Discard
+                    } else {
+                        DiskChangeKind::Write
+                    },
+                    sector: off / SECTOR_SIZE,
+                    len,
+                    data: if zero { Vec::new() } else { buf },
+                }))?;
+                if !zero {
+                    sent_bytes += len;
+                }
+                off += len;
+            }
+        }
+        Ok((sent_pages, sent_bytes))
+    }
+
+    fn disk_err(&self, i: usize, what: &'static str, source: std::io::Error) -> CheckpointError {
+        CheckpointError::Disk {
+            index: i,
+            path: self.disks[i].path().display().to_string(),
+            what,
+            source,
+        }
+    }
+
+    /// Ends the current epoch and starts the next: pause, capture, gate the next epoch,
+    /// resume. The guest is paused only for the copies.
+    pub fn checkpoint(&mut self) -> Result<EpochCapture, CheckpointError> {
+        let t0 = Instant::now();
+        self.vm.pause()?;
+        let captured = self.capture_paused();
+        let resumed = self.vm.resume();
+        let pause = t0.elapsed();
+        let mut cap = captured?;
+        resumed?;
+        cap.pause = pause;
+        Ok(cap)
+    }
+
+    fn capture_paused(&mut self) -> Result<EpochCapture, CheckpointError> {
+        let (snap, pages) = self.vm.capture_increment()?;
+        let state = snap.to_bytes().map_err(VmError::from)?;
+        let changes = std::mem::take(&mut *self.changes.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut disk = Vec::with_capacity(changes.len());
+        for (i, c) in changes {
+            let Some(f) = self.disks.get(i) else {
+                return Err(CheckpointError::Sink(format!(
+                    "a change of disk {i}, the VM has {}",
+                    self.disks.len()
+                )));
+            };
+            let len = c.len;
+            let data = match c.kind {
+                DiskChangeKind::Write => {
+                    // Read back now: nothing writes while paused, so this is what the epoch
+                    // left there (a range written twice holds its last write).
+                    let mut buf = vec![0u8; len as usize];
+                    f.read_at(&mut buf, c.sector * SECTOR_SIZE)
+                        .map_err(|e| self.disk_err(i, "reading back", e))?;
+                    buf
+                }
+                DiskChangeKind::Discard => Vec::new(),
+            };
+            disk.push(DiskOp {
+                disk: i as u32,
+                kind: c.kind,
+                sector: c.sector,
+                len,
+                data,
+            });
+        }
+        let epoch = self.epoch;
+        self.epoch += 1;
+        for net in self.vm.net_outputs() {
+            net.begin_epoch(self.epoch)
+                .map_err(|e| CheckpointError::Gate(e.to_string()))?;
+        }
+        Ok(EpochCapture {
+            epoch,
+            pages,
+            disk,
+            state,
+            pause: Duration::ZERO,
+        })
+    }
+
+    /// The peer holds epoch `n`: the guest's output of epochs up to `n` goes out.
+    pub fn committed(&self, n: u64) -> usize {
+        self.vm.net_outputs().iter().map(|net| net.commit(n)).sum()
+    }
+
+    /// Stops protecting: output flows at once (what was held goes out: this node now holds
+    /// the only copy, which includes having sent it), disk changes are no longer recorded.
+    pub fn unprotect(&self) {
+        for net in self.vm.net_outputs() {
+            net.set_mode(GateMode::Off);
+        }
+        self.vm.set_disk_observer(None);
+    }
+}

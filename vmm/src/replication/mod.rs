@@ -1,0 +1,19 @@
+//! Replication of a running VM to its peer (Remus-style continuous checkpointing, see
+//! docs/design.md and docs/replication.md).
+//!
+//! Primary: `checkpoint` (what each epoch captures while the guest is paused) and `primary`
+//! (the stream: full copy, one checkpoint per epoch, acks releasing the output).
+//! Secondary: `secondary` (the server receiving streams), `replica` (memory, state and disks as
+//! of the last committed epoch) and `standby` (a replica waiting for takeover, then its
+//! machine). Between them: the `wire` format (frames, encoder, nom parsers, `FrameReader`) and
+//! the receiver's `sequence` checker (which frame may come next).
+pub mod checkpoint;
+pub mod primary;
+pub mod replica;
+pub mod secondary;
+pub mod sequence;
+pub mod standby;
+pub mod wire;
+
+#[cfg(test)]
+mod test_support;

@@ -1,0 +1,336 @@
+//! The secondary's copy of a protected VM: guest memory kept in this process, the vCPU/device
+//! state and the disk images as of the last committed epoch, and the epoch being received.
+//!
+//! An epoch is staged whole (pages, disk changes, state) and applied only at its commit, so a
+//! replica is always at a committed epoch: a stream that breaks mid-epoch leaves it where it
+//! was (`abort_epoch`). The first epoch is the exception: until something is committed there is
+//! nothing to protect, so the full copy's pages go straight into memory instead of doubling it
+//! in a staging buffer. `start` turns the replica into a running `Vm` (failover).
+
+use std::path::{Path, PathBuf};
+
+use crate::console::Console;
+use crate::memory::{self, GuestMem, PAGE_SIZE};
+use crate::state::increment::{self, PageDiff};
+use crate::state::snapshot::Snapshot;
+use crate::virtio::block::{DiskChangeKind, RawFile, SECTOR_SIZE};
+use crate::vm::{Vm, VmError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    #[error(transparent)]
+    Memory(#[from] memory::MemoryError),
+    #[error(transparent)]
+    Increment(#[from] increment::IncrementError),
+    #[error("epoch {epoch}: {msg}")]
+    Epoch { epoch: u64, msg: String },
+    #[error("disk {index} ({path}): {what}: {source}")]
+    Disk {
+        index: u32,
+        path: PathBuf,
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("nothing committed yet: no state to start from")]
+    NothingCommitted,
+    #[error(
+        "the replica is broken (an epoch was half applied to its disks: {0}); it needs a full resync"
+    )]
+    Broken(String),
+    #[error("starting the replica: {0}")]
+    Start(#[from] VmError),
+}
+
+/// One change to a disk image, with its data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskOp {
+    pub disk: u32,
+    pub kind: DiskChangeKind,
+    /// In 512-byte sectors.
+    pub sector: u64,
+    /// Bytes: `data.len()` for a write; the length for a discard.
+    pub len: u64,
+    pub data: Vec<u8>,
+}
+
+#[derive(Default)]
+struct Staging {
+    epoch: u64,
+    pages: PageDiff,
+    disk: Vec<DiskOp>,
+    state: Option<Snapshot>,
+}
+
+/// A VM kept ready to take over.
+pub struct Replica {
+    memory_mib: u64,
+    total_pages: u64,
+    mem: GuestMem,
+    committed: Option<(u64, Snapshot)>,
+    staging: Staging,
+    /// Opened at the first commit, from the disks the state names.
+    disks: Vec<RawFile>,
+    broken: Option<String>,
+}
+
+impl Replica {
+    /// An empty replica of a VM with `memory_mib` MiB of memory (zeroed, not yet touched).
+    pub fn new(memory_mib: u64) -> Result<Replica, ReplicaError> {
+        let mem = memory::create(memory_mib)?;
+        Ok(Replica {
+            memory_mib,
+            total_pages: (memory_mib << 20) / PAGE_SIZE as u64,
+            mem,
+            committed: None,
+            staging: Staging::default(),
+            disks: Vec::new(),
+            broken: None,
+        })
+    }
+
+    pub fn memory_mib(&self) -> u64 {
+        self.memory_mib
+    }
+
+    /// The last committed epoch, if any.
+    pub fn committed_epoch(&self) -> Option<u64> {
+        self.committed.as_ref().map(|(e, _)| *e)
+    }
+
+    /// The epoch being received (0 before the first frame of one).
+    pub fn staging_epoch(&self) -> u64 {
+        self.staging.epoch
+    }
+
+    /// Guest memory as of the last commit (plus, before the first commit, the copy so far).
+    pub fn memory(&self) -> &GuestMem {
+        &self.mem
+    }
+
+    fn check_epoch(&mut self, epoch: u64) -> Result<(), ReplicaError> {
+        if let Some(why) = &self.broken {
+            return Err(ReplicaError::Broken(why.clone()));
+        }
+        let next = self.committed_epoch().map_or(1, |e| e + 1);
+        if epoch != next {
+            return Err(ReplicaError::Epoch {
+                epoch,
+                msg: format!("expected epoch {next}"),
+            });
+        }
+        self.staging.epoch = epoch;
+        Ok(())
+    }
+
+    /// Pages of `epoch`: `pages[i]` is the page number (memory.bin layout) of
+    /// `data[i * 4096..][..4096]`.
+    pub fn stage_pages(
+        &mut self,
+        epoch: u64,
+        pages: &[u64],
+        data: &[u8],
+    ) -> Result<(), ReplicaError> {
+        self.check_epoch(epoch)?;
+        if data.len() != pages.len() * PAGE_SIZE {
+            return Err(ReplicaError::Epoch {
+                epoch,
+                msg: format!("{} pages with {} bytes of data", pages.len(), data.len()),
+            });
+        }
+        if let Some(&p) = pages.iter().find(|&&p| p >= self.total_pages) {
+            return Err(ReplicaError::Epoch {
+                epoch,
+                msg: format!("page {p} is outside a {}-page VM", self.total_pages),
+            });
+        }
+        if self.committed.is_none() {
+            // The first copy: nothing to protect yet, straight into memory.
+            let diff = PageDiff {
+                pages: pages.to_vec(),
+                data: data.to_vec(),
+            };
+            increment::apply(&self.mem, &diff)?;
+        } else {
+            self.staging.pages.pages.extend_from_slice(pages);
+            self.staging.pages.data.extend_from_slice(data);
+        }
+        Ok(())
+    }
+
+    /// A disk change of `epoch`.
+    pub fn stage_disk(&mut self, epoch: u64, op: DiskOp) -> Result<(), ReplicaError> {
+        self.check_epoch(epoch)?;
+        let bad = |msg: String| ReplicaError::Epoch { epoch, msg };
+        if op.len == 0 || !op.len.is_multiple_of(SECTOR_SIZE) {
+            return Err(bad(format!("disk change of {} bytes", op.len)));
+        }
+        match op.kind {
+            DiskChangeKind::Write if op.data.len() as u64 != op.len => {
+                return Err(bad(format!(
+                    "disk write of {} bytes carries {}",
+                    op.len,
+                    op.data.len()
+                )))
+            }
+            DiskChangeKind::Discard if !op.data.is_empty() => {
+                return Err(bad("a discard carries data".into()))
+            }
+            _ => {}
+        }
+        self.staging.disk.push(op);
+        Ok(())
+    }
+
+    /// The vCPU/VM/device state at the end of `epoch`.
+    pub fn stage_state(&mut self, epoch: u64, state: Snapshot) -> Result<(), ReplicaError> {
+        self.check_epoch(epoch)?;
+        if state.memory_mib != self.memory_mib {
+            return Err(ReplicaError::Epoch {
+                epoch,
+                msg: format!(
+                    "state of a {} MiB VM for a {} MiB replica",
+                    state.memory_mib, self.memory_mib
+                ),
+            });
+        }
+        self.staging.state = Some(state);
+        Ok(())
+    }
+
+    /// Applies the staged epoch: memory pages, disk changes, then the state becomes the
+    /// committed one. Memory is applied first and cannot fail half way (every page was checked
+    /// when staged); a disk write that fails half way leaves the replica broken (say so, and a
+    /// full resync is needed), never silently mixed.
+    pub fn commit(&mut self, epoch: u64) -> Result<(), ReplicaError> {
+        self.check_epoch(epoch)?;
+        let Some(state) = self.staging.state.take() else {
+            return Err(ReplicaError::Epoch {
+                epoch,
+                msg: "commit without the epoch's state".into(),
+            });
+        };
+        if self.disks.is_empty() && !state.disks.is_empty() {
+            self.open_disks(&state)?;
+        }
+        let staged = std::mem::take(&mut self.staging);
+        for op in &staged.disk {
+            if op.disk as usize >= self.disks.len() {
+                return Err(ReplicaError::Epoch {
+                    epoch,
+                    msg: format!("disk {} of a VM with {} disks", op.disk, self.disks.len()),
+                });
+            }
+        }
+        increment::apply(&self.mem, &staged.pages)?;
+        for op in &staged.disk {
+            if let Err(e) = self.apply_disk(op) {
+                self.broken = Some(e.to_string());
+                return Err(e);
+            }
+        }
+        self.committed = Some((epoch, state));
+        Ok(())
+    }
+
+    /// Drops what was staged of an unfinished epoch (the stream broke): the replica stays at
+    /// its last commit. Before the first commit the memory copy is incomplete; the next stream
+    /// starts over with a full copy anyway.
+    pub fn abort_epoch(&mut self) {
+        if self.staging.epoch != 0 {
+            log::warn!(
+                "replica: epoch {} dropped uncommitted ({} pages, {} disk changes staged)",
+                self.staging.epoch,
+                self.staging.pages.len(),
+                self.staging.disk.len()
+            );
+        }
+        self.staging = Staging::default();
+    }
+
+    fn open_disks(&mut self, state: &Snapshot) -> Result<(), ReplicaError> {
+        for (i, d) in state.disks.iter().enumerate() {
+            let f = RawFile::open(&d.path, false).map_err(|e| ReplicaError::Disk {
+                index: i as u32,
+                path: d.path.clone(),
+                what: "opening",
+                source: std::io::Error::other(e.to_string()),
+            })?;
+            self.disks.push(f);
+        }
+        Ok(())
+    }
+
+    fn apply_disk(&self, op: &DiskOp) -> Result<(), ReplicaError> {
+        let disk = &self.disks[op.disk as usize];
+        let offset = op.sector * SECTOR_SIZE;
+        let err = |what, source| ReplicaError::Disk {
+            index: op.disk,
+            path: disk.path().to_path_buf(),
+            what,
+            source,
+        };
+        if offset + op.len > disk.size() {
+            return Err(err(
+                "change beyond the end of the image",
+                std::io::Error::from(std::io::ErrorKind::InvalidInput),
+            ));
+        }
+        match op.kind {
+            DiskChangeKind::Write => disk
+                .write_at(&op.data, offset)
+                .map_err(|e| err("writing", e)),
+            DiskChangeKind::Discard => disk
+                .discard(offset, op.len)
+                .map_err(|e| err("discarding", e)),
+        }
+    }
+
+    /// Flushes the disk images (the stream calls it now and then, not every epoch: a failover
+    /// reads them through the same page cache).
+    pub fn flush_disks(&self) -> Result<(), ReplicaError> {
+        for (i, d) in self.disks.iter().enumerate() {
+            d.flush().map_err(|source| ReplicaError::Disk {
+                index: i as u32,
+                path: d.path().to_path_buf(),
+                what: "flushing",
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The committed state (for inspection and tests).
+    pub fn committed_state(&self) -> Option<&Snapshot> {
+        self.committed.as_ref().map(|(_, s)| s)
+    }
+
+    /// Failover: the VM as of the last committed epoch, built on `console`; `start()` it.
+    pub fn start(self, console: &Console) -> Result<Vm, ReplicaError> {
+        if let Some(why) = self.broken {
+            return Err(ReplicaError::Broken(why));
+        }
+        let Some((epoch, state)) = self.committed else {
+            return Err(ReplicaError::NothingCommitted);
+        };
+        drop(self.disks);
+        log::info!("replica: starting from epoch {epoch}");
+        Ok(Vm::restore_from(&state, self.mem, console)?)
+    }
+
+    /// Writes the committed state and memory as a snapshot directory (for `havms-vm --restore`
+    /// and inspection).
+    pub fn save(&self, dir: &Path) -> Result<(), ReplicaError> {
+        let Some((_, state)) = &self.committed else {
+            return Err(ReplicaError::NothingCommitted);
+        };
+        state
+            .write(dir)
+            .map_err(|e| ReplicaError::Start(e.into()))?;
+        memory::save(&self.mem, &dir.join(crate::state::snapshot::MEMORY_FILE))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[path = "replica_tests.rs"]
+mod tests;

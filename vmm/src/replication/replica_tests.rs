@@ -1,0 +1,217 @@
+//! Replica bookkeeping on the host (no KVM needed: nothing runs, memory and disks are real).
+
+use super::*;
+use vm_memory::GuestMemoryBackend;
+
+const MIB: u64 = 2;
+const PAGES: u64 = (MIB << 20) / PAGE_SIZE as u64;
+
+fn state(disk: &Path) -> Snapshot {
+    super::super::test_support::state(MIB, disk)
+}
+
+fn page(fill: u8) -> Vec<u8> {
+    vec![fill; PAGE_SIZE]
+}
+
+/// Guest memory as one buffer, memory.bin layout.
+fn mem_bytes(r: &Replica) -> Vec<u8> {
+    let mut out = Vec::new();
+    for region in r.memory().iter() {
+        out.extend_from_slice(memory::region_bytes(region));
+    }
+    out
+}
+
+fn page_of(r: &Replica, p: u64) -> Vec<u8> {
+    let all = mem_bytes(r);
+    all[p as usize * PAGE_SIZE..(p as usize + 1) * PAGE_SIZE].to_vec()
+}
+
+use super::super::test_support::Scratch;
+
+struct Fixture {
+    _dir: Scratch,
+    disk: PathBuf,
+}
+
+fn fixture() -> Fixture {
+    let dir = Scratch::new();
+    let disk = dir.0.join("disk.img");
+    std::fs::write(&disk, vec![0u8; 64 * 1024]).unwrap();
+    Fixture { _dir: dir, disk }
+}
+
+fn write_op(sector: u64, fill: u8, sectors: usize) -> DiskOp {
+    DiskOp {
+        disk: 0,
+        kind: DiskChangeKind::Write,
+        sector,
+        len: (sectors * 512) as u64,
+        data: vec![fill; sectors * 512],
+    }
+}
+
+/// Epoch 1 (the full copy) then epoch 2 (an increment), both committed.
+fn two_epochs(f: &Fixture) -> Replica {
+    let mut r = Replica::new(MIB).unwrap();
+    let mut data = page(1);
+    data.extend(page(2));
+    r.stage_pages(1, &[0, PAGES - 1], &data).unwrap();
+    r.stage_state(1, state(&f.disk)).unwrap();
+    r.commit(1).unwrap();
+    r.stage_pages(2, &[5], &page(9)).unwrap();
+    r.stage_disk(2, write_op(8, 0xab, 2)).unwrap();
+    r.stage_state(2, state(&f.disk)).unwrap();
+    r.commit(2).unwrap();
+    r
+}
+
+#[test]
+fn committed_epochs_reach_memory_and_disk() {
+    let f = fixture();
+    let r = two_epochs(&f);
+    assert_eq!(r.committed_epoch(), Some(2));
+    assert_eq!(page_of(&r, 0), page(1));
+    assert_eq!(page_of(&r, PAGES - 1), page(2));
+    assert_eq!(page_of(&r, 5), page(9));
+    assert_eq!(page_of(&r, 6), page(0));
+    let disk = std::fs::read(&f.disk).unwrap();
+    assert!(disk[8 * 512..10 * 512].iter().all(|&b| b == 0xab));
+    assert!(disk[..8 * 512].iter().all(|&b| b == 0));
+    assert!(disk[10 * 512..].iter().all(|&b| b == 0));
+}
+
+#[test]
+fn an_aborted_epoch_changes_nothing() {
+    let f = fixture();
+    let mut r = two_epochs(&f);
+    let mem_before = mem_bytes(&r);
+    let disk_before = std::fs::read(&f.disk).unwrap();
+    r.stage_pages(3, &[0, 5], &[page(7), page(7)].concat())
+        .unwrap();
+    r.stage_disk(3, write_op(0, 0x77, 4)).unwrap();
+    r.stage_state(3, state(&f.disk)).unwrap();
+    r.abort_epoch();
+    assert_eq!(mem_bytes(&r), mem_before);
+    assert_eq!(std::fs::read(&f.disk).unwrap(), disk_before);
+    assert_eq!(r.committed_epoch(), Some(2));
+    // The same epoch number can come again, from a new stream.
+    r.stage_pages(3, &[1], &page(3)).unwrap();
+    r.stage_state(3, state(&f.disk)).unwrap();
+    r.commit(3).unwrap();
+    assert_eq!(page_of(&r, 1), page(3));
+    assert_eq!(page_of(&r, 0), page(1));
+}
+
+#[test]
+fn staged_pages_stay_out_of_memory_until_the_commit() {
+    let f = fixture();
+    let mut r = two_epochs(&f);
+    r.stage_pages(3, &[5], &page(4)).unwrap();
+    assert_eq!(page_of(&r, 5), page(9), "staged page visible before commit");
+    r.stage_state(3, state(&f.disk)).unwrap();
+    r.commit(3).unwrap();
+    assert_eq!(page_of(&r, 5), page(4));
+}
+
+#[test]
+fn epochs_must_follow_each_other() {
+    let f = fixture();
+    let mut r = Replica::new(MIB).unwrap();
+    let err = r.stage_pages(2, &[0], &page(1)).unwrap_err().to_string();
+    assert!(err.contains("expected epoch 1"), "{err}");
+    let mut r = two_epochs(&f);
+    for e in [1, 2, 4] {
+        let err = r.stage_state(e, state(&f.disk)).unwrap_err().to_string();
+        assert!(err.contains("expected epoch 3"), "epoch {e}: {err}");
+    }
+}
+
+#[test]
+fn bad_epoch_contents_are_refused() {
+    let f = fixture();
+    let mut r = two_epochs(&f);
+    let err = r
+        .stage_pages(3, &[PAGES], &page(1))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("outside"), "{err}");
+    let err = r.stage_pages(3, &[1, 2], &page(1)).unwrap_err().to_string();
+    assert!(err.contains("2 pages with 4096 bytes"), "{err}");
+    let mut op = write_op(0, 1, 1);
+    op.len = 100;
+    op.data.truncate(100);
+    assert!(r.stage_disk(3, op).is_err());
+    let mut op = write_op(0, 1, 2);
+    op.data.truncate(512);
+    assert!(r.stage_disk(3, op).is_err());
+    let op = DiskOp {
+        disk: 0,
+        kind: DiskChangeKind::Discard,
+        sector: 0,
+        len: 512,
+        data: vec![1],
+    };
+    assert!(r.stage_disk(3, op).is_err());
+    let mut other = state(&f.disk);
+    other.memory_mib = 4;
+    assert!(r.stage_state(3, other).is_err());
+    let err = r.commit(3).unwrap_err().to_string();
+    assert!(err.contains("without the epoch's state"), "{err}");
+    assert_eq!(r.committed_epoch(), Some(2));
+}
+
+#[test]
+fn a_disk_change_outside_the_image_breaks_the_replica_loudly() {
+    let f = fixture();
+    let mut r = two_epochs(&f);
+    r.stage_disk(3, write_op(1000, 1, 1)).unwrap();
+    r.stage_state(3, state(&f.disk)).unwrap();
+    let err = r.commit(3).unwrap_err().to_string();
+    assert!(err.contains("beyond the end"), "{err}");
+    let err = r.stage_pages(3, &[1], &page(1)).unwrap_err().to_string();
+    assert!(err.contains("full resync"), "{err}");
+}
+
+#[test]
+fn discards_read_back_as_zeros() {
+    let f = fixture();
+    let mut r = two_epochs(&f);
+    r.stage_disk(
+        3,
+        DiskOp {
+            disk: 0,
+            kind: DiskChangeKind::Discard,
+            sector: 8,
+            len: 1024,
+            data: Vec::new(),
+        },
+    )
+    .unwrap();
+    r.stage_state(3, state(&f.disk)).unwrap();
+    r.commit(3).unwrap();
+    let disk = std::fs::read(&f.disk).unwrap();
+    assert!(disk[8 * 512..10 * 512].iter().all(|&b| b == 0));
+}
+
+#[test]
+fn save_writes_a_restorable_directory() {
+    let f = fixture();
+    let r = two_epochs(&f);
+    let out = Scratch::new();
+    r.save(&out.0).unwrap();
+    let snap = Snapshot::read(&out.0).unwrap();
+    assert_eq!(snap.memory_mib, MIB);
+    let mem = crate::vm::restore_memory(&out.0, MIB).unwrap();
+    assert_eq!(memory::sha256(&mem), memory::sha256(r.memory()));
+}
+
+#[test]
+fn nothing_committed_nothing_to_start() {
+    let r = Replica::new(MIB).unwrap();
+    assert!(matches!(
+        r.save(Path::new("/nonexistent")),
+        Err(ReplicaError::NothingCommitted)
+    ));
+}
