@@ -20,21 +20,52 @@ run_bg() {
 
 # vm_start NAME MODE [havms-vm options]: boots the test guest in MODE (guest-init.sh);
 # GUEST_ARGS adds kernel arguments (e.g. pages=N); SERIAL replaces the serial file $W/NAME.ser
-# (e.g. SERIAL=socket=$W/NAME.con).
+# (e.g. SERIAL=socket=$W/NAME.con). A guest reset ends the VM (--no-reboot: a guest whose init
+# dies fails the wait helpers at once instead of rebooting forever) unless REBOOT=1.
 vm_start() {
   n=$1; m=$2; shift 2
   rm -f $W/$n.ser $W/$n.sock $W/$n.con
+  nr=--no-reboot; [ "$REBOOT" = 1 ] && nr=
   run_bg $n env RUST_LOG=info havms-vm --kernel $E/vmlinuz --initramfs $E/guest.cpio.gz \
     --cmdline "$GUEST_CL guest=$m $GUEST_ARGS" --serial ${SERIAL:-file=$W/$n.ser} \
-    --api-socket $W/$n.sock "$@"
+    --api-socket $W/$n.sock $nr "$@"
 }
 
 # vm_restore NAME DIR [options]: a new havms-vm process continuing the guest saved in DIR.
 vm_restore() {
   n=$1; d=$2; shift 2
   rm -f $W/$n.ser $W/$n.sock $W/$n.con
+  nr=--no-reboot; [ "$REBOOT" = 1 ] && nr=
   run_bg $n env RUST_LOG=info havms-vm --restore $d --serial ${SERIAL:-file=$W/$n.ser} \
-    --api-socket $W/$n.sock "$@"
+    --api-socket $W/$n.sock $nr "$@"
+}
+
+# vm_replica NAME HOST:PORT [options]: a secondary (havms-vm --replica-listen) waiting for a
+# primary's stream; `R NAME takeover` starts the VM it holds.
+vm_replica() {
+  n=$1; a=$2; shift 2
+  rm -f $W/$n.ser $W/$n.sock $W/$n.con
+  run_bg $n env RUST_LOG=info havms-vm --replica-listen $a --serial ${SERIAL:-file=$W/$n.ser} \
+    --api-socket $W/$n.sock --no-reboot "$@"
+}
+
+# wait_info NAME ERE SECONDS: until `R NAME info` matches ERE.
+wait_info() {
+  i=0; t=$(($3 * 5))
+  while ! R $1 info 2>/dev/null | grep -qE "$2"; do
+    i=$((i+1)); [ $i -ge $t ] && { echo "TIMEOUT: no /$2/ in $1's info after $3 s"; R $1 info; return 1; }
+    [ -e $W/$1.rc ] && { echo "ENDED: $1 exited $(cat $W/$1.rc)"; return 1; }
+    usleep 200000
+  done
+}
+
+# wait_file FILE ERE N SECONDS: until FILE has N lines matching ERE.
+wait_file() {
+  i=0; t=$(($4 * 10))
+  while [ "$(grep -cE "$2" $1 2>/dev/null)" -lt $3 ]; do
+    i=$((i+1)); [ $i -ge $t ] && { echo "TIMEOUT: fewer than $3 /$2/ lines in $1 after $4 s"; return 1; }
+    usleep 100000
+  done
 }
 
 # R NAME VERB...: havms-remote on VM NAME's socket.

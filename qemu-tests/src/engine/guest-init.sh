@@ -17,13 +17,35 @@ devices() {
 net_up() {
   ip link set lo up; ip link set eth0 up; ip addr add 10.0.2.15/24 dev eth0
 }
+# stateful_setup: drivers, NIC up, an ext2 filesystem made on /dev/vda and mounted on /mnt
+# with the kernel argument marker=M written to /mnt/marker.
+stateful_setup() {
+  devices; waitp /dev/vda; waitp /sys/class/net/eth0; net_up
+  mkdir -p /mnt
+  { mke2fs -q /dev/vda && mount -t ext2 /dev/vda /mnt; } || echo "GUEST-DISK-FAILED"
+  arg marker > /mnt/marker; sync
+  echo "STATEFUL-READY marker=$(cat /mnt/marker)"
+}
+# dev_rounds: every ~0.5 s ping the node, write the round number to a file on the disk, sync,
+# drop the page cache and read both files back: each line proves the NIC and the disk work.
+dev_rounds() {
+  j=0; while true; do
+    j=$((j+1)); p=fail; ping -c 1 -W 1 10.0.2.1 >/dev/null 2>&1 && p=ok
+    echo $j > /mnt/last; sync; echo 3 > /proc/sys/vm/drop_caches
+    echo "DEV $j net=$p marker=$(cat /mnt/marker) last=$(cat /mnt/last) up=$(up)"; usleep 300000
+  done
+}
+# count_forever: `COUNT n up=s` every 100 ms; a restored guest continues the numbering.
+count_forever() {
+  i=0; while true; do i=$((i+1)); echo "COUNT $i up=$(up)"; usleep 100000; done
+}
 echo "HAVMS-GUEST-UP mode=$MODE cpus=$(grep -c ^processor /proc/cpuinfo) mem_kib=$(sed -n 's/^MemTotal: *\([0-9]*\).*/\1/p' /proc/meminfo) up=$(up)"
 case $MODE in
   boot)
     poweroff -f ;;
   counter)
     # Every 100 ms; a restored guest continues the numbering, a rebooted one starts again at 1.
-    i=0; while true; do i=$((i+1)); echo "COUNT $i up=$(up)"; usleep 100000; done ;;
+    count_forever ;;
   memwrite)
     # Rewrites 1 MiB of random data every round, walking over 16 MiB of a tmpfs file: memory
     # keeps changing, so a capture that misses pages hashes differently.
@@ -73,22 +95,19 @@ case $MODE in
       echo "NET $i $p up=$(up)"; usleep 300000
     done ;;
   stateful)
-    # engine-restore: a counter every 100 ms (as `counter`), and every ~0.5 s a device round:
-    # ping the node, write the round number to a file on the ext2 disk, sync, drop the page
-    # cache and read the files back, so each line proves the NIC and the disk really work.
-    devices; waitp /dev/vda; waitp /sys/class/net/eth0; net_up
-    mkdir -p /mnt
-    { mke2fs -q /dev/vda && mount -t ext2 /dev/vda /mnt; } || echo "GUEST-DISK-FAILED"
-    arg marker > /mnt/marker; sync
-    echo "STATEFUL-READY marker=$(cat /mnt/marker)"
-    (
-      j=0; while true; do
-        j=$((j+1)); p=fail; ping -c 1 -W 1 10.0.2.1 >/dev/null 2>&1 && p=ok
-        echo $j > /mnt/last; sync; echo 3 > /proc/sys/vm/drop_caches
-        echo "DEV $j net=$p marker=$(cat /mnt/marker) last=$(cat /mnt/last) up=$(up)"; usleep 300000
-      done
-    ) &
-    i=0; while true; do i=$((i+1)); echo "COUNT $i up=$(up)"; usleep 100000; done ;;
+    # engine-restore: a counter every 100 ms, and every ~0.5 s a device round (see dev_rounds).
+    stateful_setup; dev_rounds &
+    count_forever ;;
+  protected)
+    # engine-failover: `stateful`, plus a TCP server on port 7000 that streams numbered lines
+    # of random length to whoever connects. A byte the node saw from an epoch the replica
+    # does not hold would be sent again differently after a failover and garble the stream.
+    stateful_setup; dev_rounds &
+    printf '#!/bin/busybox sh\ni=0; while true; do i=$((i+1)); echo "TCP $i $(printf "%%$(( ${RANDOM:-$i} %% 40 ))s" | tr " " x) END"; usleep 200000; done\n' > /tmp/lines
+    chmod +x /tmp/lines
+    ( while true; do nc -l -p 7000 -e /tmp/lines; done ) &
+    echo "TCP-LISTENING"
+    count_forever ;;
   rootfs)
     # The installer and the initramfs of a guest whose root is on its virtio disk: boot 1 finds
     # no root filesystem there, formats the disk, installs busybox and /sbin/init

@@ -258,6 +258,7 @@ mod tests {
             "disk-write)",
             "pinger)",
             "stateful)",
+            "protected)",
             "rootfs)",
             "serial-echo)",
         ] {

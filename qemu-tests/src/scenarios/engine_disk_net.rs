@@ -27,7 +27,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         &format!(
             "dd if=/dev/zero of={disk} bs=1M count=16 2>/dev/null && \
              (nc -ll -p 7001 -e cat &) && \
-             vm_start d1 disk-write --memory size=256M --disk path={disk} \
+             REBOOT=1 vm_start d1 disk-write --memory size=256M --disk path={disk} \
              --net tap=tap1,mac=52:54:00:12:34:57 && tap_up tap1 && \
              wait_line d1 '^GUEST-ECHO-LISTENING' 150 && \
              for i in 1 2 3 4 5 6 7 8 9 10; do g=$(echo {nonce} | nc -w 5 10.0.2.15 7000); \

@@ -28,7 +28,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     let out = sh.ok(
         &format!(
             "dd if=/dev/zero of={disk} bs=1M count=32 2>/dev/null && \
-             GUEST_ARGS=marker={marker} vm_start f1 rootfs --memory size=256M --disk path={disk} && \
+             REBOOT=1 GUEST_ARGS=marker={marker} vm_start f1 rootfs --memory size=256M --disk path={disk} && \
              wait_exit f1 250; echo SERIAL-BEGIN; ser f1; echo SERIAL-END; \
              echo \"MAGIC $(dd if={disk} bs=1 skip=1080 count=2 2>/dev/null | od -An -tx1 | tr -d ' ')\"; \
              echo \"LABEL $(dd if={disk} bs=1 skip=1144 count=10 2>/dev/null)\""

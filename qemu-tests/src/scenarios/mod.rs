@@ -12,6 +12,7 @@ mod bad_config;
 mod boot;
 mod engine_boot;
 mod engine_disk_net;
+mod engine_failover;
 mod engine_gating;
 mod engine_increments;
 mod engine_restore;
@@ -121,6 +122,12 @@ pub fn all() -> Vec<Scenario> {
             run: engine_serial::run,
         },
         Scenario {
+            name: "engine-failover",
+            about:
+                "replicate to a second engine, kill -9 the first, take over: guest, disk, TCP go on",
+            run: engine_failover::run,
+        },
+        Scenario {
             name: "engine-increments",
             about:
                 "base + 20 increments of a memory-writing guest hash like a full capture; restore",
@@ -184,6 +191,7 @@ mod tests {
                 "engine-rootfs",
                 "engine-restore",
                 "engine-serial",
+                "engine-failover",
                 "engine-increments",
                 "engine-gating",
             ]

@@ -4,7 +4,8 @@
 //!          [--serial file=F|socket=S|tty|null] [--api-socket S] [--no-reboot]
 //! havms-vm --restore DIR [--serial ...] [--api-socket S] [--no-reboot]
 //! havms-vm --restore DIR --memory-sha256
-//! havms-vm --replica-listen HOST:PORT [--replica-name NAME] [--serial ...] [--api-socket S]
+//! havms-vm --replica-listen HOST:PORT [--replica-name NAME] [--replica-disk PATH]... [--serial ...]
+//!          [--api-socket S]
 //!
 //! With --replica-listen it runs no VM at first: it receives a protected VM's replication
 //! stream (`havms-remote protect HOST:PORT` on the primary) and keeps its replica until
@@ -77,6 +78,10 @@ struct Args {
     /// With --replica-listen: accept only streams of the VM of this name.
     #[arg(long, requires = "replica_listen")]
     replica_name: Option<String>,
+    /// With --replica-listen: this node's copy of the VM's disk N is at PATH (repeat in device
+    /// order), when not at the primary's path.
+    #[arg(long, requires = "replica_listen")]
+    replica_disk: Vec<PathBuf>,
 }
 
 fn build(args: &Args) -> Result<Machine> {
@@ -209,7 +214,7 @@ fn standby(args: &Args, addr: &str) -> Result<Option<Machine>> {
     } else {
         OnReset::Reboot
     };
-    let server = ReplicaServer::listen(addr, args.replica_name.clone())
+    let server = ReplicaServer::listen(addr, args.replica_name.clone(), args.replica_disk.clone())
         .with_context(|| format!("listening for a replication stream on {addr}"))?;
     eprintln!("havms-vm: replica listening on {}", server.local_addr());
     let console = Console::open(&serial).context("opening the console")?;

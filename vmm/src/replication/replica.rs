@@ -68,8 +68,11 @@ pub struct Replica {
     mem: GuestMem,
     committed: Option<(u64, Snapshot)>,
     staging: Staging,
-    /// Opened at the first commit, from the disks the state names.
+    /// Opened at the first commit, from the disks the state names (or `disk_paths`).
     disks: Vec<RawFile>,
+    /// This node's copies of the VM's disks, in device order, when they are not at the paths
+    /// the primary's state names.
+    disk_paths: Vec<PathBuf>,
     broken: Option<String>,
 }
 
@@ -84,8 +87,16 @@ impl Replica {
             committed: None,
             staging: Staging::default(),
             disks: Vec::new(),
+            disk_paths: Vec::new(),
             broken: None,
         })
+    }
+
+    /// Keeps the VM's disks at `paths` on this node (device order) instead of the paths in the
+    /// primary's state; the VM started from the replica uses them too.
+    pub fn with_disk_paths(mut self, paths: Vec<PathBuf>) -> Replica {
+        self.disk_paths = paths;
+        self
     }
 
     pub fn memory_mib(&self) -> u64 {
@@ -203,12 +214,13 @@ impl Replica {
     /// full resync is needed), never silently mixed.
     pub fn commit(&mut self, epoch: u64) -> Result<(), ReplicaError> {
         self.check_epoch(epoch)?;
-        let Some(state) = self.staging.state.take() else {
+        let Some(mut state) = self.staging.state.take() else {
             return Err(ReplicaError::Epoch {
                 epoch,
                 msg: "commit without the epoch's state".into(),
             });
         };
+        self.localize(&mut state)?;
         if self.disks.is_empty() && !state.disks.is_empty() {
             self.open_disks(&state)?;
         }
@@ -245,6 +257,27 @@ impl Replica {
             );
         }
         self.staging = Staging::default();
+    }
+
+    /// The state with this node's disk paths.
+    fn localize(&self, state: &mut Snapshot) -> Result<(), ReplicaError> {
+        if self.disk_paths.is_empty() {
+            return Ok(());
+        }
+        if self.disk_paths.len() != state.disks.len() {
+            return Err(ReplicaError::Epoch {
+                epoch: self.staging.epoch,
+                msg: format!(
+                    "the VM has {} disks, this replica was given {} disk paths",
+                    state.disks.len(),
+                    self.disk_paths.len()
+                ),
+            });
+        }
+        for (d, p) in state.disks.iter_mut().zip(&self.disk_paths) {
+            d.path = p.clone();
+        }
+        Ok(())
     }
 
     fn open_disks(&mut self, state: &Snapshot) -> Result<(), ReplicaError> {

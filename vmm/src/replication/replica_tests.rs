@@ -215,3 +215,29 @@ fn nothing_committed_nothing_to_start() {
         Err(ReplicaError::NothingCommitted)
     ));
 }
+
+#[test]
+fn disk_paths_of_this_node_replace_the_primarys() {
+    let f = fixture();
+    let other = f._dir.0.join("here.img");
+    std::fs::write(&other, vec![0u8; 64 * 1024]).unwrap();
+    let mut r = Replica::new(MIB)
+        .unwrap()
+        .with_disk_paths(vec![other.clone()]);
+    r.stage_disk(1, write_op(0, 0x42, 1)).unwrap();
+    r.stage_state(1, state(&f.disk)).unwrap();
+    r.commit(1).unwrap();
+    assert_eq!(std::fs::read(&other).unwrap()[0], 0x42);
+    assert_eq!(
+        std::fs::read(&f.disk).unwrap()[0],
+        0,
+        "wrote the primary's path"
+    );
+    assert_eq!(r.committed_state().unwrap().disks[0].path, other);
+    let mut two = Replica::new(MIB)
+        .unwrap()
+        .with_disk_paths(vec![other.clone(), other]);
+    two.stage_state(1, state(&f.disk)).unwrap();
+    let err = two.commit(1).unwrap_err().to_string();
+    assert!(err.contains("1 disks, this replica was given 2"), "{err}");
+}

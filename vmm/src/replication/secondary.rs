@@ -10,7 +10,7 @@
 
 use std::io::{BufWriter, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -65,6 +65,8 @@ struct Shared {
     conn: Mutex<Option<TcpStream>>,
     /// Only streams for this VM name are accepted (None: any).
     expect_name: Option<String>,
+    /// This node's copies of the VM's disks, when not at the primary's paths.
+    disk_paths: Vec<PathBuf>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -80,8 +82,13 @@ pub struct ReplicaServer {
 
 impl ReplicaServer {
     /// Listens on `addr` (`host:port`) and serves primaries one at a time. With `expect_name`,
-    /// streams for another VM are refused.
-    pub fn listen(addr: &str, expect_name: Option<String>) -> std::io::Result<ReplicaServer> {
+    /// streams for another VM are refused; `disk_paths` (device order) put the VM's disks at
+    /// other paths on this node than on the primary (empty: the same paths).
+    pub fn listen(
+        addr: &str,
+        expect_name: Option<String>,
+        disk_paths: Vec<PathBuf>,
+    ) -> std::io::Result<ReplicaServer> {
         let listener = TcpListener::bind(addr)?;
         let local = listener.local_addr()?.to_string();
         let shared = Arc::new(Shared {
@@ -94,6 +101,7 @@ impl ReplicaServer {
             stop: AtomicBool::new(false),
             conn: Mutex::new(None),
             expect_name,
+            disk_paths,
         });
         let s = Arc::clone(&shared);
         let l = listener.try_clone()?;
@@ -250,7 +258,10 @@ fn serve(conn: TcpStream, s: &Shared) -> Result<(), ConnError> {
                             hello.memory_bytes
                         )));
                     }
-                    fresh = Some(Replica::new(hello.memory_bytes >> 20)?);
+                    fresh = Some(
+                        Replica::new(hello.memory_bytes >> 20)?
+                            .with_disk_paths(s.disk_paths.clone()),
+                    );
                     {
                         let mut st = lock(&s.status);
                         st.name = hello.name.clone();

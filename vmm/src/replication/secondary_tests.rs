@@ -111,7 +111,7 @@ fn disk(dir: &Scratch) -> PathBuf {
 fn committed_epochs_are_acked_and_a_broken_epoch_is_dropped() {
     let dir = Scratch::new();
     let d = disk(&dir);
-    let server = ReplicaServer::listen("127.0.0.1:0", Some("web".into())).unwrap();
+    let server = ReplicaServer::listen("127.0.0.1:0", Some("web".into()), Vec::new()).unwrap();
     let mut p = FakePrimary::connect(&server, "web");
     assert!(matches!(p.hello_ack(), Frame::HelloAck(_)));
     // Epoch 1: the full copy and its state.
@@ -165,7 +165,7 @@ fn committed_epochs_are_acked_and_a_broken_epoch_is_dropped() {
 fn a_lying_commit_drops_the_connection_and_keeps_the_last_epoch() {
     let dir = Scratch::new();
     let d = disk(&dir);
-    let server = ReplicaServer::listen("127.0.0.1:0", None).unwrap();
+    let server = ReplicaServer::listen("127.0.0.1:0", None, Vec::new()).unwrap();
     let mut p = FakePrimary::connect(&server, "db");
     p.hello_ack();
     p.send(1, &page_frame(1, 1));
@@ -201,7 +201,7 @@ fn a_lying_commit_drops_the_connection_and_keeps_the_last_epoch() {
 
 #[test]
 fn a_stream_for_another_vm_is_refused() {
-    let server = ReplicaServer::listen("127.0.0.1:0", Some("web".into())).unwrap();
+    let server = ReplicaServer::listen("127.0.0.1:0", Some("web".into()), Vec::new()).unwrap();
     let mut p = FakePrimary::connect(&server, "mail");
     match p.reader.next_owned().unwrap() {
         Some((_, Frame::Abort { reason })) => assert!(reason.contains("for VM web"), "{reason}"),
@@ -217,7 +217,7 @@ fn a_stream_for_another_vm_is_refused() {
 fn a_new_stream_replaces_the_replica_only_once_it_committed() {
     let dir = Scratch::new();
     let d = disk(&dir);
-    let server = ReplicaServer::listen("127.0.0.1:0", None).unwrap();
+    let server = ReplicaServer::listen("127.0.0.1:0", None, Vec::new()).unwrap();
     let mut p = FakePrimary::connect(&server, "vm");
     p.hello_ack();
     p.send(1, &page_frame(2, 4));
