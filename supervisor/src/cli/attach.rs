@@ -1,12 +1,16 @@
 //! `havms attach SOCKET`: the client of a VM's serial console socket (`havms-vm --serial
 //! socket=PATH`), what `socat - UNIX-CONNECT:PATH` is for Cloud Hypervisor users; the node image
-//! has no socat. The console menu shows a VM's console through [`attach`].
+//! has no socat. It is also meant for the console menu, which will spawn it as a process to show
+//! a VM's console (nothing calls it that way yet).
 //!
-//! One thread and poll(2): the socket is non-blocking, so a guest printing faster than stdout
-//! takes it, or a server not taking input, never stops the other direction. Output is passed
-//! through byte for byte as it arrives. On a terminal, stdin is put in raw mode (every key,
-//! ctrl-c included, goes to the guest; `Ctrl-]` detaches) and restored on every way out: return,
-//! error, panic, and SIGTERM/SIGHUP/SIGINT/SIGQUIT, whose handler restores it before dying.
+//! One thread and poll(2). The socket is non-blocking, so a server not taking input never holds
+//! back output: unsent input waits, and stdin is not read meanwhile. stdout is written blocking,
+//! though: while it is stuck (a paused terminal, a full pipe nobody drains) the whole loop waits,
+//! input included. The engine meanwhile queues output for this client and drops it after 1 MiB
+//! unread, which ends the session as `Closed`. Output is passed through byte for byte as it
+//! arrives. On a terminal, stdin is put in raw mode (every key, ctrl-c included, goes to the
+//! guest; `Ctrl-]` detaches) and restored on every way out: return, error, panic, and
+//! SIGTERM/SIGHUP/SIGINT/SIGQUIT, whose handler restores it before dying.
 
 use anyhow::{Context, Result};
 use nix::libc;
@@ -103,7 +107,9 @@ pub fn run(path: &Path, opts: &Options) -> Result<i32> {
 }
 
 /// Connects to the console socket at `path` and copies until the session ends: output to `out`,
-/// input from fd 0 (raw mode when it is a terminal, which the hint on stderr explains).
+/// input from fd 0 (raw mode when it is a terminal, which the hint on stderr explains). On a
+/// terminal it takes over process-wide signal handling for the session (see `RawTerminal::enter`):
+/// run it as its own process.
 pub fn attach(path: &Path, opts: &Options, out: &mut dyn Write) -> Result<End> {
     let started = Instant::now();
     let sock =
@@ -363,6 +369,11 @@ struct RawTerminal {
 }
 
 impl RawTerminal {
+    /// Puts stdin in raw mode and catches `FATAL_SIGNALS` until dropped. The handler restores the
+    /// terminal and dies of the signal's default action: a handler the process had installed
+    /// before is not chained to (an ignored signal stays ignored). So `attach` is meant to run as
+    /// its own process, `havms attach`, which the console menu will spawn, never inside a
+    /// process with signal handlers of its own.
     fn enter() -> Result<RawTerminal> {
         let stdin = io::stdin();
         let saved = termios::tcgetattr(stdin.as_fd()).context("tcgetattr")?;

@@ -9,14 +9,18 @@
 //! connected is not lost. Bytes a client sends go to the input sink (`Vm::serial_input`), which
 //! can be switched while clients stay connected (a rebooted guest is a new `Vm`).
 //!
+//! A client that half-closes (`echo cmd | havms attach`) keeps receiving output; one that goes
+//! away entirely is dropped at once, threads, descriptors and all, even on a silent console.
+//!
 //! `SerialSocketServer` is the owner: dropping it stops the accept thread (woken through an
-//! eventfd it polls beside the listener), disconnects the clients and removes the socket file.
+//! eventfd it polls beside the listener), disconnects the clients and removes the socket file
+//! (only its own: a newer server may have replaced it at the same path since).
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -139,10 +143,24 @@ impl Write for SocketWriter {
     }
 }
 
+/// The (st_dev, st_ino) of a socket file: tells our file from a newer one at the same path.
+type FileId = (u64, u64);
+
+fn socket_file_id(path: &Path) -> io::Result<Option<FileId>> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => Ok(Some((m.dev(), m.ino()))),
+        Ok(_) => Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// A bound console socket: hand `writer()` to the UART, then `serve()` once input has a home.
 pub struct SerialSocket {
     listener: UnixListener,
     path: PathBuf,
+    /// The socket file bind() made; only that file is removed at close.
+    file_id: FileId,
     hub: Arc<Mutex<Hub>>,
 }
 
@@ -160,9 +178,17 @@ impl SerialSocket {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
+        let listener = UnixListener::bind(path)?;
+        let file_id = socket_file_id(path)?.ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                "the socket file vanished right after bind",
+            )
+        })?;
         Ok(SerialSocket {
-            listener: UnixListener::bind(path)?,
+            listener,
             path: path.to_path_buf(),
+            file_id,
             hub: Arc::default(),
         })
     }
@@ -197,6 +223,7 @@ impl SerialSocket {
             .spawn(move || ctx.run())?;
         Ok(SerialSocketServer {
             path: self.path,
+            file_id: self.file_id,
             hub: self.hub,
             input,
             stop,
@@ -212,6 +239,7 @@ type SharedSink = Arc<Mutex<Arc<InputSink>>>;
 /// client and removes the socket file.
 pub struct SerialSocketServer {
     path: PathBuf,
+    file_id: FileId,
     hub: Arc<Mutex<Hub>>,
     input: SharedSink,
     stop: EventFd,
@@ -237,7 +265,7 @@ impl SerialSocketServer {
 
     /// Stops the accept thread and waits for it, disconnects every client once its queued
     /// output is sent (at most `FINISH_TIMEOUT` later; their threads then end on their own) and
-    /// removes the socket file. Idempotent.
+    /// removes the socket file if it is still the one `bind` made. Idempotent.
     pub fn close(&mut self) {
         let Some(t) = self.accept.take() else { return };
         if let Err(e) = self.stop.write(1) {
@@ -261,7 +289,10 @@ impl SerialSocketServer {
         for c in &clients {
             c.close();
         }
-        if std::fs::symlink_metadata(&self.path).is_ok_and(|m| m.file_type().is_socket()) {
+        // A newer server (a restarted havms-vm) may have bound the path since: leave its file.
+        // Between this check and the unlink another bind could still slip in; nothing in the
+        // kernel interface closes that window, and it needs two binds in microseconds.
+        if socket_file_id(&self.path).is_ok_and(|id| id == Some(self.file_id)) {
             let _ = std::fs::remove_file(&self.path);
         }
     }
@@ -313,7 +344,7 @@ impl AcceptCtx {
             }
             match self.listener.accept() {
                 Ok((stream, _)) => {
-                    if let Err(e) = add_client(&self.hub, stream, self.input.clone()) {
+                    if let Err(e) = add_client(self.hub.clone(), stream, self.input.clone()) {
                         log::warn!("serial socket {}: client: {e}", self.path.display());
                     }
                 }
@@ -328,7 +359,7 @@ impl AcceptCtx {
     }
 }
 
-fn add_client(hub: &Mutex<Hub>, stream: UnixStream, input: SharedSink) -> io::Result<()> {
+fn add_client(hub: Arc<Mutex<Hub>>, stream: UnixStream, input: SharedSink) -> io::Result<()> {
     // The listener is non-blocking; the client threads want blocking sockets.
     stream.set_nonblocking(false)?;
     let queue = Arc::new(ClientQueue {
@@ -341,16 +372,16 @@ fn add_client(hub: &Mutex<Hub>, stream: UnixStream, input: SharedSink) -> io::Re
         stream: stream.try_clone()?,
     });
     let mut sender = stream.try_clone()?;
-    let mut reader = stream;
+    let reader = stream;
     {
         // Backlog and registration under one lock: no output is missed or sent twice.
-        let mut h = lock(hub);
+        let mut h = lock(&hub);
         lock(&queue.state).buf.extend(h.backlog.iter());
         h.clients.push(queue.clone());
     }
     log::info!("serial socket: client connected");
     let q = queue.clone();
-    std::thread::Builder::new()
+    let spawned = std::thread::Builder::new()
         .name("serial-sock-tx".into())
         .spawn(move || {
             while let Some(chunk) = q.next_chunk() {
@@ -359,37 +390,90 @@ fn add_client(hub: &Mutex<Hub>, stream: UnixStream, input: SharedSink) -> io::Re
                 }
             }
             q.close();
-        })?;
-    std::thread::Builder::new()
+        });
+    if let Err(e) = spawned {
+        queue.close();
+        unregister(&hub, &queue);
+        return Err(e);
+    }
+    let q = queue.clone();
+    let h = hub.clone();
+    let spawned = std::thread::Builder::new()
         .name("serial-sock-rx".into())
         .spawn(move || {
-            let mut buf = [0u8; 256];
-            loop {
-                let n = match reader.read(&mut buf) {
-                    // Half-closed (`echo cmd | socat`): the client may still read output.
-                    Ok(0) => return,
-                    Ok(n) => n,
-                    Err(_) => break,
-                };
-                let mut rest = &buf[..n];
-                while !rest.is_empty() && !queue.is_closed() {
-                    // Not called under the lock: the sink takes the UART's lock.
-                    let sink = lock(&input).clone();
-                    let Some(took) = sink(rest) else {
-                        queue.close();
-                        return;
-                    };
-                    rest = &rest[took..];
-                    if took == 0 {
-                        // The UART FIFO is full until the guest reads it.
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                }
-            }
-            queue.close();
+            receive(reader, &q, &input);
+            // Ends the sender too; once both threads and the hub's entry are gone, the queue's
+            // socket clone is dropped with it.
+            q.close();
+            unregister(&h, &q);
             log::info!("serial socket: client gone");
-        })?;
+        });
+    if let Err(e) = spawned {
+        queue.close();
+        unregister(&hub, &queue);
+        return Err(e);
+    }
     Ok(())
+}
+
+/// Takes the client out of the hub now rather than at the next output, which on a silent
+/// console may never come.
+fn unregister(hub: &Mutex<Hub>, queue: &Arc<ClientQueue>) {
+    lock(hub).clients.retain(|c| !Arc::ptr_eq(c, queue));
+}
+
+/// Passes what the client types to the input sink until the client is gone or dropped.
+fn receive(mut reader: UnixStream, queue: &ClientQueue, input: &SharedSink) {
+    let mut buf = [0u8; 256];
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return,
+        };
+        let mut rest = &buf[..n];
+        while !rest.is_empty() && !queue.is_closed() {
+            // Not called under the lock: the sink takes the UART's lock.
+            let sink = lock(input).clone();
+            let Some(took) = sink(rest) else { return };
+            rest = &rest[took..];
+            if took == 0 {
+                // The UART FIFO is full until the guest reads it.
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+    // End of input: a half-close (`echo cmd | havms attach`), after which the client still
+    // reads output, or the client is gone. Only the second makes the socket hang up (both
+    // directions shut); so does our own shutdown when the queue is closed.
+    wait_for_hangup(&reader);
+}
+
+/// Blocks until `sock` hangs up or fails. Events 0: POLLHUP and POLLERR are always reported, and
+/// a half-closed socket, readable at EOF forever, does not wake the poll.
+fn wait_for_hangup(sock: &UnixStream) {
+    loop {
+        let mut fd = libc::pollfd {
+            fd: sock.as_raw_fd(),
+            events: 0,
+            revents: 0,
+        };
+        // SAFETY: `fd` is one initialised pollfd that outlives the call, on a socket `sock` keeps
+        // open for the whole call.
+        let r = unsafe { libc::poll(&mut fd, 1, -1) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            log::warn!("serial socket: poll on a client: {e}");
+            return;
+        }
+        if fd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
+            return;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use vmm_sys_util::tempdir::TempDir;
@@ -151,6 +151,102 @@ fn a_disconnected_client_is_dropped() {
         w.write_all(b"tick\n").unwrap();
         clients(&hub) == 0
     });
+}
+
+/// The hub's entry for a client that has just connected and is not in `seen`.
+fn new_client(hub: &Arc<Mutex<Hub>>, seen: &[Weak<ClientQueue>]) -> Weak<ClientQueue> {
+    let mut found = None;
+    wait_for("client registered", || {
+        found = lock(hub)
+            .clients
+            .iter()
+            .find(|c| {
+                !seen
+                    .iter()
+                    .any(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(c)))
+            })
+            .map(Arc::downgrade);
+        found.is_some()
+    });
+    found.unwrap()
+}
+
+/// The queue is referenced by the hub's entry and by both client threads (which also hold two
+/// of its three socket descriptors; the queue holds the third): once it is freed, all are gone.
+fn all_freed(clients: &[Weak<ClientQueue>]) -> bool {
+    clients.iter().all(|w| w.upgrade().is_none())
+}
+
+#[test]
+fn closed_clients_leave_no_threads_or_fds_on_a_silent_console() {
+    let dir = tmp();
+    let path = dir.as_path().join("s");
+    let sock = SerialSocket::bind(&path).unwrap();
+    let hub = sock.hub.clone();
+    let _server = sock.serve(Box::new(|b: &[u8]| Some(b.len()))).unwrap();
+    let mut seen = Vec::new();
+    for i in 0..20 {
+        let mut c = connect(&path);
+        seen.push(new_client(&hub, &seen));
+        // Some clients type before leaving, some shut their side down first.
+        if i % 2 == 0 {
+            c.write_all(b"x").unwrap();
+        }
+        if i % 3 == 0 {
+            c.shutdown(Shutdown::Write).unwrap();
+        }
+        drop(c);
+    }
+    // Nothing is written to the console: the clients must go without output to flush them out.
+    wait_for("every closed client dropped", || {
+        clients(&hub) == 0 && all_freed(&seen)
+    });
+}
+
+#[test]
+fn a_half_closed_client_keeps_receiving_output() {
+    let dir = tmp();
+    let path = dir.as_path().join("s");
+    let sock = SerialSocket::bind(&path).unwrap();
+    let hub = sock.hub.clone();
+    let mut w = sock.writer();
+    let (sink, got) = recording_sink();
+    let _server = sock.serve(sink).unwrap();
+    let mut c = connect(&path);
+    let entry = new_client(&hub, &[]);
+    // `echo poweroff | havms attach`: input, then end of input, then read what the guest says.
+    c.write_all(b"poweroff\n").unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    wait_for("input delivered", || got.lock().unwrap().len() == 9);
+    // Time for the reader thread to see the end of input and start waiting for the hang-up.
+    std::thread::sleep(Duration::from_millis(100));
+    w.write_all(b"reboot: Power down\n").unwrap();
+    assert_eq!(read_n(&mut c, 19), b"reboot: Power down\n");
+    assert_eq!(clients(&hub), 1, "the half-closed client was dropped");
+    // Closing the rest of the way drops it, again without any output to notice it by.
+    drop(c);
+    wait_for("the client dropped after its full close", || {
+        clients(&hub) == 0 && all_freed(std::slice::from_ref(&entry))
+    });
+}
+
+#[test]
+fn closing_an_old_server_leaves_a_newer_servers_socket() {
+    let dir = tmp();
+    let path = dir.as_path().join("s");
+    let old = SerialSocket::bind(&path)
+        .unwrap()
+        .serve(Box::new(|b: &[u8]| Some(b.len())))
+        .unwrap();
+    // A restarted havms-vm binds the same path while the old one is still shutting down: the
+    // old file is a socket, so bind replaces it.
+    let new = SerialSocket::bind(&path).unwrap();
+    let mut w = new.writer();
+    w.write_all(b"new\n").unwrap();
+    let _new = new.serve(Box::new(|b: &[u8]| Some(b.len()))).unwrap();
+    drop(old);
+    assert!(path.exists(), "the old server removed the new one's socket");
+    assert_eq!(read_n(&mut connect(&path), 4), b"new\n");
 }
 
 #[test]
