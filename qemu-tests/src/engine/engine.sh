@@ -119,6 +119,15 @@ tap_up() {
     ip addr add 10.0.2.1/24 dev $1 && ip link set $1 up
 }
 
+# tap_br TAP: waits for the engine to create TAP and puts it on the node's LAN bridge br0 (the
+# guest is then on the LAN, as the supervisor will wire VMs).
+tap_br() {
+  i=0; while ! ip link show $1 >/dev/null 2>&1; do
+    i=$((i+1)); [ $i -ge 100 ] && { echo "TIMEOUT: no $1"; return 1; }; usleep 100000
+  done
+  ip link set $1 master br0 && ip link set $1 up
+}
+
 # last_count NAME: NAME's last complete `COUNT n up=s` line.
 last_count() { ser $1 | grep -E '^COUNT [0-9]+ up=[0-9]+\.[0-9]+$' | tail -1; }
 

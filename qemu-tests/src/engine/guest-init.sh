@@ -6,6 +6,7 @@
 mount -t proc p /proc; mount -t sysfs s /sys; mount -t devtmpfs d /dev
 mkdir -p /dev/shm; mount -t tmpfs -o size=90% shm /dev/shm
 MODE=$(sed -n 's/.*guest=\([a-z0-9-]*\).*/\1/p' /proc/cmdline)
+PEER=$(sed -n 's/.* peer=\([^ ]*\).*/\1/p' /proc/cmdline)
 arg() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" /proc/cmdline; }
 up() { cut -d' ' -f1 /proc/uptime; }
 # waitp PATH: up to 5 s for a device the drivers probe asynchronously.
@@ -14,8 +15,9 @@ waitp() { i=0; while [ ! -e "$1" ] && [ $i -lt 50 ]; do i=$((i+1)); usleep 10000
 devices() {
   for m in $(cat /mod/load-order); do insmod /mod/$m || echo "GUEST-INSMOD-FAILED $m"; done
 }
+# net_up: eth0 at the kernel argument ip= (default 10.0.2.15/24, the node's tap at 10.0.2.1).
 net_up() {
-  ip link set lo up; ip link set eth0 up; ip addr add 10.0.2.15/24 dev eth0
+  a=$(arg ip); ip link set lo up; ip link set eth0 up; ip addr add ${a:-10.0.2.15/24} dev eth0
 }
 # stateful_setup: drivers, NIC up, an ext2 filesystem made on /dev/vda and mounted on /mnt
 # with the kernel argument marker=M written to /mnt/marker.
@@ -26,11 +28,11 @@ stateful_setup() {
   arg marker > /mnt/marker; sync
   echo "STATEFUL-READY marker=$(cat /mnt/marker)"
 }
-# dev_rounds: every ~0.5 s ping the node, write the round number to a file on the disk, sync,
+# dev_rounds: every ~0.5 s ping the node (or the kernel argument peer=), write the round number to a file on the disk, sync,
 # drop the page cache and read both files back: each line proves the NIC and the disk work.
 dev_rounds() {
   j=0; while true; do
-    j=$((j+1)); p=fail; ping -c 1 -W 1 10.0.2.1 >/dev/null 2>&1 && p=ok
+    j=$((j+1)); p=fail; ping -c 1 -W 1 ${PEER:-10.0.2.1} >/dev/null 2>&1 && p=ok
     echo $j > /mnt/last; sync; echo 3 > /proc/sys/vm/drop_caches
     echo "DEV $j net=$p marker=$(cat /mnt/marker) last=$(cat /mnt/last) up=$(up)"; usleep 300000
   done

@@ -44,13 +44,7 @@ fn tcp_numbers(text: &str) -> Result<Vec<u64>> {
 }
 
 pub fn run(ctx: &Ctx) -> Result<()> {
-    let mut cluster = session::boot(
-        ctx,
-        Needs {
-            memory_mib: 1536,
-            ..Needs::default()
-        },
-    )?;
+    let mut cluster = session::boot(ctx, Needs::default())?;
     let mut sh = session::shell(ctx, &mut cluster)?;
     let marker = format!("F-{:08x}", std::process::id() ^ 0x7e57_f00d);
 
@@ -113,16 +107,43 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     )?;
     ensure!(out.contains("takeover: ok"), "the takeover failed:\n{out}");
     let serial = capture(r"(?s)SERIAL-BEGIN\r?\n(.*)SERIAL-END", &out)?.remove(0);
-    ensure!(
-        !serial.contains("HAVMS-GUEST-UP"),
-        "the guest booted on the secondary instead of continuing:\n{serial}"
-    );
     let at_kill_tcp: usize = number(r"AT-KILL tcp=(\d+)", &out)?;
     let at_kill_count: u64 = number(r"AT-KILL tcp=\d+ COUNT (\d+)", &out)?;
     let epoch: u64 = number(r#"REPLICA-"committed_epoch":(\d+)"#, &out)?;
     let acked: u64 = number(r#"PRIMARY-"acked":(\d+)"#, &out)?;
     let max_pause: u64 = number(r#"PRIMARY-"max_pause_us":(\d+)"#, &out)?;
-    let after = counts(&serial);
+    let tcp = sh.ok("cat $W/tcp.out; cat $W/tcp.err", STEP)?;
+    let seen = verify_takeover(&serial, &tcp, &marker, at_kill_count, at_kill_tcp)?;
+    let t = capture(r"FIRST-LINE-AFTER ([0-9.]+) ([0-9.]+)", &out)?;
+    let took = t[1].parse::<f64>().unwrap_or(0.0) - t[0].parse::<f64>().unwrap_or(0.0);
+    ctx.step(format!(
+        "took over at epoch {epoch} (primary had {acked} acked, max pause {max_pause} us): first \
+         counter line {took:.2} s after the takeover call; {seen}"
+    ));
+    let out = sh.ok("R s shutdown; wait_exit s 30", STEP)?;
+    ensure!(
+        out.contains("VM-EXIT s rc=0"),
+        "the taken-over VM did not exit 0 on shutdown:\n{out}"
+    );
+    sh.exit(STEP)?;
+    Ok(())
+}
+
+/// The checks after a takeover, shared with the two-node scenario: `serial` is the taken-over
+/// guest's console, `tcp` what the node's TCP client received, `at_kill_*` where the primary's
+/// counter and the TCP stream were just before the primary died. Returns a summary.
+pub(super) fn verify_takeover(
+    serial: &str,
+    tcp: &str,
+    marker: &str,
+    at_kill_count: u64,
+    at_kill_tcp: usize,
+) -> Result<String> {
+    ensure!(
+        !serial.contains("HAVMS-GUEST-UP"),
+        "the guest booted on the secondary instead of continuing:\n{serial}"
+    );
+    let after = counts(serial);
     ensure!(
         after.len() >= 15,
         "only {} counter lines after the takeover:\n{serial}",
@@ -138,7 +159,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         after.windows(2).all(|w| w[1].n == w[0].n + 1),
         "the taken-over guest's counter skips or repeats:\n{serial}"
     );
-    let rounds = dev_rounds(&serial);
+    let rounds = dev_rounds(serial);
     ensure!(
         rounds.len() >= 5,
         "only {} device rounds after the takeover:\n{serial}",
@@ -158,7 +179,6 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         "the NIC does not answer after the takeover:\n{serial}"
     );
 
-    let tcp = sh.ok("cat $W/tcp.out; cat $W/tcp.err", STEP)?;
     let body: String = tcp
         .lines()
         .skip_while(|l| !l.starts_with("TCP "))
@@ -174,24 +194,13 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         "{} TCP lines in all, {at_kill_tcp} before the kill: the connection did not carry on",
         nums.len()
     );
-    let t = capture(r"FIRST-LINE-AFTER ([0-9.]+) ([0-9.]+)", &out)?;
-    let took = t[1].parse::<f64>().unwrap_or(0.0) - t[0].parse::<f64>().unwrap_or(0.0);
-    ctx.step(format!(
-        "took over at epoch {epoch} (primary had {acked} acked, max pause {max_pause} us): first \
-         counter line {took:.2} s after the takeover call, COUNT {} (killed at {at_kill_count}); \
-         disk and NIC work from the secondary's copy; TCP lines 1..{} whole and in order, {} \
-         after the kill, on the same connection",
+    Ok(format!(
+        "COUNT {} (primary killed at {at_kill_count}); disk and NIC work from the secondary's \
+         copy; TCP lines 1..{} whole and in order, {} after the kill, on the same connection",
         first.n,
         nums.len(),
         nums.len() - at_kill_tcp
-    ));
-    let out = sh.ok("R s shutdown; wait_exit s 30", STEP)?;
-    ensure!(
-        out.contains("VM-EXIT s rc=0"),
-        "the taken-over VM did not exit 0 on shutdown:\n{out}"
-    );
-    sh.exit(STEP)?;
-    Ok(())
+    ))
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ mod engine_increments;
 mod engine_restore;
 mod engine_rootfs;
 mod engine_serial;
+mod failover_link;
 mod pair;
 mod pid1;
 
@@ -126,6 +127,12 @@ pub fn all() -> Vec<Scenario> {
             about:
                 "replicate to a second engine, kill -9 the first, take over: guest, disk, TCP go on",
             run: engine_failover::run,
+        },
+        Scenario {
+            name: "failover-link",
+            about:
+                "node a replicates a guest over the link to b; a dies; b takes over, TCP goes on",
+            run: failover_link::run,
         },
         Scenario {
             name: "engine-increments",
