@@ -12,7 +12,7 @@ use super::engine_failover::verify_takeover;
 use super::{Ctx, BOOT_KERNEL, STEP};
 use crate::cluster::{Cluster, NodeOptions};
 use crate::engine::parse::{capture, number};
-use crate::engine::payload;
+use crate::engine::{payload, protected};
 use crate::ensure;
 use crate::error::{HarnessError, Result};
 use crate::shell::Shell;
@@ -39,38 +39,11 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         sh.ok(&format!(". {}/engine.sh", payload::NODE_DIR), STEP)?;
     }
     ctx.step("both nodes up; replica on b listening on the link");
-    b.ok(
-        "dd if=/dev/zero of=$W/s.img bs=1M count=16 2>/dev/null && \
-         vm_replica s 10.99.0.2:7700 --replica-name web --replica-disk $W/s.img && wait_sock s",
-        STEP,
-    )?;
-
+    protected::start_replica(&mut b)?;
     ctx.step("protected guest on a, its NIC on a's LAN bridge");
-    let out = a.ok(
-        &format!(
-            "dd if=/dev/zero of=$W/p.img bs=1M count=16 2>/dev/null && \
-             GUEST_ARGS='marker={marker} ip=192.168.77.50/24 peer=192.168.77.1' vm_start p \
-             protected --memory size=256M --disk path=$W/p.img \
-             --net tap=tap1,mac=52:54:00:12:34:5a && tap_br tap1 && wait_sock p && \
-             wait_line p '^DEV [0-9]+ net=ok marker={marker} ' 200 && \
-             wait_line p '^TCP-LISTENING' 30; ser p | grep -E '^(GUEST|STATEFUL)'"
-        ),
-        GUEST,
-    )?;
-    ensure!(
-        !out.contains("GUEST-INSMOD-FAILED") && !out.contains("GUEST-DISK-FAILED"),
-        "the guest could not set up its disk or drivers:\n{out}"
-    );
-
+    protected::start_guest(&mut a, &marker)?;
     ctx.step("protect over the link: full copy, then a checkpoint every 100 ms");
-    let out = a.ok(
-        "t0=$(now); R p protect 10.99.0.2:7700 --name web --epoch-ms 100 && \
-         wait_info p '\"state\": \"protected\"' 200 && echo \"PROTECTED $t0 $(now)\"; R p info",
-        GUEST,
-    )?;
-    let t = capture(r"PROTECTED ([0-9.]+) ([0-9.]+)", &out)?;
-    let copy_s = t[1].parse::<f64>().unwrap_or(0.0) - t[0].parse::<f64>().unwrap_or(0.0);
-    let pages: u64 = number(r#""full_copy_pages": (\d+)"#, &out)?;
+    let (copy_s, pages) = protected::protect(&mut a)?;
     ctx.step(format!(
         "protected after {copy_s:.1} s over the link ({pages} non-zero pages)"
     ));
@@ -98,12 +71,15 @@ pub fn run(ctx: &Ctx) -> Result<()> {
 
     ctx.step("take over on b");
     let out = b.ok(
-        "R s info | grep committed_epoch | tr -d ' ,' | sed 's/^/REPLICA-/'; \
-         t0=$(now); R s takeover | sed 's/^/takeover: /'; tap_br tap1; \
+        &format!(
+            "R s info | grep committed_epoch | tr -d ' ,' | sed 's/^/REPLICA-/'; \
+         t0=$(now); {TAKEOVER}; \
          wait_count s '^COUNT' 1 60 && echo \"FIRST-LINE-AFTER $t0 $(now)\"; \
          wait_count s '^COUNT [0-9]+ up=' 15 60; wait_count s '^DEV [0-9]+ ' 5 60; \
          n=$(grep -c '^TCP' $W/tcp.out); wait_file $W/tcp.out '^TCP' $((n + 20)) 90; \
          echo SERIAL-BEGIN; ser s; echo SERIAL-END",
+            TAKEOVER = protected::TAKEOVER
+        ),
         GUEST,
     )?;
     ensure!(out.contains("takeover: ok"), "the takeover failed:\n{out}");
