@@ -182,17 +182,19 @@ impl Machine {
     /// reboot ends the stream (the new VM needs a new full copy): protect again.
     pub fn protect(&self, peer: &str, cfg: ProtectConfig) -> Result<(), VmError> {
         let vm = self.vm()?;
-        let mut slot = lock(&self.shared.protection);
-        if let Some(old) = slot.take() {
+        // Stopped outside the lock: `info` must not wait for an old stream to wind down.
+        let old = lock(&self.shared.protection).take();
+        if let Some(old) = old {
             old.stop();
         }
-        *slot = Some(Protection::start(vm, peer, cfg));
+        *lock(&self.shared.protection) = Some(Protection::start(vm, peer, cfg));
         Ok(())
     }
 
     /// Stops replicating (the VM runs unprotected); the stream's last status, if there was one.
     pub fn unprotect(&self) -> Option<ProtectStatus> {
-        lock(&self.shared.protection).take().map(Protection::stop)
+        let p = lock(&self.shared.protection).take();
+        p.map(Protection::stop)
     }
 
     /// Ends the machine: the current VM stops and no reset reboots it any more; `run`
@@ -257,6 +259,16 @@ impl Machine {
     fn reboot(&self, old: Vm) -> Result<Vm, ExitReason> {
         let n = self.boots() + 1;
         log::info!("guest reset: rebooting (boot {n})");
+        // The stream of the old VM ends here (the new one needs a new full copy: protect
+        // again); it holds the old VM, which must be released before the next is built.
+        let protection = lock(&self.shared.protection).take();
+        if let Some(p) = protection {
+            let st = p.stop();
+            log::warn!(
+                "guest reset: replication to {} stopped (protect the VM again)",
+                st.peer
+            );
+        }
         let console = lock(&self.shared.console);
         console.detach();
         lock(&self.shared.current).vm = None;

@@ -31,8 +31,9 @@ pub trait ApiTarget: Send + Sync + 'static {
     fn unprotect(&self) -> Result<(), VmError> {
         Err(VmError::Control("this VM is not protected".into()))
     }
-    /// Failover: a replica starts its VM from the last committed epoch.
-    fn takeover(&self) -> Result<(), VmError> {
+    /// Failover: a replica starts its VM from the last committed epoch (`force`: even a copy
+    /// its primary said it stopped protecting).
+    fn takeover(&self, _force: bool) -> Result<(), VmError> {
         Err(VmError::Control(
             "not a replica (havms-vm --replica-listen)".into(),
         ))
@@ -109,7 +110,11 @@ pub enum Request {
     /// Stop replicating: output flows at once.
     Unprotect,
     /// On a replica: start the VM from its last committed epoch (failover).
-    Takeover,
+    Takeover {
+        /// Even when the primary said it stopped protecting (the copy is behind).
+        #[serde(default)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -171,7 +176,7 @@ pub fn handle<T: ApiTarget + ?Sized>(target: &T, req: &Request) -> Response {
             target.protect(to, cfg).map(|_| Response::ok())
         }
         Request::Unprotect => target.unprotect().map(|_| Response::ok()),
-        Request::Takeover => target.takeover().map(|_| Response::ok()),
+        Request::Takeover { force } => target.takeover(*force).map(|_| Response::ok()),
         _ => target.current_vm().and_then(|vm| handle_vm(&vm, req)),
     }
     .unwrap_or_else(Response::err);
@@ -195,11 +200,18 @@ fn handle_vm(vm: &Vm, req: &Request) -> Result<Response, VmError> {
         | Request::Shutdown
         | Request::Protect { .. }
         | Request::Unprotect
-        | Request::Takeover => Err(VmError::Control(format!(
+        | Request::Takeover { .. } => Err(VmError::Control(format!(
             "{req:?} is handled by the machine, not the VM"
         ))),
         Request::Pause => vm.pause().map(|_| Response::ok()),
         Request::Resume => vm.resume().map(|_| Response::ok()),
+        Request::Gate { .. } | Request::Epoch { .. } | Request::Commit { .. }
+            if vm.is_streaming() =>
+        {
+            Err(VmError::WrongState(
+                "protected: its replication stream drives the output gates (unprotect it first)",
+            ))
+        }
         Request::Snapshot {
             dir,
             incremental: false,
@@ -233,6 +245,9 @@ fn handle_vm(vm: &Vm, req: &Request) -> Result<Response, VmError> {
 /// An increment: if the VM runs, it is paused only for the capture into memory, and the files
 /// are written after it resumed.
 fn increment(vm: &Vm, dir: &Path) -> Result<Response, VmError> {
+    if vm.is_streaming() {
+        return Err(VmError::WrongState("protected (unprotect it first)"));
+    }
     let was_running = vm.info().state == "running";
     let t = Instant::now();
     if was_running {

@@ -2,7 +2,7 @@
 //!
 //! havms-remote --api-socket S pause|resume|info|shutdown|snapshot DIR [--incremental]
 //! havms-remote --api-socket S gate on|off | epoch N | commit N
-//! havms-remote --api-socket S protect HOST:PORT [--epoch-ms N] [--name NAME] | unprotect | takeover
+//! havms-remote --api-socket S protect HOST:PORT [--epoch-ms N] [--name NAME] | unprotect | takeover [--force]
 
 use std::path::PathBuf;
 
@@ -62,7 +62,11 @@ enum Cmd {
     /// Stop replicating (output flows at once).
     Unprotect,
     /// On a replica: start the VM from its last committed epoch (failover).
-    Takeover,
+    Takeover {
+        /// Even if the primary said it stopped protecting (the copy is behind what it ran on).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 fn main() {
@@ -95,7 +99,7 @@ fn run(args: Args) -> Result<()> {
         Cmd::Commit { n } => Request::Commit { n },
         Cmd::Protect { to, epoch_ms, name } => Request::Protect { to, epoch_ms, name },
         Cmd::Unprotect => Request::Unprotect,
-        Cmd::Takeover => Request::Takeover,
+        Cmd::Takeover { force } => Request::Takeover { force },
     };
     let resp = call(&args.api_socket, &req)
         .with_context(|| format!("talking to {}", args.api_socket.display()))?;

@@ -5,7 +5,8 @@
 //! the guest runs (epoch 1's bulk: pages it changes meanwhile are dirty again). `checkpoint`
 //! then ends each epoch: pause, take the dirty pages, the disk ranges written (read back from
 //! the images now, while nothing can write them), the vCPU/device state; open the next epoch
-//! of the output gates; resume. The pause holds only memory copies. `committed(N)` releases
+//! of the output gates; resume. The pause holds the copies of the dirty pages and the read-back
+//! of the disk ranges written in the epoch. `committed(N)` releases
 //! the output of epochs up to N once the peer holds them; `unprotect` stops it all (the peer
 //! is gone: output flows again, nothing is held).
 
@@ -93,11 +94,12 @@ impl Checkpointer {
                 .unwrap_or_else(|p| p.into_inner())
                 .push((disk, change));
         })));
-        vm.start_stream()?;
+        if let Err(e) = vm.start_stream() {
+            vm.set_disk_observer(None);
+            return Err(e.into());
+        }
         for net in vm.net_outputs() {
-            net.set_mode(GateMode::Gated);
-            net.begin_epoch(1)
-                .map_err(|e| CheckpointError::Gate(e.to_string()))?;
+            net.start_gating(1);
         }
         Ok(Checkpointer {
             vm,
@@ -197,9 +199,17 @@ impl Checkpointer {
     /// resume. The guest is paused only for the copies.
     pub fn checkpoint(&mut self) -> Result<EpochCapture, CheckpointError> {
         let t0 = Instant::now();
-        self.vm.pause()?;
+        // A VM someone else paused stays paused: the checkpoint only undoes its own pause.
+        let was_running = self.vm.info().state == "running";
+        if was_running {
+            self.vm.pause()?;
+        }
         let captured = self.capture_paused();
-        let resumed = self.vm.resume();
+        let resumed = if was_running {
+            self.vm.resume()
+        } else {
+            Ok(())
+        };
         let pause = t0.elapsed();
         let mut cap = captured?;
         resumed?;
@@ -208,7 +218,15 @@ impl Checkpointer {
     }
 
     fn capture_paused(&mut self) -> Result<EpochCapture, CheckpointError> {
-        let (snap, pages) = self.vm.capture_increment()?;
+        let (mut snap, pages) = self.vm.capture_increment()?;
+        // Frames the gates still hold are not replicated: if this node dies they are lost like
+        // packets on a wire (TCP resends them; Remus has the same rule), and carrying them would
+        // make every State frame as big as the guest's recent output.
+        for dev in &mut snap.virtio {
+            if let crate::virtio::DeviceState::Net(n) = &mut dev.device {
+                n.gate.held.clear();
+            }
+        }
         let state = snap.to_bytes().map_err(VmError::from)?;
         let changes = std::mem::take(&mut *self.changes.lock().unwrap_or_else(|p| p.into_inner()));
         let mut disk = Vec::with_capacity(changes.len());
@@ -260,11 +278,13 @@ impl Checkpointer {
     }
 
     /// Stops protecting: output flows at once (what was held goes out: this node now holds
-    /// the only copy, which includes having sent it), disk changes are no longer recorded.
+    /// the only copy, which includes having sent it), disk changes are no longer recorded, the
+    /// capture stream ends (snapshots are allowed again).
     pub fn unprotect(&self) {
         for net in self.vm.net_outputs() {
             net.set_mode(GateMode::Off);
         }
         self.vm.set_disk_observer(None);
+        self.vm.stop_stream();
     }
 }

@@ -105,6 +105,10 @@ pub enum StreamError {
 struct Shared {
     status: Mutex<ProtectStatus>,
     acked: AtomicU64,
+    /// The last epoch whose Commit was sent: an ack beyond it is a lie.
+    committed_sent: AtomicU64,
+    /// The connection, to cut it when stopping (a write blocked on a stuck peer ends).
+    conn: Mutex<Option<TcpStream>>,
     stop: AtomicBool,
     /// What the ack reader saw go wrong.
     ack_error: Mutex<Option<String>>,
@@ -130,6 +134,8 @@ impl Protection {
                 ..Default::default()
             }),
             acked: AtomicU64::new(0),
+            committed_sent: AtomicU64::new(0),
+            conn: Mutex::new(None),
             stop: AtomicBool::new(false),
             ack_error: Mutex::new(None),
         });
@@ -186,6 +192,9 @@ impl Protection {
 
     fn halt(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
+        if let Some(c) = lock(&self.shared.conn).as_ref() {
+            let _ = c.shutdown(Shutdown::Both);
+        }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -202,6 +211,15 @@ impl Drop for Protection {
 fn run(vm: &Vm, peer: &str, cfg: &ProtectConfig, s: &Arc<Shared>) -> Result<(), StreamError> {
     let stream = connect(peer, cfg.connect_timeout)?;
     let _ = stream.set_nodelay(true);
+    // A peer that stops reading must not block the sender (and the guest's output) for TCP's
+    // own quarter of an hour: a write stuck this long fails the stream.
+    stream
+        .set_write_timeout(Some(cfg.ack_timeout))
+        .map_err(WireError::from)?;
+    *lock(&s.conn) = stream.try_clone().ok();
+    if s.stop.load(Ordering::SeqCst) {
+        return Err(StreamError::Stopped);
+    }
     let mut out =
         BufWriter::with_capacity(SEND_BUFFER, stream.try_clone().map_err(WireError::from)?);
     let mut reader = FrameReader::new(stream.try_clone().map_err(WireError::from)?);
@@ -258,6 +276,9 @@ fn connect(peer: &str, timeout: Duration) -> Result<TcpStream, StreamError> {
 fn spawn_ack_reader(mut reader: FrameReader<TcpStream>, vm: Vm, s: Arc<Shared>) -> JoinHandle<()> {
     std::thread::spawn(move || loop {
         let why = match reader.next_frame() {
+            Ok(Some((h, Frame::Ack))) if h.epoch > s.committed_sent.load(Ordering::SeqCst) => {
+                format!("the peer acked epoch {}, which was not sent", h.epoch)
+            }
             Ok(Some((h, Frame::Ack))) => {
                 let released: usize = vm.net_outputs().iter().map(|n| n.commit(h.epoch)).sum();
                 s.acked.fetch_max(h.epoch, Ordering::SeqCst);
@@ -312,11 +333,20 @@ fn stream_epochs<W: Write>(
         st.full_copy_pages = pages;
         st.full_copy_ms = t0.elapsed().as_millis() as u64;
     }
-    let mut last_ack_progress = (0u64, Instant::now());
+    // When each Commit went out: the ack timeout counts from the oldest one not acked.
+    let mut unacked: std::collections::VecDeque<(u64, Instant)> = Default::default();
     loop {
         check(s)?;
+        if ckpt.vm().has_ended() {
+            return Err(StreamError::Checkpoint(CheckpointError::Vm(
+                crate::vm::VmError::WrongState("ended (the guest reset or powered off)"),
+            )));
+        }
         let cap = ckpt.checkpoint()?;
+        let e = cap.epoch;
         send_epoch(out, cfg.vm_id, cap, digest, &mut sent, s)?;
+        s.committed_sent.store(e, Ordering::SeqCst);
+        unacked.push_back((e, Instant::now()));
         digest = EpochDigest::new();
         lock(&s.status).state = "protected".into();
         let deadline = Instant::now() + cfg.epoch;
@@ -325,13 +355,16 @@ fn stream_epochs<W: Write>(
             check(s)?;
             let acked = s.acked.load(Ordering::SeqCst);
             lock(&s.status).acked = acked;
-            if acked != last_ack_progress.0 {
-                last_ack_progress = (acked, Instant::now());
+            while unacked.front().is_some_and(|(e, _)| *e <= acked) {
+                unacked.pop_front();
             }
-            let outstanding = ckpt.epoch().saturating_sub(1).saturating_sub(acked);
-            if outstanding > 0 && last_ack_progress.1.elapsed() > cfg.ack_timeout {
+            if unacked
+                .front()
+                .is_some_and(|(_, t)| t.elapsed() > cfg.ack_timeout)
+            {
                 return Err(StreamError::AckTimeout(cfg.ack_timeout));
             }
+            let outstanding = unacked.len() as u64;
             if Instant::now() >= deadline && outstanding < cfg.max_unacked {
                 break;
             }

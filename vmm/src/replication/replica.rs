@@ -33,6 +33,8 @@ pub enum ReplicaError {
     },
     #[error("nothing committed yet: no state to start from")]
     NothingCommitted,
+    #[error("the copy is stale: the primary stopped protecting it and ran on ({0}); take over with force to run it anyway")]
+    Stale(String),
     #[error(
         "the replica is broken (an epoch was half applied to its disks: {0}); it needs a full resync"
     )]
@@ -175,6 +177,27 @@ impl Replica {
         if op.len == 0 || !op.len.is_multiple_of(SECTOR_SIZE) {
             return Err(bad(format!("disk change of {} bytes", op.len)));
         }
+        // Checked here, not at the commit: a change the images cannot take must not get as
+        // far as a half-applied epoch.
+        let end = op
+            .sector
+            .checked_mul(SECTOR_SIZE)
+            .and_then(|off| off.checked_add(op.len));
+        let Some(end) = end else {
+            return Err(bad(format!(
+                "disk change at sector {} of {} bytes is beyond any disk",
+                op.sector, op.len
+            )));
+        };
+        if let Some(d) = self.disks.get(op.disk as usize) {
+            if end > d.size() {
+                return Err(bad(format!(
+                    "disk {} change ends at byte {end}, the image has {}",
+                    op.disk,
+                    d.size()
+                )));
+            }
+        }
         match op.kind {
             DiskChangeKind::Write if op.data.len() as u64 != op.len => {
                 return Err(bad(format!(
@@ -281,6 +304,7 @@ impl Replica {
     }
 
     fn open_disks(&mut self, state: &Snapshot) -> Result<(), ReplicaError> {
+        let mut disks = Vec::with_capacity(state.disks.len());
         for (i, d) in state.disks.iter().enumerate() {
             let f = RawFile::open(&d.path, false).map_err(|e| ReplicaError::Disk {
                 index: i as u32,
@@ -288,21 +312,24 @@ impl Replica {
                 what: "opening",
                 source: std::io::Error::other(e.to_string()),
             })?;
-            self.disks.push(f);
+            disks.push(f);
         }
+        self.disks = disks;
         Ok(())
     }
 
     fn apply_disk(&self, op: &DiskOp) -> Result<(), ReplicaError> {
         let disk = &self.disks[op.disk as usize];
-        let offset = op.sector * SECTOR_SIZE;
+        // Both checked in stage_disk (no overflow); the size again here for disks opened at
+        // this commit.
+        let offset = op.sector.saturating_mul(SECTOR_SIZE);
         let err = |what, source| ReplicaError::Disk {
             index: op.disk,
             path: disk.path().to_path_buf(),
             what,
             source,
         };
-        if offset + op.len > disk.size() {
+        if offset.saturating_add(op.len) > disk.size() {
             return Err(err(
                 "change beyond the end of the image",
                 std::io::Error::from(std::io::ErrorKind::InvalidInput),

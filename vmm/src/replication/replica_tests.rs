@@ -163,14 +163,34 @@ fn bad_epoch_contents_are_refused() {
 }
 
 #[test]
-fn a_disk_change_outside_the_image_breaks_the_replica_loudly() {
+fn a_disk_change_outside_the_image_is_refused_before_it_is_staged() {
     let f = fixture();
     let mut r = two_epochs(&f);
-    r.stage_disk(3, write_op(1000, 1, 1)).unwrap();
+    let err = r
+        .stage_disk(3, write_op(1000, 1, 1))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("the image has 65536"), "{err}");
+    let huge = DiskOp {
+        sector: u64::MAX / 256,
+        ..write_op(0, 1, 1)
+    };
+    let err = r.stage_disk(3, huge).unwrap_err().to_string();
+    assert!(err.contains("beyond any disk"), "{err}");
+    assert_eq!(r.committed_epoch(), Some(2));
     r.stage_state(3, state(&f.disk)).unwrap();
-    let err = r.commit(3).unwrap_err().to_string();
+    r.commit(3).unwrap();
+}
+
+#[test]
+fn a_disk_change_outside_an_image_opened_at_the_commit_breaks_the_replica_loudly() {
+    let f = fixture();
+    let mut r = Replica::new(MIB).unwrap();
+    r.stage_disk(1, write_op(1000, 1, 1)).unwrap();
+    r.stage_state(1, state(&f.disk)).unwrap();
+    let err = r.commit(1).unwrap_err().to_string();
     assert!(err.contains("beyond the end"), "{err}");
-    let err = r.stage_pages(3, &[1], &page(1)).unwrap_err().to_string();
+    let err = r.stage_pages(1, &[1], &page(1)).unwrap_err().to_string();
     assert!(err.contains("full resync"), "{err}");
 }
 

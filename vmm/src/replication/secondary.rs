@@ -38,6 +38,26 @@ pub struct ReplicaStatus {
     /// Why the last connection ended.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// Set when the primary said it stopped protecting (an Abort): it runs on, unprotected, so
+    /// this copy is behind what the world has seen and a takeover needs `force`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stale: Option<String>,
+}
+
+/// A primary sends at least a Commit every epoch; this long without a byte means it is gone
+/// (or the link is), and the server is free for the next stream.
+const STREAM_IDLE: Duration = Duration::from_secs(30);
+
+/// This node's memory: no replica may be larger (a peer announcing more is refused).
+fn host_memory_bytes() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(u64::MAX, |kib| kib * 1024)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -130,12 +150,24 @@ impl ReplicaServer {
     }
 
     /// Stops serving (the current stream is cut, its unfinished epoch dropped) and hands over
-    /// the replica as of its last committed epoch.
-    pub fn takeover(mut self) -> Result<Replica, ReplicaError> {
+    /// the replica as of its last committed epoch. Refused, and the server keeps serving, when
+    /// nothing is committed yet, or when the copy is stale (the primary stopped protecting and
+    /// ran on) unless `force`.
+    pub fn takeover(mut self, force: bool) -> Result<Replica, (ReplicaError, ReplicaServer)> {
+        if lock(&self.shared.replica).is_none() {
+            return Err((ReplicaError::NothingCommitted, self));
+        }
+        let stale = lock(&self.shared.status).stale.clone();
+        if let Some(why) = stale {
+            if !force {
+                return Err((ReplicaError::Stale(why), self));
+            }
+            log::warn!("replica: taking over a stale copy on request ({why})");
+        }
         self.halt();
-        let mut replica = lock(&self.shared.replica)
-            .take()
-            .ok_or(ReplicaError::NothingCommitted)?;
+        let Some(mut replica) = lock(&self.shared.replica).take() else {
+            return Err((ReplicaError::NothingCommitted, self));
+        };
         replica.abort_epoch();
         lock(&self.shared.status).state = "taken-over".into();
         Ok(replica)
@@ -218,6 +250,8 @@ fn accept_loop(listener: &TcpListener, s: &Arc<Shared>) {
 /// committed one at its first commit.
 fn serve(conn: TcpStream, s: &Shared) -> Result<(), ConnError> {
     let _ = conn.set_nodelay(true);
+    conn.set_read_timeout(Some(STREAM_IDLE))
+        .map_err(WireError::from)?;
     let mut out = BufWriter::new(conn.try_clone().map_err(WireError::from)?);
     let mut reader = FrameReader::new(conn);
     let mut checker = SequenceChecker::new(None);
@@ -258,6 +292,14 @@ fn serve(conn: TcpStream, s: &Shared) -> Result<(), ConnError> {
                             hello.memory_bytes
                         )));
                     }
+                    let host = host_memory_bytes();
+                    if hello.memory_bytes > host {
+                        return Err(ConnError::Refused(format!(
+                            "a {} MiB VM does not fit this node's {} MiB",
+                            hello.memory_bytes >> 20,
+                            host >> 20
+                        )));
+                    }
                     fresh = Some(
                         Replica::new(hello.memory_bytes >> 20)?
                             .with_disk_paths(s.disk_paths.clone()),
@@ -296,6 +338,7 @@ fn serve(conn: TcpStream, s: &Shared) -> Result<(), ConnError> {
                         if let Some(mut r) = fresh.take() {
                             r.commit(epoch)?;
                             *committed = Some(r);
+                            lock(&s.status).stale = None;
                         } else if let Some(r) = committed.as_mut() {
                             r.commit(epoch)?;
                         }
@@ -304,7 +347,10 @@ fn serve(conn: TcpStream, s: &Shared) -> Result<(), ConnError> {
                     wire::write_frame(&mut out, header.vm_id, epoch, &Frame::Ack)?;
                     out.flush().map_err(WireError::from)?;
                 }
-                Step::Abort(reason) => return Err(ConnError::Abort(reason)),
+                Step::Abort(reason) => {
+                    lock(&s.status).stale = Some(reason.clone());
+                    return Err(ConnError::Abort(reason));
+                }
             }
         }
     })();

@@ -149,7 +149,7 @@ fn committed_epochs_are_acked_and_a_broken_epoch_is_dropped() {
     wait_for("the server to notice", || {
         server.status().state == "waiting"
     });
-    let r = server.takeover().unwrap();
+    let r = server.takeover(false).map_err(|(e, _)| e).unwrap();
     assert_eq!(r.committed_epoch(), Some(2));
     assert_eq!(page_of(&r, 0), 1, "epoch 3's page leaked into the replica");
     assert_eq!(page_of(&r, 3), 9);
@@ -194,7 +194,7 @@ fn a_lying_commit_drops_the_connection_and_keeps_the_last_epoch() {
         err.contains("Commit announces 3 frames, 2 arrived"),
         "{err}"
     );
-    let r = server.takeover().unwrap();
+    let r = server.takeover(false).map_err(|(e, _)| e).unwrap();
     assert_eq!(r.committed_epoch(), Some(1));
     assert_eq!(page_of(&r, 1), 1);
 }
@@ -207,10 +207,12 @@ fn a_stream_for_another_vm_is_refused() {
         Some((_, Frame::Abort { reason })) => assert!(reason.contains("for VM web"), "{reason}"),
         other => panic!("expected an Abort, got {other:?}"),
     }
-    assert!(matches!(
-        server.takeover(),
-        Err(ReplicaError::NothingCommitted)
-    ));
+    let Err((ReplicaError::NothingCommitted, server)) = server.takeover(false) else {
+        panic!("took over nothing");
+    };
+    // Still serving after a refused takeover.
+    let mut p = FakePrimary::connect(&server, "web");
+    assert!(matches!(p.hello_ack(), Frame::HelloAck(_)));
 }
 
 #[test]
@@ -237,11 +239,40 @@ fn a_new_stream_replaces_the_replica_only_once_it_committed() {
     wait_for("the second stream to end", || {
         server.status().state == "waiting" && server.status().connections == 2
     });
-    let r = server.takeover().unwrap();
+    let r = server.takeover(false).map_err(|(e, _)| e).unwrap();
     assert_eq!(r.committed_epoch(), Some(1));
     assert_eq!(
         page_of(&r, 2),
         4,
         "the half-received copy replaced the committed one"
     );
+}
+
+#[test]
+fn after_the_primary_gives_up_the_copy_is_stale_until_forced() {
+    let dir = Scratch::new();
+    let d = disk(&dir);
+    let server = ReplicaServer::listen("127.0.0.1:0", None, Vec::new()).unwrap();
+    let mut p = FakePrimary::connect(&server, "vm");
+    p.hello_ack();
+    p.send(1, &page_frame(2, 4));
+    p.send(1, &state_frame(&d));
+    p.commit(1);
+    assert_eq!(p.ack(), 1);
+    wire::write_frame(
+        &mut p.out,
+        VM,
+        2,
+        &Frame::Abort {
+            reason: "primary stops: no ack".into(),
+        },
+    )
+    .unwrap();
+    wait_for("the abort", || server.status().stale.is_some());
+    let Err((ReplicaError::Stale(why), server)) = server.takeover(false) else {
+        panic!("took over a stale copy without force");
+    };
+    assert!(why.contains("no ack"), "{why}");
+    let r = server.takeover(true).map_err(|(e, _)| e).unwrap();
+    assert_eq!(r.committed_epoch(), Some(1));
 }

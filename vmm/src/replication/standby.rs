@@ -63,8 +63,9 @@ impl Standby {
         }
     }
 
-    /// Failover: stops receiving and builds the VM from the last committed epoch.
-    pub fn takeover(&self) -> Result<(), VmError> {
+    /// Failover: stops receiving and builds the VM from the last committed epoch. A refused
+    /// takeover (nothing committed, a stale copy without `force`) leaves the replica serving.
+    pub fn takeover(&self, force: bool) -> Result<(), VmError> {
         let mut p = lock(&self.phase);
         let (server, console) = match std::mem::replace(&mut *p, Phase::Busy) {
             Phase::Replica { server, console } => (server, console),
@@ -74,9 +75,14 @@ impl Standby {
             }
         };
         let status = server.status();
-        let result = server
-            .takeover()
-            .and_then(|replica| Machine::from_replica(replica, console, self.on_reset));
+        let replica = match server.takeover(force) {
+            Ok(r) => r,
+            Err((e, server)) => {
+                *p = Phase::Replica { server, console };
+                return Err(VmError::Control(format!("takeover refused: {e}")));
+            }
+        };
+        let result = Machine::from_replica(replica, console, self.on_reset);
         match result {
             Ok(m) => {
                 log::info!(
@@ -169,7 +175,7 @@ impl ApiTarget for Arc<Standby> {
         }
     }
 
-    fn takeover(&self) -> Result<(), VmError> {
-        Standby::takeover(self)
+    fn takeover(&self, force: bool) -> Result<(), VmError> {
+        Standby::takeover(self, force)
     }
 }

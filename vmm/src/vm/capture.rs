@@ -19,6 +19,10 @@ impl Vm {
     pub fn snapshot(&self, dir: &Path) -> Result<(), VmError> {
         self.refuse_ended()?;
         let mut c = self.ctl();
+        if c.last_capture == Some(CaptureBase::Stream) {
+            // A capture clears the dirty log the replication stream depends on.
+            return Err(VmError::WrongState("protected (unprotect it first)"));
+        }
         if c.state != RunState::Paused {
             return Err(VmError::WrongState("not paused (pause it first)"));
         }
@@ -59,6 +63,9 @@ impl Vm {
     /// both logs; take a full snapshot next, then increments.
     pub fn set_dirty_log(&self, on: bool) -> Result<(), VmError> {
         let mut c = self.ctl();
+        if c.last_capture == Some(CaptureBase::Stream) {
+            return Err(VmError::WrongState("protected (unprotect it first)"));
+        }
         memory::register(&self.inner.kvm.fd, &self.inner.mem, on)?;
         if on {
             memory::take_dirty_bitmaps(&self.inner.kvm.fd, &self.inner.mem)?;
@@ -134,6 +141,21 @@ impl Vm {
     /// The VM's disks, in device order (what disk index N of a change means).
     pub fn disks(&self) -> &[DiskSpec] {
         &self.inner.shape.virtio.disks
+    }
+
+    /// Ends a capture stream (replication stopped): snapshots are allowed again; dirty logging
+    /// stays on (a full snapshot is the next base).
+    pub fn stop_stream(&self) {
+        let mut c = self.ctl();
+        if c.last_capture == Some(CaptureBase::Stream) {
+            c.last_capture = None;
+        }
+    }
+
+    /// Whether a replication stream captures this VM (snapshots, dirty-log changes and manual
+    /// gate commands are refused meanwhile).
+    pub fn is_streaming(&self) -> bool {
+        self.ctl().last_capture == Some(CaptureBase::Stream)
     }
 
     /// The vCPU, VM and device state of the paused VM (no memory): what a replica needs with

@@ -102,6 +102,16 @@ impl OutputGate {
         }
     }
 
+    /// A new replication stream starts: what is held goes out (returned in order; the stream
+    /// it belonged to is over), and frames from now on are held as epoch `n`, which may be lower
+    /// than the last stream's epochs.
+    pub fn start_gating(&mut self, n: u64) -> Vec<Vec<u8>> {
+        let released = self.release_while(|_| true);
+        self.mode = GateMode::Gated;
+        self.epoch = n;
+        released
+    }
+
     /// Frames sent from now on belong to epoch `n` (n never goes back).
     pub fn begin_epoch(&mut self, n: u64) -> Result<(), GateError> {
         if n < self.epoch {
@@ -285,6 +295,21 @@ mod tests {
         g.submit(f(2, 1));
         assert_eq!(g.set_mode(GateMode::Off), vec![f(1, 1), f(2, 1)]);
         assert_eq!(g.submit(f(3, 1)), Some(f(3, 1)));
+    }
+
+    #[test]
+    fn a_new_stream_restarts_the_epochs() {
+        let mut g = OutputGate::new(GateMode::Gated);
+        g.begin_epoch(40).unwrap();
+        g.submit(f(1, 3));
+        g.set_mode(GateMode::Off);
+        assert!(g.begin_epoch(1).is_err());
+        assert!(g.start_gating(1).is_empty());
+        assert_eq!(g.mode(), GateMode::Gated);
+        assert_eq!(g.epoch(), 1);
+        assert_eq!(g.submit(f(2, 3)), None);
+        g.begin_epoch(2).unwrap();
+        assert_eq!(g.commit(1), vec![f(2, 3)]);
     }
 
     #[test]

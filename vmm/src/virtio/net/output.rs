@@ -90,6 +90,15 @@ impl NetOutput {
         self.lock().gate.discard_uncommitted()
     }
 
+    /// A replication stream starts at epoch `n` (see `OutputGate::start_gating`).
+    pub fn start_gating(&self, n: u64) {
+        let mut inner = self.lock();
+        let frames = inner.gate.start_gating(n);
+        for f in &frames {
+            Self::transmit(self.backend.as_ref(), &mut inner, f);
+        }
+    }
+
     /// Gated while protected; Off when degraded. Switching off sends whatever was held.
     pub fn set_mode(&self, mode: GateMode) {
         let mut inner = self.lock();
