@@ -62,7 +62,8 @@ wait_info() {
 # wait_file FILE ERE N SECONDS: until FILE has N lines matching ERE.
 wait_file() {
   i=0; t=$(($4 * 10))
-  while [ "$(grep -cE "$2" $1 2>/dev/null)" -lt $3 ]; do
+  # A file not there yet counts 0 lines (an empty count would end the loop as an error).
+  while n=$(grep -cE "$2" $1 2>/dev/null); [ "${n:-0}" -lt $3 ]; do
     i=$((i+1)); [ $i -ge $t ] && { echo "TIMEOUT: fewer than $3 /$2/ lines in $1 after $4 s"; return 1; }
     usleep 100000
   done

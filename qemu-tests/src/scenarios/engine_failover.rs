@@ -140,6 +140,11 @@ pub(super) fn verify_takeover(
     at_kill_tcp: usize,
 ) -> Result<String> {
     ensure!(
+        at_kill_tcp >= 20,
+        "only {at_kill_tcp} TCP lines had arrived before the primary died: the connection was \
+         not established first, so its survival proves nothing"
+    );
+    ensure!(
         !serial.contains("HAVMS-GUEST-UP"),
         "the guest booted on the secondary instead of continuing:\n{serial}"
     );
