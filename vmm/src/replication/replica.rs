@@ -345,6 +345,12 @@ impl Replica {
         }
     }
 
+    /// Marks the replica unusable (its disks were changed behind it); every later epoch and the
+    /// takeover are refused until a new full copy replaces it.
+    pub fn mark_broken(&mut self, why: String) {
+        self.broken = Some(why);
+    }
+
     /// Flushes the disk images (the stream calls it now and then, not every epoch: a failover
     /// reads them through the same page cache).
     pub fn flush_disks(&self) -> Result<(), ReplicaError> {

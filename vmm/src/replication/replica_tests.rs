@@ -261,3 +261,16 @@ fn disk_paths_of_this_node_replace_the_primarys() {
     let err = two.commit(1).unwrap_err().to_string();
     assert!(err.contains("1 disks, this replica was given 2"), "{err}");
 }
+
+#[test]
+fn a_replica_marked_broken_refuses_epochs() {
+    let f = fixture();
+    let mut r = two_epochs(&f);
+    r.mark_broken("its disks were overwritten".into());
+    let err = r.stage_pages(3, &[1], &page(1)).unwrap_err().to_string();
+    assert!(
+        err.contains("its disks were overwritten") && err.contains("full resync"),
+        "{err}"
+    );
+    assert!(r.commit(3).is_err());
+}

@@ -48,6 +48,10 @@ pub struct ReplicaStatus {
 /// (or the link is), and the server is free for the next stream.
 const STREAM_IDLE: Duration = Duration::from_secs(30);
 
+/// Epochs between flushes of the replica's disk images (a takeover reads them through the
+/// page cache; the flush bounds what a power loss of this node would cost).
+const FLUSH_EVERY: u64 = 50;
+
 /// This node's memory: no replica may be larger (a peer announcing more is refused).
 fn host_memory_bytes() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
@@ -336,11 +340,26 @@ fn serve(conn: TcpStream, s: &Shared) -> Result<(), ConnError> {
                     {
                         let mut committed = lock(&s.replica);
                         if let Some(mut r) = fresh.take() {
-                            r.commit(epoch)?;
+                            if let Err(e) = r.commit(epoch) {
+                                // It may have written part of its disk copy over the files the
+                                // old replica uses: that one cannot be trusted any more.
+                                if matches!(e, ReplicaError::Broken(_) | ReplicaError::Disk { .. })
+                                {
+                                    if let Some(old) = committed.as_mut() {
+                                        old.mark_broken(format!(
+                                            "a new stream's first commit failed half way: {e}"
+                                        ));
+                                    }
+                                }
+                                return Err(e.into());
+                            }
                             *committed = Some(r);
                             lock(&s.status).stale = None;
                         } else if let Some(r) = committed.as_mut() {
                             r.commit(epoch)?;
+                            if epoch % FLUSH_EVERY == 0 {
+                                r.flush_disks()?;
+                            }
                         }
                     }
                     lock(&s.status).committed_epoch = epoch;

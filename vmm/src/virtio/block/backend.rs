@@ -95,9 +95,25 @@ impl RawFile {
         self.file.sync_data()
     }
 
-    /// Deallocates a range, keeping the file size; it reads back as zeros.
+    /// Deallocates a range, keeping the file size; it reads back as zeros. Where the
+    /// filesystem cannot punch holes, the range is written with zeros instead (same contents).
     pub fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
-        fallocate(&self.file, FallocateMode::PunchHole, true, offset, len)
-            .map_err(|e| io::Error::from_raw_os_error(e.errno()))
+        match fallocate(&self.file, FallocateMode::PunchHole, true, offset, len) {
+            Ok(()) => Ok(()),
+            Err(e) if e.errno() == libc::EOPNOTSUPP => self.write_zeros(offset, len),
+            Err(e) => Err(io::Error::from_raw_os_error(e.errno())),
+        }
+    }
+
+    pub(crate) fn write_zeros(&self, offset: u64, len: u64) -> io::Result<()> {
+        const CHUNK: u64 = 1 << 20;
+        let zeros = vec![0u8; CHUNK.min(len) as usize];
+        let mut done = 0u64;
+        while done < len {
+            let n = CHUNK.min(len - done) as usize;
+            self.write_at(&zeros[..n], offset + done)?;
+            done += n as u64;
+        }
+        Ok(())
     }
 }

@@ -504,3 +504,22 @@ fn odd_sized_image_is_refused() {
     let e = RawFile::open(std::path::Path::new("/nonexistent/disk.img"), false).unwrap_err();
     assert!(e.to_string().contains("/nonexistent/disk.img"), "{e}");
 }
+
+#[test]
+fn the_zero_write_fallback_of_discard_zeroes_exactly_the_range() {
+    let f = TempFile::new().unwrap();
+    let len = 3 * (1 << 20) + 4096;
+    f.as_file().write_all_at(&vec![0xabu8; len], 0).unwrap();
+    let disk = RawFile::open(f.as_path(), false).unwrap();
+    // More than one 1 MiB chunk, not aligned to one.
+    disk.write_zeros(512, 2 * (1 << 20) + 1024).unwrap();
+    let mut back = vec![0u8; len];
+    f.as_file().read_exact_at(&mut back, 0).unwrap();
+    assert!(back[..512].iter().all(|&b| b == 0xab));
+    assert!(back[512..512 + 2 * (1 << 20) + 1024]
+        .iter()
+        .all(|&b| b == 0));
+    assert!(back[512 + 2 * (1 << 20) + 1024..]
+        .iter()
+        .all(|&b| b == 0xab));
+}
