@@ -40,14 +40,20 @@ pub fn run(ctx: &Ctx) -> Result<()> {
             "dd if=/dev/zero of={disk} bs=1M count=16 2>/dev/null && \
              GUEST_ARGS=marker={marker} vm_start r1 stateful --cpus boot=2 --memory size=256M \
              --disk path={disk} --net tap=tap1,mac=52:54:00:12:34:58 && tap_up tap1 && \
-             wait_sock r1 && wait_line r1 '^DEV [0-9]+ net=ok marker={marker} last=' 150 && \
-             wait_count r1 '^COUNT [0-9]+ up=' {BEFORE} 60; ser r1 | grep -E '^(GUEST|STATEFUL)'"
+             wait_sock r1 && wait_line r1 '^DEV [0-9]+ net=ok marker={marker} last=' 120 && \
+             wait_count r1 '^COUNT [0-9]+ up=' {BEFORE} 40 || \
+             {{ echo SETUP-$((1+1))-FAILED; ser r1 | tail -n 15; tail -n 5 $W/r1.log; false; }}; \
+             ser r1 | grep -E '^(GUEST|STATEFUL)'"
         ),
         GUEST,
     )?;
     ensure!(
         !out.contains("GUEST-INSMOD-FAILED") && !out.contains("GUEST-DISK-FAILED"),
         "the guest could not set up its disk or drivers:\n{out}"
+    );
+    ensure!(
+        !out.contains("SETUP-2-FAILED"),
+        "the guest never had a good device round (last serial lines and engine log):\n{out}"
     );
 
     ctx.step("pause, snapshot, kill -9 the engine");
