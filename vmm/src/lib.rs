@@ -45,6 +45,7 @@ pub mod memory;
 pub mod replication;
 pub mod spec;
 pub mod state;
+mod sync;
 pub mod virtio;
 pub mod vm;
 

@@ -12,7 +12,7 @@
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::console::Console;
@@ -20,6 +20,7 @@ use crate::exit::ExitReason;
 use crate::replication::primary::{ProtectConfig, ProtectStatus, Protection};
 use crate::spec::{SerialSpec, VmSpec};
 use crate::state::snapshot::Snapshot;
+use crate::sync::lock;
 use crate::vm::{Vm, VmError, VmInfo};
 
 /// How long a reboot waits for other holders of the old VM (an API request in flight) to let
@@ -34,10 +35,6 @@ pub enum OnReset {
     Reboot,
     /// End the machine with `ExitReason::Reset` (QEMU's `-no-reboot`).
     Exit,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 struct Current {

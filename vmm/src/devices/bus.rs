@@ -8,6 +8,7 @@ use super::cmos::{Cmos, CMOS_DATA_PORT, CMOS_INDEX_PORT};
 use super::i8042::{I8042, I8042_COMMAND_PORT, I8042_DATA_PORT};
 use super::serial::{SerialDevice, COM1_PORT};
 use crate::exit::ExitState;
+use crate::sync::lock;
 use crate::virtio::manager::VirtioDevices;
 
 /// The devices a vCPU can reach by I/O exits.
@@ -19,11 +20,6 @@ pub struct Devices {
     /// The virtio-mmio windows in the 32-bit MMIO gap.
     pub virtio: VirtioDevices,
     pub exit: Arc<ExitState>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panicking vCPU thread must not take the console down with it.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Devices {

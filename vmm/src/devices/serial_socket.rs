@@ -23,13 +23,14 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::serial::SerialOut;
+use crate::sync::lock;
 
 /// Recent output replayed to a client when it connects.
 pub const BACKLOG_BYTES: usize = 64 * 1024;
@@ -41,11 +42,6 @@ const FINISH_TIMEOUT: Duration = Duration::from_secs(1);
 /// Takes console input; returns how many bytes it accepted (0: full, try again later), or
 /// None once the guest is gone (the client is then dropped).
 pub type InputSink = Box<dyn Fn(&[u8]) -> Option<usize> + Send + Sync>;
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panicked client thread must not take the console down with it.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// One client's pending output.
 struct ClientQueue {

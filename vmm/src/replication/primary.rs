@@ -12,7 +12,7 @@
 use std::io::{BufWriter, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -23,6 +23,7 @@ use super::replica::DiskOp;
 use super::wire::{
     self, Commit, Disk, DiskAction, EpochDigest, Frame, FrameReader, Hello, Pages, WireError,
 };
+use crate::sync::lock;
 use crate::virtio::block::DiskChangeKind;
 use crate::vm::Vm;
 
@@ -112,10 +113,6 @@ struct Shared {
     stop: AtomicBool,
     /// What the ack reader saw go wrong.
     ack_error: Mutex<Option<String>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A running protection stream; dropping it stops the stream (the VM goes on unprotected).

@@ -12,7 +12,7 @@ use std::io::{BufWriter, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -22,6 +22,7 @@ use super::replica::{DiskOp, Replica, ReplicaError};
 use super::sequence::{SequenceChecker, SequenceError, Step};
 use super::wire::{self, DiskAction, Frame, FrameReader, HelloAck, WireError};
 use crate::state::snapshot::Snapshot;
+use crate::sync::lock;
 use crate::virtio::block::DiskChangeKind;
 
 /// Where the replica is.
@@ -91,10 +92,6 @@ struct Shared {
     expect_name: Option<String>,
     /// This node's copies of the VM's disks, when not at the primary's paths.
     disk_paths: Vec<PathBuf>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A listening replica server.

@@ -8,7 +8,7 @@
 //! is dead and the witness answers (docs/design.md); tests do it by hand with `havms-remote
 //! takeover`. Taking over while the primary still runs would make two copies of the guest.
 
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex};
 
 use crate::api::socket::ApiTarget;
 use crate::console::Console;
@@ -16,10 +16,7 @@ use crate::machine::{Machine, OnReset};
 use crate::vm::{Vm, VmError, VmInfo};
 
 use super::secondary::ReplicaServer;
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+use crate::sync::lock;
 
 enum Phase {
     /// Receiving; the console waits for the VM.

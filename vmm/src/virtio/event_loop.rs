@@ -14,6 +14,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::mmio::MmioTransport;
+use crate::sync::lock;
 
 type Handler = Box<dyn FnMut() + Send>;
 
@@ -98,11 +99,6 @@ impl EventLoop {
             }
         }
     }
-}
-
-fn lock(t: &Mutex<MmioTransport>) -> std::sync::MutexGuard<'_, MmioTransport> {
-    // A vCPU thread that panicked while holding the device must not stop the network.
-    t.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Stops the loop thread when told or dropped.

@@ -4,7 +4,7 @@
 //! save/restore of all devices at once. Devices are created in a fixed order (disks, NICs, rng),
 //! so a VM rebuilt from the same description gets the same windows and IRQs.
 
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use kvm_ioctls::VmFd;
 
@@ -16,6 +16,7 @@ use super::net::{GateMode, Net, NetConfig, NetOutput};
 use super::rng::Rng;
 use super::{StateError, VirtioDevice, VirtioMem};
 use crate::spec::VmSpec;
+use crate::sync::lock;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VirtioError {
@@ -108,11 +109,6 @@ pub struct VirtioDevices {
     /// Where every disk reports its changes; replaceable while the VM runs.
     disk_observer: Arc<RwLock<Option<DisksObserver>>>,
     event_loop: Option<EventLoopHandle>,
-}
-
-fn lock(t: &Mutex<MmioTransport>) -> MutexGuard<'_, MmioTransport> {
-    // A vCPU thread that panicked inside a device must not take the others down.
-    t.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl VirtioDevices {
