@@ -14,6 +14,8 @@ pub struct Artifacts {
     pub vmlinuz: PathBuf,
     pub initramfs: PathBuf,
     pub iso: PathBuf,
+    /// The test guest's ledger server (static; `cargo xtask image` copies it here).
+    pub ledger: PathBuf,
 }
 
 impl Artifacts {
@@ -24,6 +26,7 @@ impl Artifacts {
             vmlinuz: dir.join("vmlinuz"),
             initramfs: dir.join("initramfs.img"),
             iso: dir.join("havms.iso"),
+            ledger: dir.join("havms-ledger"),
         }
     }
 

@@ -75,6 +75,10 @@ pub enum HarnessError {
         source: havms_image::Error,
     },
 
+    /// The LAN client (a host outside the nodes) saw something wrong or could not work.
+    #[error("LAN client: {0}")]
+    Lan(#[from] crate::lan_client::LanError),
+
     /// What a scenario checks is not so.
     #[error("{0}")]
     Check(String),

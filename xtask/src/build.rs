@@ -1,6 +1,8 @@
 //! Builds the node's binaries (havms-init, havmsd, havms, and the VM engine's havms-vm and
 //! havms-remote) statically linked, since the initramfs has no dynamic loader: release profile,
-//! gnu target with crt-static.
+//! gnu target with crt-static. The test guest's workload `havms-ledger` (qemu-tests/ledger) is
+//! built the same way in the same cargo run, for the same reason, and copied to
+//! `target/havms/havms-ledger`, where the QEMU harness packs it into the guest initramfs.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -36,9 +38,18 @@ pub fn node_binaries() -> Result<NodeBinaries> {
             "havms-supervisor",
             "-p",
             "havms-vmm",
+            "-p",
+            "havms-ledger",
         ])
         .args(["--bin", "havms-init", "--bin", "havmsd", "--bin", "havms"])
-        .args(["--bin", "havms-vm", "--bin", "havms-remote"])
+        .args([
+            "--bin",
+            "havms-vm",
+            "--bin",
+            "havms-remote",
+            "--bin",
+            "havms-ledger",
+        ])
         // CARGO_ENCODED_RUSTFLAGS would win over RUSTFLAGS if something exported it.
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .env("RUSTFLAGS", "-C target-feature=+crt-static");
@@ -46,7 +57,10 @@ pub fn node_binaries() -> Result<NodeBinaries> {
         .status()
         .context("cannot run cargo build for the node binaries")?;
     if !status.success() {
-        bail!("cargo build of havms-init, havms-supervisor and havms-vmm failed ({status})");
+        bail!(
+            "cargo build of havms-init, havms-supervisor, havms-vmm and havms-ledger failed \
+             ({status})"
+        );
     }
     let dir = paths::target_dir().join(TARGET).join("release");
     let bins = NodeBinaries {
@@ -56,15 +70,23 @@ pub fn node_binaries() -> Result<NodeBinaries> {
         havms_vm: dir.join("havms-vm"),
         havms_remote: dir.join("havms-remote"),
     };
+    let built_ledger = dir.join("havms-ledger");
     for bin in [
         &bins.init,
         &bins.havmsd,
         &bins.havms,
         &bins.havms_vm,
         &bins.havms_remote,
+        &built_ledger,
     ] {
         havms_image::elfcheck::check_static_file(bin)
             .with_context(|| format!("checking {} is statically linked", bin.display()))?;
     }
+    // The harness finds it next to the other artifacts (qemu-tests/src/artifacts.rs).
+    let ledger = paths::artifacts_dir().join("havms-ledger");
+    std::fs::create_dir_all(paths::artifacts_dir())
+        .with_context(|| format!("creating {}", paths::artifacts_dir().display()))?;
+    std::fs::copy(&built_ledger, &ledger)
+        .with_context(|| format!("copying {} to {}", built_ledger.display(), ledger.display()))?;
     Ok(bins)
 }

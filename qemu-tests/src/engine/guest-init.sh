@@ -19,12 +19,14 @@ devices() {
 net_up() {
   a=$(arg ip); ip link set lo up; ip link set eth0 up; ip addr add ${a:-10.0.2.15/24} dev eth0
 }
-# stateful_setup: drivers, NIC up, an ext2 filesystem made on /dev/vda and mounted on /mnt
-# with the kernel argument marker=M written to /mnt/marker.
+# stateful_setup [keep]: drivers, NIC up, an ext2 filesystem made on /dev/vda and mounted on /mnt
+# with the kernel argument marker=M written to /mnt/marker. With `keep`, a filesystem already
+# on /dev/vda (a rebooted guest's) is mounted as it is.
 stateful_setup() {
   devices; waitp /dev/vda; waitp /sys/class/net/eth0; net_up
   mkdir -p /mnt
-  { mke2fs -q /dev/vda && mount -t ext2 /dev/vda /mnt; } || echo "GUEST-DISK-FAILED"
+  if [ "$1" = keep ] && mount -t ext2 /dev/vda /mnt 2>/dev/null; then echo "GUEST-DISK-KEPT"
+  else { mke2fs -q /dev/vda && mount -t ext2 /dev/vda /mnt; } || echo "GUEST-DISK-FAILED"; fi
   arg marker > /mnt/marker; sync
   echo "STATEFUL-READY marker=$(cat /mnt/marker)"
 }
@@ -109,6 +111,14 @@ case $MODE in
     chmod +x /tmp/lines
     ( while true; do nc -l -p 7000 -e /tmp/lines; done ) &
     echo "TCP-LISTENING"
+    count_forever ;;
+  ledger)
+    # failover-link: `stateful` (disk kept across a reboot) and the ledger server
+    # (qemu-tests/ledger) on port ledger_port= (7000), its log on the disk; a client outside
+    # the nodes appends to it across the failover. Its LEDGER-READY / LEDGER-FAILED lines go
+    # to the console.
+    stateful_setup keep; dev_rounds &
+    /bin/havms-ledger --log /mnt/ledger.log --port $(p=$(arg ledger_port); echo ${p:-7000}) &
     count_forever ;;
   rootfs)
     # The installer and the initramfs of a guest whose root is on its virtio disk: boot 1 finds

@@ -1,7 +1,8 @@
 //! The engine scenarios' payload on the node's data disk (`/var/lib/havms/engine/` in the node):
 //! the guest kernel (the node's own `vmlinuz`), the guest initramfs (busybox, the virtio-mmio
-//! drivers of the same kernel, `guest-init.sh` as `/init`), the node-side helpers `engine.sh`,
-//! and for the benchmark QEMU with its libraries and firmware, to compare with.
+//! drivers of the same kernel, `guest-init.sh` as `/init`, the ledger server `havms-ledger` for
+//! `guest=ledger`), the node-side helpers `engine.sh`, and for the benchmark QEMU with its
+//! libraries and firmware, to compare with.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -53,7 +54,7 @@ pub const DISK_MIB_WITH_QEMU: u32 = 256;
 /// Builds the payload in `work_dir` and returns the files for the data disk. With `qemu`, the
 /// host's qemu-system-x86_64, every library `ldd` names and the firmware go along.
 pub fn build(artifacts: &Artifacts, work_dir: &Path, qemu: bool) -> Result<Vec<DiskFile>> {
-    artifacts.require(&[&artifacts.vmlinuz])?;
+    artifacts.require(&[&artifacts.vmlinuz, &artifacts.ledger])?;
     let fetcher = Fetcher::new(artifacts.dir.join("cache"));
     let image_err = |what: &str| {
         let what = what.to_string();
@@ -79,6 +80,11 @@ pub fn build(artifacts: &Artifacts, work_dir: &Path, qemu: bool) -> Result<Vec<D
         }
         tree.add_char_dev("/dev/console", 0o600, 5, 1)?;
         tree.add_file("/bin/busybox", 0o755, Contents::Path(busybox.clone()))?;
+        tree.add_file(
+            "/bin/havms-ledger",
+            0o755,
+            Contents::Path(artifacts.ledger.clone()),
+        )?;
         tree.add_file(
             "/init",
             0o755,
@@ -261,6 +267,7 @@ mod tests {
             "protected)",
             "rootfs)",
             "serial-echo)",
+            "ledger)",
         ] {
             assert!(GUEST_INIT.contains(mode), "guest-init.sh has no {mode}");
         }
@@ -269,6 +276,7 @@ mod tests {
             "guest-init.sh does not load the modules listed in {LOAD_ORDER}"
         );
         assert!(GUEST_INIT.contains("/rootfs-init"));
+        assert!(GUEST_INIT.contains("/bin/havms-ledger --log /mnt/ledger.log"));
     }
 
     /// Against the real Debian kernel (fetched into the workspace cache like the image build

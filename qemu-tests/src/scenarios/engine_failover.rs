@@ -144,6 +144,38 @@ pub(super) fn verify_takeover(
         "only {at_kill_tcp} TCP lines had arrived before the primary died: the connection was \
          not established first, so its survival proves nothing"
     );
+    let guest = verify_guest_continued(serial, marker, at_kill_count)?;
+    let body: String = tcp
+        .lines()
+        .skip_while(|l| !l.starts_with("TCP "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let nums = tcp_numbers(&body)?;
+    ensure!(
+        nums.first() == Some(&1) && nums.windows(2).all(|w| w[1] == w[0] + 1),
+        "the TCP stream skips or repeats lines across the failover: {nums:?}"
+    );
+    ensure!(
+        nums.len() >= at_kill_tcp + TCP_AFTER,
+        "{} TCP lines in all, {at_kill_tcp} before the kill: the connection did not carry on",
+        nums.len()
+    );
+    Ok(format!(
+        "{guest}; TCP lines 1..{} whole and in order, {} after the kill, on the same connection",
+        nums.len(),
+        nums.len() - at_kill_tcp
+    ))
+}
+
+/// The guest side of the checks after a takeover, shared with `failover-link`: `serial` (the
+/// taken-over guest's console) shows no boot, a counter going on from about `at_kill_count`
+/// (where the primary's was when it died) one by one, and device rounds reading `marker` and
+/// their own writes from the disk, the last ones with the NIC answering. Returns a summary.
+pub(super) fn verify_guest_continued(
+    serial: &str,
+    marker: &str,
+    at_kill_count: u64,
+) -> Result<String> {
     ensure!(
         !serial.contains("HAVMS-GUEST-UP"),
         "the guest booted on the secondary instead of continuing:\n{serial}"
@@ -183,28 +215,10 @@ pub(super) fn verify_takeover(
         rounds[rounds.len() - 3..].iter().all(|r| r.net_ok),
         "the NIC does not answer after the takeover:\n{serial}"
     );
-
-    let body: String = tcp
-        .lines()
-        .skip_while(|l| !l.starts_with("TCP "))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    let nums = tcp_numbers(&body)?;
-    ensure!(
-        nums.first() == Some(&1) && nums.windows(2).all(|w| w[1] == w[0] + 1),
-        "the TCP stream skips or repeats lines across the failover: {nums:?}"
-    );
-    ensure!(
-        nums.len() >= at_kill_tcp + TCP_AFTER,
-        "{} TCP lines in all, {at_kill_tcp} before the kill: the connection did not carry on",
-        nums.len()
-    );
     Ok(format!(
         "COUNT {} (primary killed at {at_kill_count}); disk and NIC work from the secondary's \
-         copy; TCP lines 1..{} whole and in order, {} after the kill, on the same connection",
-        first.n,
-        nums.len(),
-        nums.len() - at_kill_tcp
+         copy",
+        first.n
     ))
 }
 
