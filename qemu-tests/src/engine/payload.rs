@@ -54,7 +54,7 @@ pub const DISK_MIB_WITH_QEMU: u32 = 256;
 /// Builds the payload in `work_dir` and returns the files for the data disk. With `qemu`, the
 /// host's qemu-system-x86_64, every library `ldd` names and the firmware go along.
 pub fn build(artifacts: &Artifacts, work_dir: &Path, qemu: bool) -> Result<Vec<DiskFile>> {
-    artifacts.require(&[&artifacts.vmlinuz, &artifacts.ledger])?;
+    artifacts.require(&[&artifacts.vmlinuz])?;
     let fetcher = Fetcher::new(artifacts.dir.join("cache"));
     let image_err = |what: &str| {
         let what = what.to_string();
@@ -80,11 +80,15 @@ pub fn build(artifacts: &Artifacts, work_dir: &Path, qemu: bool) -> Result<Vec<D
         }
         tree.add_char_dev("/dev/console", 0o600, 5, 1)?;
         tree.add_file("/bin/busybox", 0o755, Contents::Path(busybox.clone()))?;
-        tree.add_file(
-            "/bin/havms-ledger",
-            0o755,
-            Contents::Path(artifacts.ledger.clone()),
-        )?;
+        // Only `guest=ledger` needs it (failover-link requires it first); artifacts made before
+        // it existed still serve every other mode.
+        if artifacts.ledger.is_file() {
+            tree.add_file(
+                "/bin/havms-ledger",
+                0o755,
+                Contents::Path(artifacts.ledger.clone()),
+            )?;
+        }
         tree.add_file(
             "/init",
             0o755,

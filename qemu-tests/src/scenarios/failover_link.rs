@@ -38,6 +38,7 @@ const BEFORE_KILL: usize = 25;
 const AFTER_KILL: usize = 50;
 
 pub fn run(ctx: &Ctx) -> Result<()> {
+    ctx.artifacts.require(&[&ctx.artifacts.ledger])?;
     let mut cluster = Cluster::new(&ctx.artifacts, ctx.name)?;
     ctx.step("building the guest payload; booting nodes a and b");
     let files = payload::build(&ctx.artifacts, &cluster.work_dir, false)?;
