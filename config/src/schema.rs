@@ -19,8 +19,20 @@ pub struct Config {
     pub witness: Option<Ipv4Addr>,
     #[serde(default)]
     pub timings: Timings,
+    /// TCP port of the Prometheus text endpoint (`/metrics`) on each node's LAN address; 0
+    /// turns it off.
+    #[serde(default = "default_metrics_port")]
+    pub metrics_port: u16,
     #[serde(default)]
     pub vms: Vec<VmConfig>,
+}
+
+/// The metrics port unless the config says otherwise (9464: the port the Prometheus project
+/// lists for OpenTelemetry-style exporters, free on a HAVmS node).
+pub const DEFAULT_METRICS_PORT: u16 = 9464;
+
+fn default_metrics_port() -> u16 {
+    DEFAULT_METRICS_PORT
 }
 
 impl Config {

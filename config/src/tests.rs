@@ -254,3 +254,23 @@ fn node_name_sources() {
     assert_eq!(node_name("", &f), None);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn metrics_port_and_device_counts() {
+    let c = parse(GOOD, "g.yaml").unwrap();
+    assert_eq!(c.metrics_port, 9464);
+    let off = GOOD.replace(
+        "witness: 192.168.77.1\n",
+        "witness: 192.168.77.1\nmetrics_port: 0\n",
+    );
+    assert_eq!(parse(&off, "g.yaml").unwrap().metrics_port, 0);
+    let many: String = (0..16)
+        .map(|i| format!("      - mac: 52:54:00:12:35:{i:02x}\n"))
+        .collect();
+    let (line, reason) = broken("      - mac: 52:54:00:12:34:56\n", &many);
+    assert_eq!(line, Some(22), "{reason}");
+    assert!(
+        reason.contains("VM web: 1 disks and 16 NICs: at most 16 devices"),
+        "{reason}"
+    );
+}

@@ -6,6 +6,11 @@ use crate::locate::{line_of, line_of_after, line_of_key};
 use crate::schema::{Config, LanAddressing};
 use std::collections::HashSet;
 
+/// VMs one pair runs (each node's heartbeat reports every VM).
+pub const MAX_VMS: usize = 64;
+/// Disks and NICs of one VM (the engine adds a virtio-rng and has 17 device slots).
+pub const MAX_DEVICES: usize = 16;
+
 /// Validates `cfg`, parsed from `text` of `file`.
 pub fn validate(cfg: &Config, text: &str, file: &str) -> Result<(), ConfigError> {
     let err = |line: Option<usize>, reason: String| Err(ConfigError::new(file, line, reason));
@@ -131,6 +136,12 @@ pub fn validate(cfg: &Config, text: &str, file: &str) -> Result<(), ConfigError>
         );
     }
 
+    if cfg.vms.len() > MAX_VMS {
+        return err(
+            line_of_key(text, "vms"),
+            format!("{} VMs: a pair runs at most {MAX_VMS}", cfg.vms.len()),
+        );
+    }
     let mut vm_names = HashSet::new();
     let mut macs = HashSet::new();
     for vm in &cfg.vms {
@@ -176,6 +187,19 @@ pub fn validate(cfg: &Config, text: &str, file: &str) -> Result<(), ConfigError>
                     format!("VM {}: {key} `{shown}` must be an absolute path", vm.name),
                 );
             }
+        }
+        if vm.disks.len() + vm.nics.len() > MAX_DEVICES {
+            return err(
+                vm_line
+                    .and_then(|l| line_of_after(text, l, "nics", ""))
+                    .or(vm_line),
+                format!(
+                    "VM {}: {} disks and {} NICs: at most {MAX_DEVICES} devices in all",
+                    vm.name,
+                    vm.disks.len(),
+                    vm.nics.len()
+                ),
+            );
         }
         for nic in &vm.nics {
             if !macs.insert(nic.mac) {

@@ -180,4 +180,10 @@ impl Cluster {
     pub fn nodes(&mut self) -> &mut [Node] {
         &mut self.nodes
     }
+
+    /// The network and the nodes at once: a scenario cuts wires while it holds shells on the
+    /// nodes.
+    pub fn net_and_nodes(&mut self) -> (&Network, &mut [Node]) {
+        (&self.net, &mut self.nodes)
+    }
 }

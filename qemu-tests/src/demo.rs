@@ -1,72 +1,74 @@
-//! `qemu-tests demo`: boot the pair, stream both consoles to stdout (`[a] `/`[b] ` prefixed), show
-//! each node's status once both menus are up, start a protected VM (the test guest on node a,
-//! replicated over the link to a replica on node b: `engine::protected`), then hand the consoles
-//! to the person at the terminal: every line typed goes to the selected node's shell (`@a` /
-//! `@b` on a line of its own selects); `@failover` kills node a and takes over on b.
+//! `qemu-tests demo`: the pair as an operator meets it. Both nodes boot from the image with a
+//! havms.yaml that declares one VM (`web`, the ledger test guest, preferred on a); nothing is
+//! typed: havmsd on a boots it, b runs its replica, a protects it. Both consoles stream to
+//! stdout (`[a] `/`[b] ` prefixed); the demo shows `havms vm list` on both as the VM comes up,
+//! and a client on the LAN (outside both nodes) appends to the guest's ledger and reports once a
+//! second. Then the person at the terminal has the consoles: every line typed goes to the
+//! selected node's shell (`@a` / `@b` on a line of its own selects); `@failover` kills node a's
+//! QEMU, and b takes the VM over by itself while the client's connection goes on.
 
 use std::io::BufRead;
+use std::net::Ipv4Addr;
 use std::sync::mpsc::{self, Receiver, TryRecvError};
 use std::time::{Duration, Instant};
 
 use crate::artifacts::Artifacts;
-use crate::cluster::{Cluster, NodeOptions};
-use crate::engine::{payload, protected};
-use crate::error::Result;
-use crate::menu;
-use crate::scenarios::{BOOT_KERNEL, STEP};
-use crate::shell::Shell;
+use crate::error::{HarnessError, Result};
+use crate::ha::{self, TestVm};
+use crate::lan_client::{LanHost, LedgerClient};
+use crate::scenarios::{Ctx, STEP};
+
+const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 99);
 
 /// Runs the demo for `seconds` (or until ctrl-c / end of input when None); the nodes die with the
 /// cluster.
 pub fn run(artifacts: &Artifacts, seconds: Option<u64>) -> Result<()> {
     artifacts.require(&[&artifacts.vmlinuz, &artifacts.initramfs])?;
-    let mut cluster = Cluster::new(artifacts, "demo")?;
-    let files = payload::build(artifacts, &cluster.work_dir, false)?;
-    for (name, n) in [("a", 1), ("b", 2)] {
-        let mut opts = NodeOptions::new(name, n);
-        opts.data_files = files.clone();
-        opts.data_size_mib = payload::DISK_MIB;
-        let node = cluster.add(opts)?;
-        node.console().set_tee(Some(format!("[{name}] ")));
-    }
-    println!(
-        "qemu-tests demo: booting nodes a and b (logs in {}); ctrl-c to stop",
-        cluster.log_dir.display()
-    );
-    cluster.start_all()?;
+    let ctx = Ctx::new(artifacts, "demo");
+    let vm = TestVm {
+        mode: "ledger",
+        ..TestVm::web()
+    };
+    println!("qemu-tests demo: booting nodes a and b with `web` in their havms.yaml; ctrl-c stops");
     let started = Instant::now();
-
-    // Show what the pair knows of itself once both are up: the Status entry of each menu (each
-    // sees the other up over the link).
-    let mut menus = Vec::new();
-    for name in ["a", "b"] {
-        menus.push(menu::wait_menu(cluster.node(name)?, BOOT_KERNEL)?);
+    let mut cluster = ha::boot::pair(&ctx, std::slice::from_ref(&vm), "demo")?;
+    for n in cluster.nodes() {
+        let prefix = format!("[{}] ", n.name());
+        n.console().set_tee(Some(prefix));
     }
-    // havmsd starts after the menu; give it time to open its socket and hear its peer.
-    std::thread::sleep(Duration::from_secs(4));
-    for (name, m) in ["a", "b"].into_iter().zip(&menus) {
-        let node = cluster.node(name)?;
-        menu::choose(node, m, "Status")?;
-        node.wait_for(r"Press Enter to return", Duration::from_secs(60))?;
-        node.console().send_line("")?;
-    }
+    let host = LanHost::attach(&cluster.net.lan, "client", CLIENT_IP)?;
+    let mut client = {
+        let (first, rest) = cluster.nodes().split_at_mut(1);
+        let (mut a, mut b) = ha::boot::shells(&mut first[0], &mut rest[0])?;
+        println!(
+            "qemu-tests demo: both nodes up ({:.0} s); nothing is typed: havmsd starts web on a, \
+             its replica on b, and protects it",
+            started.elapsed().as_secs_f64()
+        );
+        ha::wait_protected(&mut a, &mut b, "web")?;
+        a.ok("havms status", STEP)?;
+        b.ok("havms vm list", STEP)?;
+        let ip = vm
+            .ip
+            .parse()
+            .map_err(|_| HarnessError::Check(format!("bad address {}", vm.ip)))?;
+        let mut c = LedgerClient::connect(&host, ip, 7000, Duration::from_secs(90))?;
+        c.start_appending(Duration::from_millis(50))?;
+        c
+    };
     println!(
-        "qemu-tests demo: both nodes are up ({:.0} s); starting the protected VM `web` on a, \
-         replicated to b",
-        started.elapsed().as_secs_f64()
-    );
-    start_protected_vm(&mut cluster)?;
-    println!(
-        "qemu-tests demo: `web` runs on node a and is protected on b ({:.0} s). You are in node \
-         a's shell: `R p info` (a) / `R s info` (b) show the replication; `ser p` the guest's \
-         console. `@b` / `@a` on a line switch nodes; `@failover` kills node a and takes over \
-         on b (then `ser s` there); ctrl-c stops both.",
+        "qemu-tests demo: web is protected ({:.0} s); a client on the LAN (192.168.77.99) \
+         appends to its ledger. You are in node a's shell: `havms vm list`, `havms status`, \
+         `havms vm console web` (Ctrl-] back). `@b` / `@a` on a line switch nodes; `@failover` \
+         kills node a (watch b take over by itself); ctrl-c stops both.",
         started.elapsed().as_secs_f64()
     );
 
     let input = spawn_stdin_reader();
     let mut target = "a".to_string();
     let mut input_open = true;
+    let mut last_report = Instant::now();
+    let mut killed: Option<Instant> = None;
     loop {
         if seconds.is_some_and(|s| started.elapsed() >= Duration::from_secs(s)) {
             break;
@@ -78,18 +80,40 @@ pub fn run(artifacts: &Artifacts, seconds: Option<u64>) -> Result<()> {
                     println!("qemu-tests demo: typing to node {target}");
                 }
                 Ok(line) if line.trim() == "@failover" => {
-                    println!("qemu-tests demo: killing node a (its QEMU), taking over on b");
-                    cluster.node("a")?.kill()?;
+                    println!("qemu-tests demo: killing node a (its QEMU); b decides alone");
+                    killed = Some(cluster.node("a")?.kill()?);
+                    target = "b".into();
                     cluster
                         .node("b")?
                         .console()
-                        .send_line(&format!("{}; R s info", protected::TAKEOVER))?;
-                    target = "b".into();
+                        .send_line("sleep 3; havms vm list")?;
                 }
                 Ok(line) => cluster.node(&target)?.console().send_line(&line)?,
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => input_open = false,
             }
+        }
+        if last_report.elapsed() >= Duration::from_secs(5) {
+            last_report = Instant::now();
+            let acked = client.acked();
+            let since = killed.and_then(|k| {
+                acked
+                    .iter()
+                    .find(|a| a.acked_at > k)
+                    .map(|a| a.acked_at.duration_since(k))
+            });
+            println!(
+                "qemu-tests demo: client: {} appends acknowledged{}{}",
+                acked.len(),
+                acked.last().map_or(String::new(), |a| format!(
+                    ", last OK {} ms ago",
+                    a.acked_at.elapsed().as_millis()
+                )),
+                since.map_or(String::new(), |d| format!(
+                    ", first OK after the kill {:.2} s after it",
+                    d.as_secs_f64()
+                ))
+            );
         }
         let mut all_ended = true;
         for node in cluster.nodes() {
@@ -105,21 +129,10 @@ pub fn run(artifacts: &Artifacts, seconds: Option<u64>) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    Ok(())
-}
-
-/// Opens both nodes' shells and sets up the protected VM (left running; the shells stay open).
-fn start_protected_vm(cluster: &mut Cluster) -> Result<()> {
-    let (first, rest) = cluster.nodes().split_at_mut(1);
-    let (node_a, node_b) = (&mut first[0], &mut rest[0]);
-    let mut b = Shell::from_menu(node_b, BOOT_KERNEL)?;
-    b.ok(&format!(". {}/engine.sh", payload::NODE_DIR), STEP)?;
-    protected::start_replica(&mut b)?;
-    let mut a = Shell::from_menu(node_a, BOOT_KERNEL)?;
-    a.ok(&format!(". {}/engine.sh", payload::NODE_DIR), STEP)?;
-    protected::start_guest(&mut a, "demo")?;
-    protected::protect(&mut a)?;
-    a.ok("R p info", STEP)?;
+    match client.verify() {
+        Ok(r) => println!("qemu-tests demo: client: {r}"),
+        Err(e) => println!("qemu-tests demo: client: {e}"),
+    }
     Ok(())
 }
 

@@ -13,6 +13,7 @@ pub mod disk;
 pub mod engine;
 pub mod error;
 pub mod gateway;
+pub mod ha;
 pub mod lan_client;
 pub mod menu;
 pub mod net;

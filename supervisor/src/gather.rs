@@ -56,6 +56,8 @@ pub fn local(src: &Sources, why: &str) -> Status {
         peer: PeerInfo::Unknown {
             reason: "havmsd not running".into(),
         },
+        witness: None,
+        vms: Vec::new(),
         daemon: DaemonInfo::NotRunning {
             socket: display(&src.socket),
             error: why.to_string(),

@@ -3,9 +3,11 @@
 //! ```text
 //! -> {"cmd":"status"}            <- {"status":{...Status...}}
 //! -> {"cmd":"reload"}            <- {"reloaded":{"config":"ok (/var/lib/havms/havms.yaml)"}}
+//! -> {"cmd":"vm_list"}           <- {"vms":[{...VmStatus...}, ...]}
+//! -> {"cmd":"vm_start","name":"web"}  <- {"done":{"message":"vm web: start requested"}}
+//! -> {"cmd":"vm_stop","name":"web"}   <- {"done":{"message":"vm web: stop requested"}}
 //! -> anything else               <- {"error":"..."}   (the connection stays usable)
 //! ```
-//! Later issues add commands (VM lifecycle, switchover) as new variants of [`Request`].
 
 use crate::status::Status;
 use serde::{Deserialize, Serialize};
@@ -22,6 +24,12 @@ pub enum Request {
     Status,
     /// Reload the config file, like SIGHUP; answers with the outcome.
     Reload,
+    /// The VMs and their state.
+    VmList,
+    /// Run the VM (on its preferred node, or wherever the rules put it), on both nodes' word.
+    VmStart { name: String },
+    /// Stop the VM wherever it runs (its replica is told it ended, never taken over).
+    VmStop { name: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -29,6 +37,8 @@ pub enum Request {
 pub enum Response {
     Status(Box<Status>),
     Reloaded { config: String },
+    Vms(Vec<crate::vms::status::VmStatus>),
+    Done { message: String },
     Error(String),
 }
 

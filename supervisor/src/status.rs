@@ -21,7 +21,22 @@ pub struct Status {
     pub kvm: KvmStatus,
     pub interfaces: Vec<Interface>,
     pub peer: PeerInfo,
+    /// The witness and when it last answered.
+    #[serde(default)]
+    pub witness: Option<WitnessStatus>,
+    /// The VMs of the config, as this node sees them.
+    #[serde(default)]
+    pub vms: Vec<crate::vms::status::VmStatus>,
     pub daemon: DaemonInfo,
+}
+
+/// The witness probe's view.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WitnessStatus {
+    pub address: String,
+    pub last_answer_ms_ago: Option<u64>,
+    pub sent: u64,
+    pub answered: u64,
 }
 
 /// The config in force and the outcome of the last reload.
@@ -140,6 +155,25 @@ impl Status {
         out.push_str("interfaces\n");
         out.push_str(&render_interfaces(&self.interfaces));
         line(&mut out, "peer", &self.peer.render());
+        if let Some(w) = &self.witness {
+            let seen = match w.last_answer_ms_ago {
+                Some(ms) => format!("answered {:.1} s ago", ms as f64 / 1000.0),
+                None => "never answered".to_string(),
+            };
+            line(&mut out, "witness", &format!("{} {seen}", w.address));
+        }
+        if !self.vms.is_empty() {
+            out.push_str(
+                "vms
+",
+            );
+            for v in &self.vms {
+                let _ = writeln!(out, "  {}", v.line());
+                for n in v.notes() {
+                    let _ = writeln!(out, "      {n}");
+                }
+            }
+        }
         if let DaemonInfo::NotRunning { socket, error } = &self.daemon {
             let _ = writeln!(out, "havmsd not running ({socket}: {error})");
         }
@@ -288,6 +322,8 @@ mod tests {
                 peer_uptime_ms: Some(80_000),
                 last_seq: Some(800),
             }),
+            witness: None,
+            vms: Vec::new(),
             daemon: DaemonInfo::Running {
                 pid: 42,
                 boot_id: "00000000000000bb".into(),

@@ -37,6 +37,7 @@ pub mod api;
 pub mod boot;
 pub mod console;
 pub mod devices;
+pub mod events;
 pub mod exit;
 pub mod kvm;
 pub mod layout;

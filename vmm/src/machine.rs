@@ -9,6 +9,12 @@
 //! line, shape, devices). With `OnReset::Exit` (`havms-vm --no-reboot`) a reset ends the machine
 //! like a power off. A VM that cannot be rebuilt (a tap gone, the kernel file removed) ends the
 //! machine with `ExitReason::Error` saying what failed.
+//!
+//! It also owns the VM's replication stream (`protect`, `unprotect`, `release`) and keeps it
+//! right across the machine's events: a guest reset ends the stream deliberately (the peer
+//! confirms its copy is stale before the new boot's output may flow; without that word the new
+//! boot's output is held until the supervisor releases it), and the end of the machine tells
+//! the peer the VM ended (End), so its copy is discarded, never taken over.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -16,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::console::Console;
+use crate::events::{Event, Events, StreamState};
 use crate::exit::ExitReason;
 use crate::replication::primary::{ProtectConfig, ProtectStatus, Protection};
 use crate::spec::{SerialSpec, VmSpec};
@@ -52,8 +59,9 @@ struct Shared {
     on_reset: OnReset,
     current: Mutex<Current>,
     boots: AtomicU32,
-    /// The replication stream of the current VM, when it is protected.
+    /// The replication stream of the current VM, when it is protected (or held).
     protection: Mutex<Option<Protection>>,
+    events: Events,
 }
 
 /// A guest that survives its own reboots. Clones share it.
@@ -73,7 +81,13 @@ impl Machine {
     /// `boot` on a console the caller made (e.g. `Console::from_writer` for a tee).
     pub fn boot_on(spec: VmSpec, console: Console, on_reset: OnReset) -> Result<Machine, VmError> {
         let vm = Vm::create_on(&spec, &console)?;
-        Ok(Self::assemble(vm, Some(spec), console, on_reset))
+        Ok(Self::assemble(
+            vm,
+            Some(spec),
+            console,
+            on_reset,
+            Events::new(),
+        ))
     }
 
     /// Restores the VM saved in `dir` on the console `serial` names; a reset reboots it from
@@ -93,32 +107,55 @@ impl Machine {
             );
         }
         let vm = Vm::restore_on(dir, &console)?;
-        Ok(Self::assemble(vm, spec, console, on_reset))
+        Ok(Self::assemble(vm, spec, console, on_reset, Events::new()))
     }
 
     /// Failover: the machine a replica holds, as of its last committed epoch, on `console`; a
-    /// reset reboots it from the spec its state recorded. `run()` starts it.
+    /// reset reboots it from the spec its state recorded. `run()` starts it. On failure the
+    /// replica and the console come back with the reason.
     pub fn from_replica(
         replica: crate::replication::replica::Replica,
         console: Console,
         on_reset: OnReset,
-    ) -> Result<Machine, crate::replication::replica::ReplicaError> {
+        events: Events,
+    ) -> Result<Machine, Box<FromReplicaError>> {
         let spec = replica.committed_state().and_then(Snapshot::boot_spec);
         let macs: Vec<[u8; 6]> = replica
             .committed_state()
             .map(|s| s.nets.iter().map(|n| n.mac).collect())
             .unwrap_or_default();
-        let vm = replica.start(&console)?;
+        let vm = match replica.start(&console) {
+            Ok(vm) => vm,
+            Err((error, replica)) => {
+                return Err(Box::new(FromReplicaError {
+                    error,
+                    replica,
+                    console,
+                }))
+            }
+        };
         // The replica is now the only copy: what its last epoch held back goes out (it is
-        // part of the committed state), then the MACs are announced from this node.
-        for (net, mac) in vm.net_outputs().iter().zip(macs) {
+        // part of the committed state), then the MACs are announced from this node, in
+        // rounds as QEMU's announce-self does (a switch that missed one learns from the next).
+        for net in vm.net_outputs() {
             net.set_mode(crate::virtio::net::GateMode::Off);
-            net.announce(mac);
         }
-        Ok(Self::assemble(vm, spec, console, on_reset))
+        crate::virtio::net::announce_rounds(vm.net_outputs().to_vec(), macs);
+        Ok(Self::assemble(vm, spec, console, on_reset, events))
     }
 
-    fn assemble(vm: Vm, spec: Option<VmSpec>, console: Console, on_reset: OnReset) -> Machine {
+    /// The machine's event bus (API subscribers read it).
+    pub fn events(&self) -> Events {
+        self.shared.events.clone()
+    }
+
+    fn assemble(
+        vm: Vm,
+        spec: Option<VmSpec>,
+        console: Console,
+        on_reset: OnReset,
+        events: Events,
+    ) -> Machine {
         console.attach(&vm);
         Machine {
             shared: Arc::new(Shared {
@@ -131,6 +168,7 @@ impl Machine {
                 }),
                 boots: AtomicU32::new(1),
                 protection: Mutex::new(None),
+                events,
             }),
         }
     }
@@ -174,24 +212,119 @@ impl Machine {
         info
     }
 
-    /// Starts replicating the current VM to `peer` (`host:port`, a replica server), replacing
-    /// a previous stream. The stream runs in its own threads; `info` shows how it goes. A guest
-    /// reboot ends the stream (the new VM needs a new full copy): protect again.
-    pub fn protect(&self, peer: &str, cfg: ProtectConfig) -> Result<(), VmError> {
+    /// Starts replicating the current VM to `peer` (`host:port`, a replica server). The
+    /// stream runs in its own threads; `info` and the events show how it goes. Refused while
+    /// a stream runs or holds the output (`unprotect` or `release` it first). A guest reboot
+    /// ends the stream (the new VM needs a new full copy): protect again.
+    pub fn protect(&self, peer: &str, mut cfg: ProtectConfig) -> Result<(), VmError> {
         let vm = self.vm()?;
-        // Stopped outside the lock: `info` must not wait for an old stream to wind down.
-        let old = lock(&self.shared.protection).take();
-        if let Some(old) = old {
-            old.stop();
+        let mut p = lock(&self.shared.protection);
+        if let Some(old) = p.as_ref() {
+            match old.state() {
+                StreamState::Held => {
+                    return Err(VmError::WrongState(
+                        "holding its output after a failed stream (release it first)",
+                    ))
+                }
+                s if s.is_active() => {
+                    return Err(VmError::WrongState(
+                        "already protected (unprotect it first)",
+                    ))
+                }
+                _ => {}
+            }
         }
-        *lock(&self.shared.protection) = Some(Protection::start(vm, peer, cfg));
+        // Stopped or failed: the old stream's threads are done.
+        cfg.events = self.shared.events.clone();
+        *p = Some(Protection::start(vm, peer, cfg));
         Ok(())
     }
 
-    /// Stops replicating (the VM runs unprotected); the stream's last status, if there was one.
-    pub fn unprotect(&self) -> Option<ProtectStatus> {
+    /// `protect`, then waits until the peer took the stream (syncing) or refused it (the
+    /// error says why), at most the connect and Hello timeouts.
+    pub fn protect_and_wait(
+        &self,
+        peer: &str,
+        cfg: ProtectConfig,
+    ) -> Result<ProtectStatus, VmError> {
+        let limit = cfg.connect_timeout
+            + cfg.ack_timeout.max(Duration::from_secs(10))
+            + Duration::from_secs(1);
+        self.protect(peer, cfg)?;
+        let t0 = std::time::Instant::now();
+        loop {
+            let st = lock(&self.shared.protection)
+                .as_ref()
+                .map(Protection::status);
+            let Some(st) = st else {
+                return Err(VmError::Control("the stream went away".into()));
+            };
+            match st.state {
+                StreamState::Connecting if t0.elapsed() < limit => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                StreamState::Connecting => {
+                    return Err(VmError::Control(format!(
+                        "protect: {peer} did not take the stream within {limit:?}"
+                    )))
+                }
+                StreamState::Failed => {
+                    return Err(VmError::Control(format!(
+                        "protect: {}",
+                        st.error.unwrap_or_else(|| "failed".into())
+                    )))
+                }
+                _ => return Ok(st),
+            }
+        }
+    }
+
+    /// Ends replication deliberately: the peer is told its copy is stale and the output flows
+    /// once it confirms; without its confirmation the output stays held (the supervisor then
+    /// decides). The stream's last status.
+    pub fn unprotect(&self) -> Result<ProtectStatus, VmError> {
         let p = lock(&self.shared.protection).take();
-        p.map(Protection::stop)
+        let Some(p) = p else {
+            return Err(VmError::Control("this VM is not protected".into()));
+        };
+        if p.state() == StreamState::Held {
+            let st = p.status();
+            *lock(&self.shared.protection) = Some(p);
+            return Err(VmError::Control(format!(
+                "the stream failed and holds the output ({}); only `release` lets it flow",
+                st.error.unwrap_or_default()
+            )));
+        }
+        let st = p.end("unprotected on request");
+        if st.state == StreamState::Held {
+            // Kept so `release` can find it.
+            *lock(&self.shared.protection) = Some(Protection::held(
+                self.vm()?,
+                &st.peer,
+                st.error.clone().unwrap_or_default(),
+                self.shared.events.clone(),
+            ));
+        }
+        Ok(st)
+    }
+
+    /// Hashes memory and disks in the checkpoint of `epoch` (a check of the replication; see
+    /// `replication::verify`). The epoch that will be hashed.
+    pub fn verify_at(&self, epoch: u64) -> Result<u64, VmError> {
+        match lock(&self.shared.protection).as_ref() {
+            Some(p) if p.is_active() => Ok(p.verify_at(epoch)),
+            _ => Err(VmError::Control("this VM is not protected".into())),
+        }
+    }
+
+    /// The supervisor's decision after a failed stream: the output may flow (the peer
+    /// confirmed its copy is stale, or it is dead). A running stream is cut first.
+    pub fn release(&self) -> Result<ProtectStatus, VmError> {
+        let p = lock(&self.shared.protection).take();
+        match p {
+            Some(p) => Ok(p.release()),
+            None => Err(VmError::Control("this VM is not protected".into())),
+        }
     }
 
     /// Ends the machine: the current VM stops and no reset reboots it any more; `run`
@@ -223,7 +356,23 @@ impl Machine {
     /// The console is closed when it returns (socket clients get the last output first).
     pub fn run(&self) -> ExitReason {
         let reason = self.run_boots();
+        // The VM is gone: its replica must be discarded, never taken over.
+        let p = lock(&self.shared.protection).take();
+        if let Some(p) = p {
+            if p.state().is_active() {
+                let st = p.end_vm(&reason.to_string());
+                log::info!(
+                    "replication: told {} the VM ended ({:?})",
+                    st.peer,
+                    st.state
+                );
+            }
+        }
         lock(&self.shared.console).close();
+        self.shared.events.publish(Event::Exited {
+            reason: reason.to_string(),
+            code: reason.exit_code(),
+        });
         reason
     }
 
@@ -256,15 +405,34 @@ impl Machine {
     fn reboot(&self, old: Vm) -> Result<Vm, ExitReason> {
         let n = self.boots() + 1;
         log::info!("guest reset: rebooting (boot {n})");
+        self.shared.events.publish(Event::GuestReset { boot: n });
         // The stream of the old VM ends here (the new one needs a new full copy: protect
-        // again); it holds the old VM, which must be released before the next is built.
+        // again); it holds the old VM, which must be released before the next is built. Unless
+        // the peer confirms its copy is stale, the new boot must not be seen (the peer may
+        // still take over the old guest).
         let protection = lock(&self.shared.protection).take();
+        let mut hold_next: Option<(String, String)> = None;
         if let Some(p) = protection {
-            let st = p.stop();
-            log::warn!(
-                "guest reset: replication to {} stopped (protect the VM again)",
-                st.peer
-            );
+            let st = if p.state().is_active() {
+                p.end("guest reset")
+            } else {
+                let st = p.status();
+                drop(p);
+                st
+            };
+            if st.state == StreamState::Held {
+                log::warn!(
+                    "guest reset: {} did not confirm the end of the stream; the next boot's \
+                     output is held until the supervisor releases it",
+                    st.peer
+                );
+                hold_next = Some((st.peer.clone(), st.error.unwrap_or_default()));
+            } else {
+                log::info!(
+                    "guest reset: replication to {} ended (protect the VM again)",
+                    st.peer
+                );
+            }
         }
         let console = lock(&self.shared.console);
         console.detach();
@@ -301,8 +469,23 @@ impl Machine {
             return Err(ExitReason::Shutdown);
         }
         self.shared.boots.store(n, Ordering::SeqCst);
+        if let Some((peer, why)) = hold_next {
+            *lock(&self.shared.protection) = Some(Protection::held(
+                vm.clone(),
+                &peer,
+                format!("after a guest reset the peer did not confirm: {why}"),
+                self.shared.events.clone(),
+            ));
+        }
         Ok(vm)
     }
+}
+
+/// `Machine::from_replica` failed: the replica and the console are handed back.
+pub struct FromReplicaError {
+    pub error: crate::replication::replica::ReplicaError,
+    pub replica: Box<crate::replication::replica::Replica>,
+    pub console: Console,
 }
 
 #[cfg(test)]

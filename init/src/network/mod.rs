@@ -2,7 +2,6 @@
 //! (static or DHCP), and the hostname. Each step failing is logged and the rest goes on.
 
 pub mod dhcp;
-pub mod netlink;
 
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -11,7 +10,7 @@ use std::time::{Duration, Instant};
 use havms_config::{Cidr, LanAddressing, NodeConfig};
 
 use crate::services::Spec;
-use netlink::{index_of, Rtnl};
+use havms_net::netlink::{index_of, Rtnl};
 
 /// NIC drivers register their interfaces a moment after the module loads.
 const SETTLE: Duration = Duration::from_secs(3);

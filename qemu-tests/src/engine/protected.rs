@@ -20,7 +20,8 @@ pub const GUEST_IP: &str = "192.168.77.50";
 pub fn start_replica(b: &mut Shell) -> Result<()> {
     b.ok(
         "dd if=/dev/zero of=$W/s.img bs=1M count=16 2>/dev/null && \
-         vm_replica s 10.99.0.2:7700 --replica-name web --replica-disk $W/s.img && wait_sock s",
+         vm_replica s 10.99.0.2:7700 --replica-name web --replica-disk $W/s.img \
+         --replica-net tap=tap1,mac=52:54:00:12:34:5a && wait_sock s",
         SLOW,
     )?;
     Ok(())

@@ -56,7 +56,9 @@ fn talks_to_the_kernel_tcp_across_a_cut_and_names_a_reset() {
     net.hub.restore_node("server").unwrap();
     let t0 = Instant::now();
     assert_eq!(c.read_line(T, "after the cut").unwrap(), "AFTER THE CUT");
-    assert!(t0.elapsed() < Duration::from_secs(8), "retransmitted late");
+    // smoltcp backs off 1 s, 2 s, 4 s, ...: after a 3.5 s cut the next try comes within 8 s
+    // of the heal; a loaded machine (the whole workspace testing at once) adds its own delay.
+    assert!(t0.elapsed() < Duration::from_secs(15), "retransmitted late");
     assert_eq!(c.state(), "ESTABLISHED");
 
     server.join().unwrap();

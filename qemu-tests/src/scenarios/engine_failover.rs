@@ -53,7 +53,8 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         &format!(
             "dd if=/dev/zero of=$W/p.img bs=1M count=16 2>/dev/null && \
              dd if=/dev/zero of=$W/s.img bs=1M count=16 2>/dev/null && \
-             vm_replica s 127.0.0.1:7700 --replica-name web --replica-disk $W/s.img && \
+             vm_replica s 127.0.0.1:7700 --replica-name web --replica-disk $W/s.img \
+             --replica-net tap=tap1,mac=52:54:00:12:34:59 && \
              wait_sock s && GUEST_ARGS=marker={marker} vm_start p protected --memory size=256M \
              --disk path=$W/p.img --net tap=tap1,mac=52:54:00:12:34:59 && tap_up tap1 && \
              wait_sock p && wait_line p '^DEV [0-9]+ net=ok marker={marker} ' 150 && \

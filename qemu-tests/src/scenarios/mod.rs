@@ -9,6 +9,7 @@ use crate::artifacts::Artifacts;
 use crate::error::{HarnessError, Result};
 
 mod bad_config;
+mod bad_frames;
 mod boot;
 mod engine_boot;
 mod engine_disk_net;
@@ -19,6 +20,10 @@ mod engine_restore;
 mod engine_rootfs;
 mod engine_serial;
 mod failover_link;
+mod ha_failover;
+mod ha_faults;
+mod ha_pairs;
+mod ha_start;
 mod pair;
 mod pid1;
 
@@ -133,6 +138,61 @@ pub fn all() -> Vec<Scenario> {
             about:
                 "node a replicates a guest over the link to b; a dies; b takes over, TCP goes on",
             run: failover_link::run,
+        },
+        Scenario {
+            name: "ha-start",
+            about: "a VM in havms.yaml runs on its preferred node and is protected by itself; \
+                    the replica equals the primary at a committed epoch",
+            run: ha_start::run,
+        },
+        Scenario {
+            name: "ha-failover",
+            about: "node a (primary) dies; b takes the VM over by itself; the LAN client's \
+                    connection goes on, nothing acknowledged lost, no guest reboot",
+            run: ha_failover::node_a,
+        },
+        Scenario {
+            name: "ha-failover-b",
+            about: "the same with the VM preferred on b and b killed",
+            run: ha_failover::node_b,
+        },
+        Scenario {
+            name: "ha-engine-crash",
+            about: "kill -9 the primary's engine only: the peer takes that VM over; 0 lost",
+            run: ha_failover::engine_crash,
+        },
+        Scenario {
+            name: "ha-secondary-dies",
+            about: "the secondary dies: the VM goes on degraded (dark at most ~dead_after); \
+                    protected again when it is back",
+            run: ha_faults::secondary_dies,
+        },
+        Scenario {
+            name: "ha-link-cut",
+            about: "the link is cut, the LAN stays: no takeover, degraded; protected again",
+            run: ha_faults::link_cut,
+        },
+        Scenario {
+            name: "ha-isolated",
+            about: "node a cut off link and LAN: b takes over, a fences its copy within fence_ms",
+            run: ha_faults::isolated,
+        },
+        Scenario {
+            name: "ha-supervisor-restart",
+            about: "SIGKILL havmsd on the primary, then the secondary: the new one adopts the \
+                    engine, the VM stays protected, nothing fails over",
+            run: ha_pairs::supervisor_restart,
+        },
+        Scenario {
+            name: "ha-two-vms",
+            about: "one VM preferred on each node; a node dies: both run on the survivor, 0 lost",
+            run: ha_pairs::two_vms,
+        },
+        Scenario {
+            name: "bad-frames",
+            about: "malformed, truncated, oversized, out-of-order frames and a bare Abort to a \
+                    replica: logged, none applied, the stream goes on",
+            run: bad_frames::run,
         },
         Scenario {
             name: "engine-increments",

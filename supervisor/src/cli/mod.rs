@@ -6,6 +6,7 @@ pub mod attach;
 pub mod config;
 pub mod power;
 pub mod status;
+pub mod vm;
 
 use crate::gather::Sources;
 use anyhow::Result;
@@ -59,6 +60,11 @@ pub enum Command {
         #[command(subcommand)]
         action: ConfigAction,
     },
+    /// The VMs: list them, start or stop one, attach to one's console.
+    Vm {
+        #[command(subcommand)]
+        action: VmAction,
+    },
     /// The serial console menu (init runs it on each console).
     Console,
     /// Connect to a VM's serial console socket (`havms-vm --serial socket=PATH`).
@@ -83,6 +89,26 @@ pub enum Command {
         /// Never read stdin: only watch the output (the terminal is left as it is).
         #[arg(long)]
         no_input: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VmAction {
+    /// Each VM: role and state on this node, replication figures, last failover.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the VM (both nodes agree; it starts on its preferred node when that one is up).
+    Start { name: String },
+    /// Stop the VM wherever it runs (hard stop; its replica is discarded, never taken over).
+    Stop { name: String },
+    /// The VM's serial console, when it runs on this node (Ctrl-] detaches).
+    Console {
+        name: String,
+        /// Where havmsd keeps the engines' sockets.
+        #[arg(long, default_value = crate::engine::spec::VMS_DIR)]
+        vms_dir: PathBuf,
     },
 }
 
@@ -117,6 +143,12 @@ pub fn run(args: Args) -> Result<i32> {
         Command::Config {
             action: ConfigAction::Reload,
         } => config::reload(&src),
+        Command::Vm { action } => match action {
+            VmAction::List { json } => vm::run_list(&src, json),
+            VmAction::Start { name } => vm::run_intent(&src, &name, true),
+            VmAction::Stop { name } => vm::run_intent(&src, &name, false),
+            VmAction::Console { name, vms_dir } => vm::run_console(&src, &vms_dir, &name),
+        },
         Command::Console => crate::console::run(&src),
         Command::Attach {
             path,

@@ -25,6 +25,8 @@ pub trait Actions {
     fn ping(&mut self, addr: &str) -> io::Result<()>;
     /// Runs an interactive shell on the terminal until it exits.
     fn shell(&mut self) -> io::Result<()>;
+    /// Attaches the terminal to VM `name`'s serial console until Ctrl-].
+    fn vm_console(&mut self, name: &str) -> io::Result<()>;
     /// Asks init to reboot or power off.
     fn power(&mut self, p: Power) -> io::Result<()>;
     /// Puts the terminal back into a sane state after a child ran on it.
@@ -77,11 +79,12 @@ impl<R: Read, W: Write, A: Actions> Menu<R, W, A> {
             let next = match line.trim() {
                 "" => Next::Menu(None),
                 "1" => self.status_screen()?,
-                "2" => self.network()?,
-                "3" => self.logs()?,
-                "4" => self.shell()?,
-                "5" => self.power(Power::Reboot)?,
-                "6" => self.power(Power::PowerOff)?,
+                "2" => self.vms()?,
+                "3" => self.network()?,
+                "4" => self.logs()?,
+                "5" => self.shell()?,
+                "6" => self.power(Power::Reboot)?,
+                "7" => self.power(Power::PowerOff)?,
                 other => Next::Menu(Some(format!("Unknown option '{other}'"))),
             };
             match next {
@@ -108,6 +111,39 @@ impl<R: Read, W: Write, A: Actions> Menu<R, W, A> {
         let s = self.actions.status();
         self.show(&format!("{CLEAR}{}", screens::status_screen(&s)))?;
         self.wait_enter()
+    }
+
+    fn vms(&mut self) -> io::Result<Next> {
+        loop {
+            let s = self.actions.status();
+            self.show(&format!("{CLEAR}{}", screens::vms_screen(&s)))?;
+            self.show(screens::CONSOLE_PROMPT)?;
+            let name = match self.input.read_line()? {
+                None => return Ok(Next::Exit),
+                Some(Line::TooLong) => continue,
+                Some(Line::Text(t)) => t.trim().to_string(),
+            };
+            if name.is_empty() {
+                return Ok(Next::Menu(None));
+            }
+            let Some(v) = s.vms.iter().find(|v| v.name == name) else {
+                return Ok(Next::Menu(Some(format!("No VM '{name}'"))));
+            };
+            if v.role != "primary" {
+                let where_ = v
+                    .runs_on
+                    .as_ref()
+                    .map_or("nowhere".to_string(), |n| format!("on node {n}"));
+                return Ok(Next::Menu(Some(format!(
+                    "VM {name} runs {where_}: its console is there"
+                ))));
+            }
+            let result = self.actions.vm_console(&name);
+            self.actions.restore_terminal();
+            if let Err(e) = result {
+                return Ok(Next::Menu(Some(format!("Console of {name}: {e}"))));
+            }
+        }
     }
 
     fn network(&mut self) -> io::Result<Next> {
@@ -217,6 +253,23 @@ mod tests {
                 peer: PeerInfo::Unknown {
                     reason: "test".into(),
                 },
+                witness: None,
+                vms: vec![
+                    crate::vms::status::VmStatus {
+                        name: "web".into(),
+                        role: "primary".into(),
+                        state: "protected".into(),
+                        runs_on: Some("a".into()),
+                        ..Default::default()
+                    },
+                    crate::vms::status::VmStatus {
+                        name: "db".into(),
+                        role: "replica".into(),
+                        state: "ready".into(),
+                        runs_on: Some("b".into()),
+                        ..Default::default()
+                    },
+                ],
                 daemon: DaemonInfo::Running {
                     pid: 1,
                     boot_id: "x".into(),
@@ -234,6 +287,11 @@ mod tests {
             self.calls.push(format!("ping {addr}"));
             Ok(())
         }
+        fn vm_console(&mut self, name: &str) -> io::Result<()> {
+            self.calls.push(format!("console {name}"));
+            Ok(())
+        }
+
         fn shell(&mut self) -> io::Result<()> {
             self.calls.push("shell".into());
             Ok(())
@@ -242,6 +300,22 @@ mod tests {
             self.calls.push(format!("power {p:?}"));
             Ok(())
         }
+    }
+
+    #[test]
+    fn the_vms_screen_lists_them_and_attaches_to_a_local_one() {
+        let (out, calls) = drive("2\nweb\n\n2\ndb\n2\nnope\n");
+        assert!(
+            out.contains("Virtual machines\n  web         primary  protected"),
+            "{out}"
+        );
+        assert!(out.contains("  db          replica  ready"), "{out}");
+        assert_eq!(calls, vec!["console web"]);
+        assert!(
+            out.contains("VM db runs on node b: its console is there"),
+            "{out}"
+        );
+        assert!(out.contains("No VM 'nope'"), "{out}");
     }
 
     fn drive(input: &str) -> (String, Vec<String>) {
@@ -279,7 +353,7 @@ mod tests {
     fn overlong_lines_are_reported_not_acted_on() {
         let long = "1".repeat(MAX_LINE + 1);
         // At the menu, at the ping prompt and as the answer to "Are you sure?".
-        let (out, calls) = drive(&format!("{long}\n2\n{long}\n\n5\n{long}y\n"));
+        let (out, calls) = drive(&format!("{long}\n3\n{long}\n\n6\n{long}y\n"));
         assert!(out.contains("Line too long (at most 1024 bytes)\nEnter an option: "));
         assert!(out.contains("Line too long (at most 1024 bytes)\n"));
         assert!(out.contains("Cancelled."));
@@ -288,7 +362,7 @@ mod tests {
 
     #[test]
     fn status_and_logs_wait_for_enter() {
-        let (out, calls) = drive("1\r\n\r3\r\r");
+        let (out, calls) = drive("1\r\n\r4\r\r");
         assert!(out.contains("node        a (cluster demo)\n"));
         assert!(
             out.contains("log line 25\n")
@@ -302,7 +376,7 @@ mod tests {
 
     #[test]
     fn network_pings_valid_addresses_only() {
-        let (out, calls) = drive("2\n10.99.0.2\n-f\n10\x7f0.99.0.3\n\n");
+        let (out, calls) = drive("3\n10.99.0.2\n-f\n10\x7f0.99.0.3\n\n");
         assert!(out.contains("  eth1      up    10.99.0.1/24"));
         assert!(out.contains("Not an address: '-f'"));
         assert_eq!(calls, ["ping 10.99.0.2", "ping 10.99.0.3"]);
@@ -311,14 +385,14 @@ mod tests {
 
     #[test]
     fn shell_then_back() {
-        let (out, calls) = drive("4\n");
+        let (out, calls) = drive("5\n");
         assert_eq!(calls, ["shell"]);
         assert_eq!(out.matches(screens::PROMPT).count(), 2);
     }
 
     #[test]
     fn power_needs_a_yes() {
-        let (out, calls) = drive("5\n\n6\nn\n5\ny\n6\nYES\n");
+        let (out, calls) = drive("6\n\n7\nn\n6\ny\n7\nYES\n");
         assert_eq!(calls, ["power Reboot", "power PowerOff"]);
         assert_eq!(out.matches(ARE_YOU_SURE).count(), 4);
         assert!(out.contains("Cancelled."));
@@ -327,7 +401,7 @@ mod tests {
 
     #[test]
     fn eof_inside_a_screen_exits() {
-        for input in ["1\n", "2\n", "3\n", "5\n"] {
+        for input in ["1\n", "2\n", "3\n", "4\n", "6\n"] {
             let (out, _) = drive(input);
             assert_eq!(out.matches(screens::PROMPT).count(), 1, "{input:?}");
         }

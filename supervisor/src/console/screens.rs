@@ -12,9 +12,46 @@ pub const ROWS: usize = 24;
 pub const PROMPT: &str = "Enter an option: ";
 pub const PRESS_ENTER: &str = "Press Enter to return";
 pub const PING_PROMPT: &str = "Ping which address? (empty to return) ";
+pub const CONSOLE_PROMPT: &str = "Console of which VM? (empty to return) ";
 
 /// The numbered entries, in order.
-pub const ENTRIES: [&str; 6] = ["Status", "Network", "Logs", "Shell", "Reboot", "Power off"];
+pub const ENTRIES: [&str; 7] = [
+    "Status",
+    "VMs",
+    "Network",
+    "Logs",
+    "Shell",
+    "Reboot",
+    "Power off",
+];
+
+/// The VMs screen's top part: each VM's line and notes (`havms vm list`).
+pub fn vms_screen(s: &Status) -> String {
+    let mut out = String::from("Virtual machines\n");
+    if s.vms.is_empty() {
+        out.push_str("  (none in the config)\n");
+    }
+    for v in &s.vms {
+        let mut line = format!("  {}", v.line());
+        // One VM per screen row: the figures that do not fit are in `havms vm list`.
+        if line.len() > COLS - 1 {
+            line.truncate(COLS - 4);
+            line.push_str("...");
+        }
+        let _ = writeln!(out, "{line}");
+        for n in v.notes() {
+            let mut n = format!("      {n}");
+            if n.len() > COLS - 1 {
+                n.truncate(COLS - 4);
+                n.push_str("...");
+            }
+            let _ = writeln!(out, "{n}");
+        }
+    }
+    out.push('\n');
+    out.push_str("A VM's console: type its name (Ctrl-] returns here).\n");
+    out
+}
 
 /// The main screen: header block, entries, an optional message line, the prompt.
 pub fn main_menu(s: &Status, message: Option<&str>) -> String {
@@ -136,6 +173,8 @@ mod tests {
             peer: PeerInfo::Unknown {
                 reason: "no valid config".into(),
             },
+            witness: None,
+            vms: Vec::new(),
             daemon: DaemonInfo::Running {
                 pid: 7,
                 boot_id: "x".into(),

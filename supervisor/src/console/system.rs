@@ -73,6 +73,13 @@ impl Actions for Real {
         run_child(Command::new("/bin/sh").env("PS1", "havms# "))
     }
 
+    fn vm_console(&mut self, name: &str) -> io::Result<()> {
+        // A process of its own, as `havms vm console NAME`: its raw terminal mode and signal
+        // handling stay out of the menu's process.
+        let me = std::env::current_exe().unwrap_or_else(|_| "havms".into());
+        run_child(Command::new(me).args(["vm", "console", name]))
+    }
+
     fn power(&mut self, p: Power) -> io::Result<()> {
         power::request(p).map_err(|e| io::Error::other(format!("{e:#}")))
     }

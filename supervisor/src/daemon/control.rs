@@ -152,6 +152,7 @@ mod tests {
             Request::Reload => Response::Reloaded {
                 config: "ok (x)".into(),
             },
+            _ => Response::Error("not in this test".into()),
         }
     }
 

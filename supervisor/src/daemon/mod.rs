@@ -1,6 +1,8 @@
-//! havmsd: loads the config, serves the control socket, runs the heartbeat service, touches the alive
-//! file while those make progress, and reloads on SIGHUP. If a worker thread dies, havmsd exits. Later issues add VM lifecycle, replication and failover as further services started here,
-//! each reading the shared [`state::Shared`].
+//! havmsd: loads the config, serves the control socket, runs the heartbeat service, the witness
+//! probe and the VM service (which runs each VM as its own `havms-vm` process, protects it and
+//! decides failover), touches the alive file while those make progress, and reloads on SIGHUP.
+//! Every service reads the one [`state::Shared`]. If a worker thread dies, havmsd exits and init
+//! starts a fresh one, which adopts the engines that kept running meanwhile.
 
 pub mod control;
 pub mod liveness;
@@ -8,6 +10,7 @@ pub mod signals;
 pub mod state;
 pub mod workers;
 
+use crate::daemon::liveness::Progress;
 use crate::peer;
 use crate::protocol::{Request, Response};
 use anyhow::{Context, Result};
@@ -42,6 +45,15 @@ pub struct Args {
     /// goes stale.
     #[arg(long, default_value = liveness::ALIVE_FILE)]
     pub alive_file: PathBuf,
+    /// The VM engine program (one process per VM).
+    #[arg(long, default_value = "/usr/bin/havms-vm")]
+    pub engine: PathBuf,
+    /// Where each engine's sockets, lock and log are (a directory per VM).
+    #[arg(long, default_value = crate::engine::spec::VMS_DIR)]
+    pub vms_dir: PathBuf,
+    /// The operator's run/stop word per VM, kept across reboots.
+    #[arg(long, default_value = crate::vms::intent::INTENTS_FILE)]
+    pub intents_file: PathBuf,
 }
 
 /// A random id for this run of havmsd; std's RandomState is seeded from the OS's random source.
@@ -90,6 +102,50 @@ pub fn run(args: Args) -> Result<()> {
     })
     .context("starting the heartbeat thread")?;
 
+    let w_state = Arc::clone(&shared);
+    let w_shared = Arc::clone(&shared.witness);
+    let progress = watchdog.watch("witness");
+    workers::spawn_critical("witness", move || {
+        let addr_state = Arc::clone(&w_state);
+        crate::witness::probe::run(
+            w_shared,
+            move || {
+                let node = addr_state.settings.node.clone()?;
+                addr_state.config()?.witness_for(&node)
+            },
+            move || {
+                w_state
+                    .plan()
+                    .map_or(std::time::Duration::from_millis(200), |p| p.heartbeat)
+            },
+            progress,
+        )
+    })
+    .context("starting the witness thread")?;
+
+    let vm_state = Arc::clone(&shared);
+    let opts = crate::vms::service::Options {
+        engine: args.engine.clone(),
+        vms_dir: args.vms_dir.clone(),
+        intents_file: args.intents_file.clone(),
+    };
+    let progress = watchdog.watch("vms");
+    workers::spawn_critical("vms", move || {
+        crate::vms::service::run(vm_state, opts, progress)
+    })
+    .context("starting the VM service")?;
+
+    if let Some(addr) = metrics_addr(&shared) {
+        let m_state = Arc::clone(&shared);
+        // Not critical: a node without metrics still runs its VMs.
+        let spawned = std::thread::Builder::new()
+            .name("metrics".into())
+            .spawn(move || crate::metrics::serve(m_state, addr, Progress::new()));
+        if let Err(e) = spawned {
+            log::error!("metrics: no thread: {e}");
+        }
+    }
+
     log::info!("alive file {}", args.alive_file.display());
     workers::spawn_critical("liveness", move || watchdog.run())
         .context("starting the liveness thread")?;
@@ -104,5 +160,34 @@ fn handle(shared: &Shared, req: Request) -> Response {
             Ok(config) => Response::Reloaded { config },
             Err(e) => Response::Error(format!("reload failed: {e}")),
         },
+        Request::VmList => Response::Vms(shared.vm_status()),
+        Request::VmStart { name } => {
+            done(shared.vm_request(crate::vms::service::VmRequest::Start(name)))
+        }
+        Request::VmStop { name } => {
+            done(shared.vm_request(crate::vms::service::VmRequest::Stop(name)))
+        }
+    }
+}
+
+/// Where `/metrics` listens: this node's static LAN address (any address with DHCP), the
+/// config's port; None when off or unconfigured.
+fn metrics_addr(shared: &Shared) -> Option<SocketAddr> {
+    let cfg = shared.config()?;
+    if cfg.metrics_port == 0 {
+        return None;
+    }
+    let node = shared.settings.node.clone()?;
+    let ip = match &cfg.node(&node)?.lan.addressing {
+        havms_config::LanAddressing::Static { address, .. } => address.addr,
+        havms_config::LanAddressing::Dhcp => std::net::Ipv4Addr::UNSPECIFIED,
+    };
+    Some(SocketAddr::from((ip, cfg.metrics_port)))
+}
+
+fn done(r: Result<String, String>) -> Response {
+    match r {
+        Ok(message) => Response::Done { message },
+        Err(e) => Response::Error(e),
     }
 }

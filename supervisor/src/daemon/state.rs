@@ -4,12 +4,18 @@
 //! each reload loads, decides and installs as one step, so an older file never replaces a newer one.
 
 use crate::node::{self, Loaded};
+use crate::peer::report::VmReport;
 use crate::peer::tracker::{Path as NetPath, Tracker};
 use crate::probe;
 use crate::status::{ConfigState, ConfigStatus, DaemonInfo, PeerInfo, Status};
+use crate::vms::service::{Control, VmRequest};
+use crate::vms::status::VmStatus;
+use crate::witness::probe::WitnessState;
 use havms_config::{paths, Cidr, Config, LanAddressing};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -88,6 +94,17 @@ pub struct Shared {
     inner: Mutex<Inner>,
     /// Held for a whole reload; never taken while holding `inner`.
     reload_lock: Mutex<()>,
+    /// What our heartbeats say about this node's VMs; None until the VM service has adopted
+    /// the engines it found (no heartbeat goes out before).
+    reports: Mutex<Option<Vec<VmReport>>>,
+    /// The seq of the next heartbeat.
+    seq: AtomicU64,
+    /// What the witness probe saw.
+    pub witness: crate::witness::probe::Shared,
+    /// The VMs' status, as the VM service last published it.
+    vm_status: Mutex<Vec<VmStatus>>,
+    /// Where operator requests for VMs go (the VM service), once it runs.
+    vm_control: Mutex<Option<Sender<Control>>>,
 }
 
 impl Shared {
@@ -102,6 +119,11 @@ impl Shared {
                 tracker: None,
             }),
             reload_lock: Mutex::new(()),
+            reports: Mutex::new(None),
+            seq: AtomicU64::new(1),
+            witness: Default::default(),
+            vm_status: Mutex::new(Vec::new()),
+            vm_control: Mutex::new(None),
             settings,
         });
         match &loaded {
@@ -186,6 +208,79 @@ impl Shared {
         }
     }
 
+    /// The config in force (None while unconfigured or broken).
+    pub fn config(&self) -> Option<Config> {
+        match &self.lock().loaded {
+            Loaded::Ok(c) => Some((**c).clone()),
+            _ => None,
+        }
+    }
+
+    /// The witness answered within `dead_after` of the config in force.
+    pub fn witness_up(&self) -> bool {
+        let w = self.witness_state();
+        let dead_after = self
+            .plan()
+            .map_or(Duration::from_millis(500), |p| p.dead_after);
+        w.last_answer.is_some_and(|t| t.elapsed() <= dead_after)
+    }
+
+    pub fn witness_state(&self) -> WitnessState {
+        *self.witness.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn set_vm_status(&self, v: Vec<VmStatus>) {
+        *self.vm_status.lock().unwrap_or_else(|e| e.into_inner()) = v;
+    }
+
+    pub fn vm_status(&self) -> Vec<VmStatus> {
+        self.vm_status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn set_vm_control(&self, tx: Sender<Control>) {
+        *self.vm_control.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+    }
+
+    /// Hands `req` to the VM service and waits (at most 5 s) for its answer.
+    pub fn vm_request(&self, req: VmRequest) -> Result<String, String> {
+        let tx = self
+            .vm_control
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or("the VM service is not running (no valid config?)")?;
+        let (reply, rx) = channel();
+        tx.send(Control { req, reply })
+            .map_err(|_| "the VM service is gone".to_string())?;
+        rx.recv_timeout(std::time::Duration::from_secs(5))
+            .map_err(|_| "the VM service did not answer within 5 s".to_string())?
+    }
+
+    /// This node's VM reports for the next heartbeat (None: not ready to speak yet).
+    pub fn reports(&self) -> Option<Vec<VmReport>> {
+        self.reports
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn set_reports(&self, reports: Vec<VmReport>) {
+        *self.reports.lock().unwrap_or_else(|e| e.into_inner()) = Some(reports);
+    }
+
+    /// Takes the seq for a heartbeat being sent (they count from 1).
+    pub fn next_seq(&self) -> u64 {
+        self.seq.fetch_add(1, Ordering::SeqCst)
+    }
+
+    /// The seq the next heartbeat will carry.
+    pub fn peek_seq(&self) -> u64 {
+        self.seq.load(Ordering::SeqCst)
+    }
+
     /// The heartbeat plan of the config in force; `None` while unconfigured.
     pub fn plan(&self) -> Option<PeerPlan> {
         self.lock().plan.clone()
@@ -219,6 +314,7 @@ impl Shared {
             };
             (config, cluster, peer)
         };
+        let w = self.witness_state();
         Status {
             node: self.settings.node.clone(),
             cluster,
@@ -227,6 +323,13 @@ impl Shared {
             kvm: probe::kvm::probe(),
             interfaces: probe::interfaces::probe(),
             peer,
+            witness: w.address.map(|a| crate::status::WitnessStatus {
+                address: a.to_string(),
+                last_answer_ms_ago: w.last_answer.map(|t| t.elapsed().as_millis() as u64),
+                sent: w.sent,
+                answered: w.answered,
+            }),
+            vms: self.vm_status(),
             daemon: DaemonInfo::Running {
                 pid: std::process::id(),
                 boot_id: format!("{:016x}", self.settings.boot_id),

@@ -10,17 +10,22 @@
 //! boot_id  8  random per havmsd start: a new value means the peer restarted
 //! seq      8  counts from 0 per boot_id
 //! uptime   8  sender's /proc/uptime in milliseconds
+//! echo     16 the boot id and seq of the last heartbeat the sender received from the receiver
+//!             (0, 0: none): a report that echoes (B, N) was written after seeing heartbeat N of
+//!             the receiver's run B
+//! vms      1 + ...  the sender's VM reports (`report.rs`)
 //! ```
 //!
 //! Decoding checks everything (length, magic, version, UTF-8, trailing bytes) and returns a reason;
 //! it never panics on any input, so whatever arrives on port 7400 is harmless.
 
+use super::report::{self, VmReport};
 use thiserror::Error;
 
 /// First bytes of every heartbeat.
 pub const HEARTBEAT_MAGIC: [u8; 4] = *b"HVHB";
-/// Bumped on any incompatible change of the layout.
-pub const HEARTBEAT_VERSION: u8 = 1;
+/// Bumped on any incompatible change of the layout (2: echo and VM reports).
+pub const HEARTBEAT_VERSION: u8 = 2;
 /// Longest cluster or node name carried; the config allows 32.
 pub const MAX_NAME_LEN: usize = 64;
 
@@ -32,6 +37,10 @@ pub struct Heartbeat {
     pub boot_id: u64,
     pub seq: u64,
     pub uptime_ms: u64,
+    /// The boot id and `seq` of the last heartbeat the sender received from us (0: none yet).
+    pub echo_boot_id: u64,
+    pub echo_seq: u64,
+    pub vms: Vec<VmReport>,
 }
 
 /// Why a datagram is not a heartbeat we accept.
@@ -55,14 +64,16 @@ pub enum DecodeError {
     NotUtf8(&'static str),
     #[error("{0} trailing bytes after the heartbeat")]
     Trailing(usize),
+    #[error("{field} has the undefined value {value:#x}")]
+    BadField { field: &'static str, value: u64 },
 }
 
-/// Why a heartbeat cannot be encoded (names too long for the one-byte length).
+/// Why a heartbeat cannot be encoded (names too long for the one-byte length, too many VMs).
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[error("cannot encode heartbeat: {field} is {len} bytes long, at most {MAX_NAME_LEN} allowed")]
+#[error("cannot encode heartbeat: {field}: {what}")]
 pub struct EncodeError {
     pub field: &'static str,
-    pub len: usize,
+    pub what: String,
 }
 
 impl Heartbeat {
@@ -76,6 +87,9 @@ impl Heartbeat {
         out.extend_from_slice(&self.boot_id.to_be_bytes());
         out.extend_from_slice(&self.seq.to_be_bytes());
         out.extend_from_slice(&self.uptime_ms.to_be_bytes());
+        out.extend_from_slice(&self.echo_boot_id.to_be_bytes());
+        out.extend_from_slice(&self.echo_seq.to_be_bytes());
+        report::encode(&mut out, &self.vms).map_err(|what| EncodeError { field: "vms", what })?;
         Ok(out)
     }
 
@@ -95,6 +109,9 @@ impl Heartbeat {
         let boot_id = u64::from_be_bytes(r.array("boot id")?);
         let seq = u64::from_be_bytes(r.array("sequence number")?);
         let uptime_ms = u64::from_be_bytes(r.array("uptime")?);
+        let echo_boot_id = u64::from_be_bytes(r.array("echo boot id")?);
+        let echo_seq = u64::from_be_bytes(r.array("echo seq")?);
+        let vms = report::decode(&mut r)?;
         if r.pos != buf.len() {
             return Err(DecodeError::Trailing(buf.len() - r.pos));
         }
@@ -104,6 +121,9 @@ impl Heartbeat {
             boot_id,
             seq,
             uptime_ms,
+            echo_boot_id,
+            echo_seq,
+            vms,
         })
     }
 }
@@ -111,7 +131,10 @@ impl Heartbeat {
 fn put_name(out: &mut Vec<u8>, field: &'static str, name: &str) -> Result<(), EncodeError> {
     let len = name.len();
     if len > MAX_NAME_LEN {
-        return Err(EncodeError { field, len });
+        return Err(EncodeError {
+            field,
+            what: format!("{len} bytes long, at most {MAX_NAME_LEN} allowed"),
+        });
     }
     // Cannot truncate: len <= MAX_NAME_LEN < 256.
     out.push(len as u8);
@@ -159,9 +182,26 @@ impl Reader<'_> {
     }
 }
 
+impl report::Fields for Reader<'_> {
+    fn byte(&mut self, field: &'static str) -> Result<u8, DecodeError> {
+        Ok(self.array::<1>(field)?[0])
+    }
+    fn u16(&mut self, field: &'static str) -> Result<u16, DecodeError> {
+        Ok(u16::from_be_bytes(self.array(field)?))
+    }
+    fn u64(&mut self, field: &'static str) -> Result<u64, DecodeError> {
+        Ok(u64::from_be_bytes(self.array(field)?))
+    }
+    fn name(&mut self, field: &'static str) -> Result<String, DecodeError> {
+        Reader::name(self, field)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::peer::report::{Intent, PrimaryState, VmRole};
+    use havms_vmm::events::ReplicaState;
 
     fn sample() -> Heartbeat {
         Heartbeat {
@@ -170,6 +210,43 @@ mod tests {
             boot_id: 0x0123_4567_89ab_cdef,
             seq: 42,
             uptime_ms: 83_000,
+            echo_boot_id: 0,
+            echo_seq: 0,
+            vms: Vec::new(),
+        }
+    }
+
+    fn with_vms() -> Heartbeat {
+        Heartbeat {
+            echo_boot_id: 0xfeed,
+            echo_seq: 17,
+            vms: vec![
+                VmReport {
+                    name: "web".into(),
+                    role: VmRole::Primary(PrimaryState::Held),
+                    want_stale: true,
+                    port: 0,
+                    stream_id: 99,
+                    epoch: 1234,
+                    intent: Intent {
+                        run: true,
+                        version: 0,
+                    },
+                },
+                VmReport {
+                    name: "db".into(),
+                    role: VmRole::Replica(ReplicaState::Ready),
+                    want_stale: false,
+                    port: 40123,
+                    stream_id: 7,
+                    epoch: 55,
+                    intent: Intent {
+                        run: false,
+                        version: 1_700_000_000_000,
+                    },
+                },
+            ],
+            ..sample()
         }
     }
 
@@ -178,13 +255,40 @@ mod tests {
         let hb = sample();
         let bytes = hb.encode().unwrap();
         assert_eq!(&bytes[..4], b"HVHB");
-        assert_eq!(bytes.len(), 4 + 1 + 5 + 2 + 24);
+        assert_eq!(bytes.len(), 4 + 1 + 5 + 2 + 24 + 16 + 1);
         assert_eq!(Heartbeat::decode(&bytes).unwrap(), hb);
+        let hb = with_vms();
+        assert_eq!(Heartbeat::decode(&hb.encode().unwrap()).unwrap(), hb);
+    }
+
+    #[test]
+    fn reports_with_undefined_values_are_rejected() {
+        let good = with_vms().encode().unwrap();
+        // The first VM's role byte follows the fixed part, the count and "web".
+        let role_at = 4 + 1 + 5 + 2 + 24 + 16 + 1 + 4;
+        for (at, v, field) in [
+            (role_at, 9, "vm role/state"),
+            (role_at + 1, 9, "vm role/state"),
+            (role_at + 2, 0x80, "vm flags"),
+            (4 + 1 + 5 + 2 + 24 + 16, 200, "vm count"),
+        ] {
+            let mut b = good.clone();
+            b[at] = v;
+            match Heartbeat::decode(&b) {
+                Err(DecodeError::BadField { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("byte {at} = {v}: {other:?}"),
+            }
+        }
+        let too_many = Heartbeat {
+            vms: vec![with_vms().vms[0].clone(); 65],
+            ..sample()
+        };
+        assert_eq!(too_many.encode().unwrap_err().field, "vms");
     }
 
     #[test]
     fn every_truncation_is_rejected_without_panic() {
-        let bytes = sample().encode().unwrap();
+        let bytes = with_vms().encode().unwrap();
         for len in 0..bytes.len() {
             let err = Heartbeat::decode(&bytes[..len]).unwrap_err();
             assert!(
@@ -258,7 +362,7 @@ mod tests {
         for len in 0..noise.len() {
             let _ = Heartbeat::decode(&noise[..len]);
         }
-        let valid = sample().encode().unwrap();
+        let valid = with_vms().encode().unwrap();
         for i in 0..valid.len() {
             for v in [0u8, 1, 0x7f, 0x80, 0xff] {
                 let mut m = valid.clone();

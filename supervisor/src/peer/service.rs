@@ -42,7 +42,6 @@ pub fn run(shared: Arc<Shared>, bind: SocketAddr, progress: Arc<Progress>) {
         shared,
         socket,
         warn,
-        seq: 0,
         next_send: Instant::now(),
     };
     loop {
@@ -55,7 +54,6 @@ struct Service {
     shared: Arc<Shared>,
     socket: UdpSocket,
     warn: RateLimit,
-    seq: u64,
     next_send: Instant,
 }
 
@@ -106,14 +104,22 @@ impl Service {
     }
 
     fn send(&mut self, plan: &PeerPlan) {
+        // Nothing is said before the VM service knows which engines run here (it adopts them
+        // first): a heartbeat listing no VM would read as "nothing runs here".
+        let Some(vms) = self.shared.reports() else {
+            return;
+        };
+        let (echo_boot_id, echo_seq) = self.shared.with_tracker(|t| t.echo()).unwrap_or((0, 0));
         let hb = Heartbeat {
             cluster: plan.cluster.clone(),
             node: plan.node.clone(),
             boot_id: self.shared.settings.boot_id,
-            seq: self.seq,
+            seq: self.shared.next_seq(),
             uptime_ms: probe::uptime::uptime_ms(),
+            echo_boot_id,
+            echo_seq,
+            vms,
         };
-        self.seq += 1;
         let bytes = match hb.encode() {
             Ok(b) => b,
             Err(e) => {
@@ -251,6 +257,9 @@ mod tests {
             boot_id: 1,
             seq: 0,
             uptime_ms: 0,
+            echo_boot_id: 0,
+            echo_seq: 0,
+            vms: Vec::new(),
         }
     }
 

@@ -2,6 +2,7 @@
 //! restarted. Pure state machine: the caller passes the clock (`now`) in, so timing is testable.
 
 use crate::peer::heartbeat::Heartbeat;
+use crate::peer::report::VmReport;
 use crate::status::{PathStatus, PeerStatus};
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
@@ -93,6 +94,28 @@ struct PathState {
     from: Option<SocketAddr>,
 }
 
+/// The peer's latest word on its VMs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerReport {
+    /// When the heartbeat carrying it arrived.
+    pub received_at: Instant,
+    /// The heartbeat of ours the peer had seen last when it wrote this (boot id, seq).
+    pub echo_boot_id: u64,
+    pub echo_seq: u64,
+    pub vms: Vec<VmReport>,
+}
+
+impl PeerReport {
+    pub fn vm(&self, name: &str) -> Option<&VmReport> {
+        self.vms.iter().find(|r| r.name == name)
+    }
+
+    /// Whether the peer wrote this after seeing our heartbeat `seq` of our run `boot_id`.
+    pub fn has_seen(&self, boot_id: u64, seq: u64) -> bool {
+        self.echo_boot_id == boot_id && self.echo_seq >= seq
+    }
+}
+
 /// What we know about the one peer.
 #[derive(Debug, Clone)]
 pub struct Tracker {
@@ -106,6 +129,7 @@ pub struct Tracker {
     restarts: u32,
     last_seq: Option<u64>,
     peer_uptime_ms: Option<u64>,
+    report: Option<PeerReport>,
 }
 
 impl Tracker {
@@ -119,7 +143,23 @@ impl Tracker {
             restarts: 0,
             last_seq: None,
             peer_uptime_ms: None,
+            report: None,
         }
+    }
+
+    /// The peer's latest VM reports (None before its first heartbeat).
+    pub fn report(&self) -> Option<&PeerReport> {
+        self.report.as_ref()
+    }
+
+    /// The peer's current boot id and the seq of its last heartbeat (what our heartbeats echo).
+    pub fn echo(&self) -> (u64, u64) {
+        (self.boot_id.unwrap_or(0), self.last_seq.unwrap_or(0))
+    }
+
+    /// When a heartbeat last arrived on `path`.
+    pub fn last_seen_on(&self, path: Path) -> Option<Instant> {
+        self.paths[path.index()].last_seen
     }
 
     pub fn peer(&self) -> &str {
@@ -171,6 +211,12 @@ impl Tracker {
         self.boot_id = Some(hb.boot_id);
         self.last_seq = Some(hb.seq);
         self.peer_uptime_ms = Some(hb.uptime_ms);
+        self.report = Some(PeerReport {
+            received_at: now,
+            echo_boot_id: hb.echo_boot_id,
+            echo_seq: hb.echo_seq,
+            vms: hb.vms.clone(),
+        });
 
         let was_up = self.is_up();
         let state = &mut self.paths[path.index()];
@@ -213,7 +259,8 @@ impl Tracker {
         }
     }
 
-    fn last_seen(&self) -> Option<Instant> {
+    /// When any heartbeat last arrived.
+    pub fn last_seen(&self) -> Option<Instant> {
         self.paths.iter().filter_map(|p| p.last_seen).max()
     }
 
@@ -257,6 +304,9 @@ mod tests {
             boot_id,
             seq,
             uptime_ms: 1000 + seq * 100,
+            echo_boot_id: 0,
+            echo_seq: 0,
+            vms: Vec::new(),
         }
     }
 

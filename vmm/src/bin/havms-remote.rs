@@ -2,13 +2,15 @@
 //!
 //! havms-remote --api-socket S pause|resume|info|shutdown|snapshot DIR [--incremental]
 //! havms-remote --api-socket S gate on|off | epoch N | commit N
-//! havms-remote --api-socket S protect HOST:PORT [--epoch-ms N] [--name NAME] | unprotect | takeover [--force]
+//! havms-remote --api-socket S protect HOST:PORT [--epoch-ms N] [--name NAME] | unprotect | release
+//! havms-remote --api-socket S takeover [--force] | mark-stale [REASON]   (on a replica)
+//! havms-remote --api-socket S events [--count N] [--seconds S]           (the event stream)
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use havms_vmm::api::socket::{call, Request};
+use havms_vmm::api::{call, Request, Subscription};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -34,9 +36,9 @@ enum Cmd {
     Shutdown,
     /// Write the full state of a paused VM to DIR (state.json + memory.bin); with
     /// --incremental, only the pages written since the previous capture (memory.diff + parent),
-    /// pausing a running VM just for the capture.
+    /// pausing a running VM just for the capture. DIR may be file:///ABSOLUTE/PATH.
     Snapshot {
-        dir: PathBuf,
+        dir: String,
         #[arg(long)]
         incremental: bool,
     },
@@ -58,14 +60,33 @@ enum Cmd {
         /// The VM's name on the wire (a replica started with --replica-name insists on it).
         #[arg(long)]
         name: Option<String>,
+        /// No ack for this long fails the stream (its output is then held until `release`).
+        #[arg(long)]
+        ack_timeout_ms: Option<u64>,
     },
-    /// Stop replicating (output flows at once).
+    /// Stop replicating: the peer marks its copy stale, then output flows.
     Unprotect,
+    /// After a failed stream: let the held output flow (only when the peer cannot take over).
+    Release,
     /// On a replica: start the VM from its last committed epoch (failover).
     Takeover {
         /// Even if the primary said it stopped protecting (the copy is behind what it ran on).
         #[arg(long)]
         force: bool,
+    },
+    /// A check of the replication: hash memory and disks at EPOCH on this side (`info` shows
+    /// it as replication.verify).
+    Verify { epoch: u64 },
+    /// On a replica: never take this copy over (its primary stopped protecting it).
+    MarkStale { reason: Option<String> },
+    /// Print the engine's events (one JSON line each) as they come.
+    Events {
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Stop after this long.
+        #[arg(long)]
+        seconds: Option<f64>,
     },
 }
 
@@ -77,16 +98,34 @@ fn main() {
     }
 }
 
+fn events(path: &std::path::Path, count: Option<u64>, seconds: Option<f64>) -> Result<()> {
+    let mut sub =
+        Subscription::open(path).with_context(|| format!("subscribing to {}", path.display()))?;
+    let t0 = std::time::Instant::now();
+    let limit = seconds.map(std::time::Duration::from_secs_f64);
+    let mut n = 0u64;
+    loop {
+        if count.is_some_and(|c| n >= c) || limit.is_some_and(|l| t0.elapsed() >= l) {
+            return Ok(());
+        }
+        if let Some(ev) = sub.next_event(std::time::Duration::from_millis(200))? {
+            println!("{}", serde_json::to_string(&ev)?);
+            n += 1;
+        }
+    }
+}
+
 fn run(args: Args) -> Result<()> {
     let req = match args.cmd {
+        Cmd::Events { count, seconds } => return events(&args.api_socket, count, seconds),
         Cmd::Pause => Request::Pause,
         Cmd::Resume => Request::Resume,
         Cmd::Info => Request::Info,
         Cmd::Shutdown => Request::Shutdown,
         Cmd::Snapshot { dir, incremental } => {
-            // The server resolves the path in its own working directory: send it absolute.
-            let dir = if dir.is_absolute() {
-                dir
+            // The server resolves nothing relative: send it absolute.
+            let dir = if dir.contains("://") || dir.starts_with('/') {
+                PathBuf::from(dir)
             } else {
                 std::env::current_dir()
                     .context("current directory")?
@@ -97,9 +136,25 @@ fn run(args: Args) -> Result<()> {
         Cmd::Gate { mode } => Request::Gate { on: mode == "on" },
         Cmd::Epoch { n } => Request::Epoch { n },
         Cmd::Commit { n } => Request::Commit { n },
-        Cmd::Protect { to, epoch_ms, name } => Request::Protect { to, epoch_ms, name },
+        Cmd::Protect {
+            to,
+            epoch_ms,
+            name,
+            ack_timeout_ms,
+        } => Request::Protect {
+            to,
+            epoch_ms,
+            name,
+            ack_timeout_ms,
+            stream_id: None,
+        },
         Cmd::Unprotect => Request::Unprotect,
+        Cmd::Release => Request::Release,
+        Cmd::Verify { epoch } => Request::Verify { epoch },
         Cmd::Takeover { force } => Request::Takeover { force },
+        Cmd::MarkStale { reason } => Request::MarkStale {
+            reason: reason.unwrap_or_default(),
+        },
     };
     let resp = call(&args.api_socket, &req)
         .with_context(|| format!("talking to {}", args.api_socket.display()))?;
@@ -121,6 +176,16 @@ fn run(args: Args) -> Result<()> {
             }
             if let Some(n) = resp.released {
                 line.push_str(&format!(", {n} frames released"));
+            }
+            if let Some(e) = resp.epoch {
+                line.push_str(&format!(", epoch {e}"));
+            }
+            if let Some(st) = &resp.stream {
+                let state = serde_json::to_value(st.state)?;
+                line.push_str(&format!(", stream {}", state.as_str().unwrap_or("?")));
+                if let Some(e) = &st.error {
+                    line.push_str(&format!(": {e}"));
+                }
             }
             println!("{line})");
         }

@@ -4,8 +4,9 @@
 //!          [--serial file=F|socket=S|tty|null] [--api-socket S] [--no-reboot]
 //! havms-vm --restore DIR [--serial ...] [--api-socket S] [--no-reboot]
 //! havms-vm --restore DIR --memory-sha256
-//! havms-vm --replica-listen HOST:PORT [--replica-name NAME] [--replica-disk PATH]... [--serial ...]
-//!          [--api-socket S]
+//! havms-vm --replica-listen HOST:PORT [--replica-name NAME] [--replica-disk PATH]...
+//!          [--replica-net tap=T[,mac=M]]... [--serial ...] [--api-socket S]
+//! Any of them: [--lock PATH] [--exit-file PATH]
 //!
 //! With --replica-listen it runs no VM at first: it receives a protected VM's replication
 //! stream (`havms-remote protect HOST:PORT` on the primary) and keeps its replica until
@@ -13,22 +14,30 @@
 //! A guest reset reboots the guest in place (`havms_vmm::Machine`), unless `--no-reboot`.
 //! Exit code 0 when the guest powers off (or resets, with --no-reboot) or the API asks for
 //! shutdown, 1 on errors.
+//!
+//! `--lock PATH` holds an exclusive lock on PATH (with this process's pid in it) for the life of
+//! the process: a second engine for the same VM refuses to start, which is how the supervisor
+//! makes sure it never runs two (it adopts the one holding the lock). `--exit-file PATH` gets
+//! one JSON line `{"reason":..,"code":..}` when the machine ends, so a supervisor that was not
+//! there to see it still learns how it ended (no file and no process: it was killed).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use havms_vmm::api::socket;
-use havms_vmm::replication::secondary::ReplicaServer;
+use havms_vmm::api;
+use havms_vmm::events::Events;
+use havms_vmm::replication::compat::{LocalDevices, LocalNet};
+use havms_vmm::replication::secondary::{ReplicaConfig, ReplicaServer};
 use havms_vmm::replication::standby::Standby;
-use havms_vmm::spec::{parse_cpus, parse_disk, parse_memory, parse_net, parse_serial};
+use havms_vmm::spec::{parse_cpus, parse_disk, parse_mac, parse_memory, parse_net, parse_serial};
 use havms_vmm::{Console, Machine, OnReset, VmSpec};
 
 #[derive(Parser, Debug)]
 #[command(name = "havms-vm", about = "Run a Linux guest on KVM (HAVmS engine)")]
 struct Args {
     /// bzImage to boot.
-    #[arg(long, required_unless_present_any = ["restore", "replica_listen"])]
+    #[arg(long, required_unless_present_any = ["restore", "replica_listen", "memcpy_bench"])]
     kernel: Option<PathBuf>,
     /// initramfs (cpio, optionally compressed).
     #[arg(long)]
@@ -57,9 +66,10 @@ struct Args {
     /// Control socket for havms-remote.
     #[arg(long)]
     api_socket: Option<PathBuf>,
-    /// Restore from a snapshot directory instead of booting.
+    /// Restore from a snapshot directory instead of booting: DIR, file:///DIR or
+    /// source_url=file:///DIR (Cloud Hypervisor's form).
     #[arg(long, conflicts_with_all = ["kernel", "initramfs", "cmdline", "cpus", "memory", "disk", "net", "rng"])]
-    restore: Option<PathBuf>,
+    restore: Option<String>,
     /// Register memory with KVM dirty logging from the start (needed for incremental
     /// snapshots).
     #[arg(long)]
@@ -79,9 +89,90 @@ struct Args {
     #[arg(long, requires = "replica_listen")]
     replica_name: Option<String>,
     /// With --replica-listen: this node's copy of the VM's disk N is at PATH (repeat in device
-    /// order), when not at the primary's path.
+    /// order; one per disk of the VM: paths never come from the primary).
     #[arg(long, requires = "replica_listen")]
     replica_disk: Vec<PathBuf>,
+    /// With --replica-listen: this node's tap for the VM's NIC N, and the MAC the primary must
+    /// have given it (repeat in device order; one per NIC of the VM).
+    #[arg(long, requires = "replica_listen")]
+    replica_net: Vec<String>,
+    /// Hold an exclusive lock on this file for the life of the process (refuse to start when
+    /// another process holds it).
+    #[arg(long)]
+    lock: Option<PathBuf>,
+    /// Write how the machine ended to this file (one JSON line) before exiting.
+    #[arg(long)]
+    exit_file: Option<PathBuf>,
+    /// Benchmark baseline: copy PAGES 4 KiB pages from one buffer to another (a plain memcpy,
+    /// what a checkpoint's pause does per dirty page at best), print the microseconds, exit.
+    #[arg(long, value_name = "PAGES", exclusive = true)]
+    memcpy_bench: Option<u64>,
+}
+
+/// The directory `--restore` names, in any of its accepted forms.
+fn restore_dir(arg: &str) -> Result<PathBuf> {
+    let url = arg.strip_prefix("source_url=").unwrap_or(arg);
+    if url.contains("://") {
+        return api::types::parse_location(url).map_err(anyhow::Error::msg);
+    }
+    Ok(PathBuf::from(url))
+}
+
+/// `tap=T[,mac=M]` of `--replica-net`.
+fn parse_replica_net(s: &str) -> Result<LocalNet> {
+    let mut tap = None;
+    let mut mac = None;
+    for part in s.split(',') {
+        match part.split_once('=') {
+            Some(("tap", t)) if !t.is_empty() => tap = Some(t.to_string()),
+            Some(("mac", m)) => {
+                mac = Some(parse_mac(m).with_context(|| format!("--replica-net {s}"))?)
+            }
+            _ => bail!("--replica-net {s}: expected tap=NAME[,mac=52:54:00:..]"),
+        }
+    }
+    let Some(tap) = tap else {
+        bail!("--replica-net {s}: tap=NAME is required");
+    };
+    Ok(LocalNet { tap, mac })
+}
+
+/// Takes the exclusive lock on `path` (kept open for the life of the process) and writes our
+/// pid into it; fails naming the holder when another process has it.
+fn take_lock(path: &Path) -> Result<std::fs::File> {
+    use std::io::{Read, Seek, Write};
+    use std::os::fd::AsRawFd;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .with_context(|| format!("opening the lock file {}", path.display()))?;
+    // SAFETY: flock on an fd we own, with constant flags; no memory is passed.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let mut holder = String::new();
+        let _ = f.read_to_string(&mut holder);
+        bail!(
+            "{} is locked by another engine (pid {}): this VM already runs",
+            path.display(),
+            holder.trim()
+        );
+    }
+    f.set_len(0)?;
+    f.rewind()?;
+    writeln!(f, "{}", std::process::id())?;
+    Ok(f)
+}
+
+fn write_exit_file(path: &Path, reason: &str, code: i32) {
+    let line = serde_json::json!({ "reason": reason, "code": code }).to_string();
+    if let Err(e) = std::fs::write(path, format!("{line}\n")) {
+        eprintln!("havms-vm: writing {}: {e}", path.display());
+    }
 }
 
 fn build(args: &Args) -> Result<Machine> {
@@ -91,7 +182,8 @@ fn build(args: &Args) -> Result<Machine> {
     } else {
         OnReset::Reboot
     };
-    if let Some(dir) = &args.restore {
+    if let Some(arg) = &args.restore {
+        let dir = &restore_dir(arg)?;
         let m = Machine::restore(dir, &serial, on_reset)
             .with_context(|| format!("restoring from {}", dir.display()))?;
         if args.dirty_log {
@@ -164,19 +256,52 @@ fn spawn_stdin_feeder(vm: Machine) {
         });
 }
 
+/// `--memcpy-bench PAGES`: the median of 5 copies of PAGES pages (sources touched first, so
+/// page faults are not timed).
+fn memcpy_bench(pages: u64) -> Result<i32> {
+    let bytes = usize::try_from(pages.saturating_mul(4096)).context("too many pages")?;
+    let src: Vec<u8> = (0..bytes).map(|i| (i as u8).wrapping_mul(31)).collect();
+    let mut dst = vec![0u8; bytes];
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        let t = std::time::Instant::now();
+        dst.copy_from_slice(&src);
+        times.push(t.elapsed().as_micros());
+        std::hint::black_box(&dst);
+    }
+    times.sort_unstable();
+    println!("memcpy pages={pages} us={}", times[2]);
+    Ok(0)
+}
+
 fn run(args: &Args) -> Result<i32> {
-    if let (true, Some(dir)) = (args.memory_sha256, &args.restore) {
+    if let Some(pages) = args.memcpy_bench {
+        return memcpy_bench(pages);
+    }
+    if let (true, Some(arg)) = (args.memory_sha256, &args.restore) {
+        let dir = &restore_dir(arg)?;
         let snap = havms_vmm::state::snapshot::Snapshot::read(dir)?;
         let mem = havms_vmm::vm::restore_memory(dir, snap.memory_mib)
             .with_context(|| format!("memory of {}", dir.display()))?;
         println!("{}", havms_vmm::memory::sha256(&mem));
         return Ok(0);
     }
+    // Held until the process exits (the kernel drops the lock with the last fd).
+    let _lock = match &args.lock {
+        Some(p) => Some(take_lock(p)?),
+        None => None,
+    };
+    if let Some(p) = &args.exit_file {
+        let _ = std::fs::remove_file(p);
+    }
     let machine = match &args.replica_listen {
         Some(addr) => match standby(args, addr)? {
             Some(m) => m,
             None => {
                 eprintln!("havms-vm: replica shut down before any takeover");
+                if let Some(p) = &args.exit_file {
+                    write_exit_file(p, "replica shut down", 0);
+                }
                 remove_api_socket(args);
                 return Ok(0);
             }
@@ -185,7 +310,7 @@ fn run(args: &Args) -> Result<i32> {
     };
     if args.replica_listen.is_none() {
         if let Some(s) = &args.api_socket {
-            socket::spawn_server(machine.clone(), s)
+            api::spawn_server(machine.clone(), s)
                 .with_context(|| format!("API socket {}", s.display()))?;
         }
     }
@@ -195,6 +320,11 @@ fn run(args: &Args) -> Result<i32> {
     // Closes the console (a socket console's file is removed) when it returns.
     let reason = machine.run();
     eprintln!("havms-vm: {reason} (boots: {})", machine.boots());
+    if let Some(p) = &args.exit_file {
+        write_exit_file(p, &reason.to_string(), reason.exit_code());
+    }
+    // Subscribers get the exit event before the process (and its API threads) goes.
+    std::thread::sleep(std::time::Duration::from_millis(100));
     remove_api_socket(args);
     Ok(reason.exit_code())
 }
@@ -214,13 +344,28 @@ fn standby(args: &Args, addr: &str) -> Result<Option<Machine>> {
     } else {
         OnReset::Reboot
     };
-    let server = ReplicaServer::listen(addr, args.replica_name.clone(), args.replica_disk.clone())
+    let nets = args
+        .replica_net
+        .iter()
+        .map(|n| parse_replica_net(n))
+        .collect::<Result<Vec<_>>>()?;
+    let events = Events::new();
+    let cfg = ReplicaConfig {
+        expect_name: args.replica_name.clone(),
+        local: LocalDevices {
+            disks: args.replica_disk.clone(),
+            nets,
+        },
+        check_cpu: true,
+        events: events.clone(),
+    };
+    let server = ReplicaServer::listen(addr, cfg)
         .with_context(|| format!("listening for a replication stream on {addr}"))?;
     eprintln!("havms-vm: replica listening on {}", server.local_addr());
     let console = Console::open(&serial).context("opening the console")?;
-    let standby = Standby::new(server, console, on_reset);
+    let standby = Standby::new(server, console, on_reset, events);
     if let Some(s) = &args.api_socket {
-        socket::spawn_server(standby.clone(), s)
+        api::spawn_server(standby.clone(), s)
             .with_context(|| format!("API socket {}", s.display()))?;
     }
     Ok(standby.wait())

@@ -1,14 +1,19 @@
 //! The primary's side of an epoch: what is captured, in what order, while the guest is paused.
 //!
-//! `Checkpointer::start` turns dirty tracking and disk-change reporting on and gates the
-//! guest's network output from epoch 1. `full_copy` reads all of memory and every disk while
-//! the guest runs (epoch 1's bulk: pages it changes meanwhile are dirty again). `checkpoint`
-//! then ends each epoch: pause, take the dirty pages, the disk ranges written (read back from
-//! the images now, while nothing can write them), the vCPU/device state; open the next epoch
-//! of the output gates; resume. The pause holds the copies of the dirty pages and the read-back
-//! of the disk ranges written in the epoch. `committed(N)` releases
-//! the output of epochs up to N once the peer holds them; `unprotect` stops it all (the peer
-//! is gone: output flows again, nothing is held).
+//! `Checkpointer::start` turns dirty tracking and disk-change reporting on. `full_copy` reads
+//! all of memory and every disk while the guest runs (epoch 1's bulk: pages it changes
+//! meanwhile are dirty again). `checkpoint` then ends each epoch: pause, take the dirty pages,
+//! the disk ranges written (read back from the images now, while nothing can write them),
+//! whether the guest flushed, the vCPU/device state; open the next epoch of the output gates;
+//! resume. The pause holds the copies of the dirty pages and the read-back of the disk ranges
+//! written in the epoch.
+//!
+//! Output is gated from epoch 2: what the guest sends during epoch 1 (the full copy) goes out at
+//! once, because until epoch 1 commits the peer has nothing it could take over (its older
+//! copy, if any, became stale at this stream's Hello), and epoch 1's state includes having sent
+//! it. `committed(N)` releases the output of epochs up to N once the peer holds them.
+//! `stop_capture` ends the epochs and leaves the gates as they are: after a failure the output
+//! stays held until the supervisor decides; `release` lets it flow.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -57,10 +62,14 @@ pub struct EpochCapture {
     pub epoch: u64,
     pub pages: PageDiff,
     pub disk: Vec<DiskOp>,
+    /// The guest flushed a disk during the epoch: the peer syncs before acking it.
+    pub flush: bool,
     /// `Snapshot::to_bytes` of the vCPU/VM/device state at the end of the epoch.
     pub state: Vec<u8>,
     /// How long the guest was paused for it.
     pub pause: Duration,
+    /// Memory copied and disks hashed inside the pause, when asked (`checkpoint(true)`).
+    pub hashes: Option<Result<super::verify::Captured, String>>,
 }
 
 /// Drives the epochs of one protected VM.
@@ -73,8 +82,8 @@ pub struct Checkpointer {
 }
 
 impl Checkpointer {
-    /// Starts protecting `vm`: dirty tracking from now, disk changes recorded, network output
-    /// held as epoch 1.
+    /// Starts protecting `vm`: dirty tracking from now, disk changes recorded (output is gated
+    /// from the first checkpoint on).
     pub fn start(vm: Vm) -> Result<Checkpointer, CheckpointError> {
         let mut disks = Vec::new();
         for (i, d) in vm.disks().iter().enumerate() {
@@ -97,9 +106,6 @@ impl Checkpointer {
         if let Err(e) = vm.start_stream() {
             vm.set_disk_observer(None);
             return Err(e.into());
-        }
-        for net in vm.net_outputs() {
-            net.start_gating(1);
         }
         Ok(Checkpointer {
             vm,
@@ -124,8 +130,10 @@ impl Checkpointer {
     /// and disk bytes sent.
     pub fn full_copy(
         &self,
+        scanned: &std::sync::atomic::AtomicU64,
         mut sink: impl FnMut(CopyItem<'_>) -> Result<(), CheckpointError>,
     ) -> Result<(u64, u64), CheckpointError> {
+        use std::sync::atomic::Ordering;
         let mut sent_pages = 0u64;
         let mut numbers = Vec::with_capacity(COPY_BATCH_PAGES);
         let mut data = Vec::with_capacity(COPY_BATCH_PAGES * PAGE_SIZE);
@@ -139,6 +147,7 @@ impl Checkpointer {
                 region
                     .read_slice(&mut page_buf, MemoryRegionAddress(p * PAGE_SIZE as u64))
                     .map_err(|e| CheckpointError::Sink(format!("reading page {p}: {e}")))?;
+                scanned.fetch_add(PAGE_SIZE as u64, Ordering::Relaxed);
                 if memory::is_zero(&page_buf) {
                     continue;
                 }
@@ -165,6 +174,7 @@ impl Checkpointer {
                 let mut buf = vec![0u8; len as usize];
                 f.read_at(&mut buf, off)
                     .map_err(|e| self.disk_err(i, "reading", e))?;
+                scanned.fetch_add(len, Ordering::Relaxed);
                 let zero = buf.iter().all(|&b| b == 0);
                 sink(CopyItem::Disk(DiskOp {
                     disk: i as u32,
@@ -196,15 +206,22 @@ impl Checkpointer {
     }
 
     /// Ends the current epoch and starts the next: pause, capture, gate the next epoch,
-    /// resume. The guest is paused only for the copies.
-    pub fn checkpoint(&mut self) -> Result<EpochCapture, CheckpointError> {
+    /// resume. The guest is paused only for the copies (and, with `hash`, for hashing memory
+    /// and disks as of this epoch: a check, slow).
+    pub fn checkpoint(&mut self, hash: bool) -> Result<EpochCapture, CheckpointError> {
         let t0 = Instant::now();
         // A VM someone else paused stays paused: the checkpoint only undoes its own pause.
         let was_running = self.vm.info().state == "running";
         if was_running {
             self.vm.pause()?;
         }
-        let captured = self.capture_paused();
+        let mut captured = self.capture_paused();
+        if hash {
+            if let Ok(cap) = captured.as_mut() {
+                let paths: Vec<&std::path::Path> = self.disks.iter().map(RawFile::path).collect();
+                cap.hashes = Some(super::verify::capture(cap.epoch, self.vm.memory(), &paths));
+            }
+        }
         let resumed = if was_running {
             self.vm.resume()
         } else {
@@ -230,6 +247,7 @@ impl Checkpointer {
         let state = snap.to_bytes().map_err(VmError::from)?;
         let changes = std::mem::take(&mut *self.changes.lock().unwrap_or_else(|p| p.into_inner()));
         let mut disk = Vec::with_capacity(changes.len());
+        let mut flush = false;
         for (i, c) in changes {
             let Some(f) = self.disks.get(i) else {
                 return Err(CheckpointError::Sink(format!(
@@ -239,6 +257,10 @@ impl Checkpointer {
             };
             let len = c.len;
             let data = match c.kind {
+                DiskChangeKind::Flush => {
+                    flush = true;
+                    continue;
+                }
                 DiskChangeKind::Write => {
                     // Read back now: nothing writes while paused, so this is what the epoch
                     // left there (a range written twice holds its last write).
@@ -260,16 +282,33 @@ impl Checkpointer {
         let epoch = self.epoch;
         self.epoch += 1;
         for net in self.vm.net_outputs() {
-            net.begin_epoch(self.epoch)
-                .map_err(|e| CheckpointError::Gate(e.to_string()))?;
+            if epoch == 1 {
+                // Output is held from here on (see the module doc).
+                net.start_gating(self.epoch);
+            } else {
+                net.begin_epoch(self.epoch)
+                    .map_err(|e| CheckpointError::Gate(e.to_string()))?;
+            }
         }
         Ok(EpochCapture {
             epoch,
             pages,
             disk,
+            flush,
             state,
             pause: Duration::ZERO,
+            hashes: None,
         })
+    }
+
+    /// What `full_copy` reads: all of memory and every disk, in bytes.
+    pub fn full_copy_bytes(&self) -> u64 {
+        memory::total_size(self.vm.memory()) + self.disks.iter().map(RawFile::size).sum::<u64>()
+    }
+
+    /// Whether output is being held (the first checkpoint was taken).
+    pub fn gating(&self) -> bool {
+        self.epoch > 1
     }
 
     /// The peer holds epoch `n`: the guest's output of epochs up to `n` goes out.
@@ -277,14 +316,19 @@ impl Checkpointer {
         self.vm.net_outputs().iter().map(|net| net.commit(n)).sum()
     }
 
-    /// Stops protecting: output flows at once (what was held goes out: this node now holds
-    /// the only copy, which includes having sent it), disk changes are no longer recorded, the
-    /// capture stream ends (snapshots are allowed again).
-    pub fn unprotect(&self) {
-        for net in self.vm.net_outputs() {
-            net.set_mode(GateMode::Off);
-        }
+    /// Ends the epochs: disk changes are no longer recorded, the capture stream ends
+    /// (snapshots are allowed again). The output gates are left as they are: held output stays
+    /// held until `release`.
+    pub fn stop_capture(&self) {
         self.vm.set_disk_observer(None);
         self.vm.stop_stream();
+    }
+}
+
+/// Lets `vm`'s output flow again, held frames first (in order): this node now holds the only
+/// copy that counts, and that copy sent them.
+pub fn release(vm: &Vm) {
+    for net in vm.net_outputs() {
+        net.set_mode(GateMode::Off);
     }
 }

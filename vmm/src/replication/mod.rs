@@ -8,11 +8,13 @@
 //! machine). Between them: the `wire` format (frames, encoder, nom parsers, `FrameReader`) and
 //! the receiver's `sequence` checker (which frame may come next).
 pub mod checkpoint;
+pub mod compat;
 pub mod primary;
 pub mod replica;
 pub mod secondary;
 pub mod sequence;
 pub mod standby;
+pub mod verify;
 pub mod wire;
 
 #[cfg(test)]

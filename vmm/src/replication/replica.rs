@@ -5,10 +5,19 @@
 //! replica is always at a committed epoch: a stream that breaks mid-epoch leaves it where it
 //! was (`abort_epoch`). The first epoch is the exception: until something is committed there is
 //! nothing to protect, so the full copy's pages go straight into memory instead of doubling it
-//! in a staging buffer. `start` turns the replica into a running `Vm` (failover).
+//! in a staging buffer. `start` turns the replica into a running `Vm` (failover); when that
+//! fails the replica is handed back, untouched, so a later attempt (or an operator) still has
+//! it.
+//!
+//! The disks and NICs of the copy are this node's (`LocalDevices`, from its own config): the
+//! primary's state is rewritten with them when it is staged, and a state that does not fit them
+//! is refused there, long before a takeover would need them.
 
 use std::path::{Path, PathBuf};
 
+use kvm_bindings::kvm_cpuid_entry2;
+
+use super::compat::{self, LocalDevices};
 use crate::console::Console;
 use crate::memory::{self, GuestMem, PAGE_SIZE};
 use crate::state::increment::{self, PageDiff};
@@ -39,6 +48,8 @@ pub enum ReplicaError {
         "the replica is broken (an epoch was half applied to its disks: {0}); it needs a full resync"
     )]
     Broken(String),
+    #[error("this node cannot run the VM: {0}")]
+    Incompatible(String),
     #[error("starting the replica: {0}")]
     Start(#[from] VmError),
 }
@@ -70,11 +81,13 @@ pub struct Replica {
     mem: GuestMem,
     committed: Option<(u64, Snapshot)>,
     staging: Staging,
-    /// Opened at the first commit, from the disks the state names (or `disk_paths`).
+    /// Opened at the first commit, from this node's disk paths.
     disks: Vec<RawFile>,
-    /// This node's copies of the VM's disks, in device order, when they are not at the paths
-    /// the primary's state names.
-    disk_paths: Vec<PathBuf>,
+    /// This node's disks and NICs for the VM.
+    local: LocalDevices,
+    /// This node's CPUID (as the engine gives it to a vCPU), to check a state against; None:
+    /// not checked (host tests that never start the replica).
+    host_cpuid: Option<Vec<kvm_cpuid_entry2>>,
     broken: Option<String>,
 }
 
@@ -89,15 +102,22 @@ impl Replica {
             committed: None,
             staging: Staging::default(),
             disks: Vec::new(),
-            disk_paths: Vec::new(),
+            local: LocalDevices::default(),
+            host_cpuid: None,
             broken: None,
         })
     }
 
-    /// Keeps the VM's disks at `paths` on this node (device order) instead of the paths in the
-    /// primary's state; the VM started from the replica uses them too.
-    pub fn with_disk_paths(mut self, paths: Vec<PathBuf>) -> Replica {
-        self.disk_paths = paths;
+    /// The VM's disks and NICs on this node (device order); the VM started from the replica
+    /// uses them. A state naming other counts of devices is refused.
+    pub fn with_local(mut self, local: LocalDevices) -> Replica {
+        self.local = local;
+        self
+    }
+
+    /// Checks every staged state's CPU features against `cpuid` (this node's).
+    pub fn with_host_cpuid(mut self, cpuid: Option<Vec<kvm_cpuid_entry2>>) -> Replica {
+        self.host_cpuid = cpuid;
         self
     }
 
@@ -215,9 +235,15 @@ impl Replica {
         Ok(())
     }
 
-    /// The vCPU/VM/device state at the end of `epoch`.
-    pub fn stage_state(&mut self, epoch: u64, state: Snapshot) -> Result<(), ReplicaError> {
+    /// The vCPU/VM/device state at the end of `epoch`, rewritten for this node's devices.
+    pub fn stage_state(&mut self, epoch: u64, mut state: Snapshot) -> Result<(), ReplicaError> {
         self.check_epoch(epoch)?;
+        self.local
+            .localize(&mut state)
+            .map_err(ReplicaError::Incompatible)?;
+        if let Some(host) = &self.host_cpuid {
+            compat::check_cpu(&state, host).map_err(ReplicaError::Incompatible)?;
+        }
         if state.memory_mib != self.memory_mib {
             return Err(ReplicaError::Epoch {
                 epoch,
@@ -237,13 +263,12 @@ impl Replica {
     /// full resync is needed), never silently mixed.
     pub fn commit(&mut self, epoch: u64) -> Result<(), ReplicaError> {
         self.check_epoch(epoch)?;
-        let Some(mut state) = self.staging.state.take() else {
+        let Some(state) = self.staging.state.take() else {
             return Err(ReplicaError::Epoch {
                 epoch,
                 msg: "commit without the epoch's state".into(),
             });
         };
-        self.localize(&mut state)?;
         if self.disks.is_empty() && !state.disks.is_empty() {
             self.open_disks(&state)?;
         }
@@ -280,27 +305,6 @@ impl Replica {
             );
         }
         self.staging = Staging::default();
-    }
-
-    /// The state with this node's disk paths.
-    fn localize(&self, state: &mut Snapshot) -> Result<(), ReplicaError> {
-        if self.disk_paths.is_empty() {
-            return Ok(());
-        }
-        if self.disk_paths.len() != state.disks.len() {
-            return Err(ReplicaError::Epoch {
-                epoch: self.staging.epoch,
-                msg: format!(
-                    "the VM has {} disks, this replica was given {} disk paths",
-                    state.disks.len(),
-                    self.disk_paths.len()
-                ),
-            });
-        }
-        for (d, p) in state.disks.iter_mut().zip(&self.disk_paths) {
-            d.path = p.clone();
-        }
-        Ok(())
     }
 
     fn open_disks(&mut self, state: &Snapshot) -> Result<(), ReplicaError> {
@@ -342,7 +346,17 @@ impl Replica {
             DiskChangeKind::Discard => disk
                 .discard(offset, op.len)
                 .map_err(|e| err("discarding", e)),
+            DiskChangeKind::Flush => disk.flush().map_err(|e| err("flushing", e)),
         }
+    }
+
+    /// Whether an epoch was half applied to the disks (only a new full copy repairs it).
+    pub fn is_broken(&self) -> bool {
+        self.broken.is_some()
+    }
+
+    pub fn broken_reason(&self) -> Option<String> {
+        self.broken.clone()
     }
 
     /// Marks the replica unusable (its disks were changed behind it); every later epoch and the
@@ -351,8 +365,8 @@ impl Replica {
         self.broken = Some(why);
     }
 
-    /// Flushes the disk images (the stream calls it now and then, not every epoch: a failover
-    /// reads them through the same page cache).
+    /// Makes the applied disk writes durable (fdatasync): before acking an epoch in which the
+    /// guest flushed, and before a takeover runs the VM.
     pub fn flush_disks(&self) -> Result<(), ReplicaError> {
         for (i, d) in self.disks.iter().enumerate() {
             d.flush().map_err(|source| ReplicaError::Disk {
@@ -371,16 +385,24 @@ impl Replica {
     }
 
     /// Failover: the VM as of the last committed epoch, built on `console`; `start()` it.
-    pub fn start(self, console: &Console) -> Result<Vm, ReplicaError> {
-        if let Some(why) = self.broken {
-            return Err(ReplicaError::Broken(why));
+    /// The disk images are synced first (a power cut right after the takeover must not lose
+    /// what the guest had flushed on the primary). On failure the replica comes back as it
+    /// was, with the reason.
+    pub fn start(self, console: &Console) -> Result<Vm, (ReplicaError, Box<Replica>)> {
+        if let Some(why) = &self.broken {
+            return Err((ReplicaError::Broken(why.clone()), Box::new(self)));
         }
-        let Some((epoch, state)) = self.committed else {
-            return Err(ReplicaError::NothingCommitted);
+        let Some((epoch, state)) = &self.committed else {
+            return Err((ReplicaError::NothingCommitted, Box::new(self)));
         };
-        drop(self.disks);
+        if let Err(e) = self.flush_disks() {
+            return Err((e, Box::new(self)));
+        }
         log::info!("replica: starting from epoch {epoch}");
-        Ok(Vm::restore_from(&state, self.mem, console)?)
+        match Vm::restore_from(state, self.mem.clone(), console) {
+            Ok(vm) => Ok(vm),
+            Err(e) => Err((e.into(), Box::new(self))),
+        }
     }
 
     /// Writes the committed state and memory as a snapshot directory (for `havms-vm --restore`

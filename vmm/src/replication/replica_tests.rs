@@ -42,6 +42,14 @@ fn fixture() -> Fixture {
     Fixture { _dir: dir, disk }
 }
 
+/// A replica whose disk on this node is the fixture's.
+fn replica(f: &Fixture) -> Replica {
+    Replica::new(MIB).unwrap().with_local(LocalDevices {
+        disks: vec![f.disk.clone()],
+        nets: Vec::new(),
+    })
+}
+
 fn write_op(sector: u64, fill: u8, sectors: usize) -> DiskOp {
     DiskOp {
         disk: 0,
@@ -54,7 +62,7 @@ fn write_op(sector: u64, fill: u8, sectors: usize) -> DiskOp {
 
 /// Epoch 1 (the full copy) then epoch 2 (an increment), both committed.
 fn two_epochs(f: &Fixture) -> Replica {
-    let mut r = Replica::new(MIB).unwrap();
+    let mut r = replica(f);
     let mut data = page(1);
     data.extend(page(2));
     r.stage_pages(1, &[0, PAGES - 1], &data).unwrap();
@@ -118,7 +126,7 @@ fn staged_pages_stay_out_of_memory_until_the_commit() {
 #[test]
 fn epochs_must_follow_each_other() {
     let f = fixture();
-    let mut r = Replica::new(MIB).unwrap();
+    let mut r = replica(&f);
     let err = r.stage_pages(2, &[0], &page(1)).unwrap_err().to_string();
     assert!(err.contains("expected epoch 1"), "{err}");
     let mut r = two_epochs(&f);
@@ -185,7 +193,7 @@ fn a_disk_change_outside_the_image_is_refused_before_it_is_staged() {
 #[test]
 fn a_disk_change_outside_an_image_opened_at_the_commit_breaks_the_replica_loudly() {
     let f = fixture();
-    let mut r = Replica::new(MIB).unwrap();
+    let mut r = replica(&f);
     r.stage_disk(1, write_op(1000, 1, 1)).unwrap();
     r.stage_state(1, state(&f.disk)).unwrap();
     let err = r.commit(1).unwrap_err().to_string();
@@ -241,9 +249,10 @@ fn disk_paths_of_this_node_replace_the_primarys() {
     let f = fixture();
     let other = f._dir.0.join("here.img");
     std::fs::write(&other, vec![0u8; 64 * 1024]).unwrap();
-    let mut r = Replica::new(MIB)
-        .unwrap()
-        .with_disk_paths(vec![other.clone()]);
+    let mut r = Replica::new(MIB).unwrap().with_local(LocalDevices {
+        disks: vec![other.clone()],
+        nets: Vec::new(),
+    });
     r.stage_disk(1, write_op(0, 0x42, 1)).unwrap();
     r.stage_state(1, state(&f.disk)).unwrap();
     r.commit(1).unwrap();
@@ -254,12 +263,17 @@ fn disk_paths_of_this_node_replace_the_primarys() {
         "wrote the primary's path"
     );
     assert_eq!(r.committed_state().unwrap().disks[0].path, other);
-    let mut two = Replica::new(MIB)
-        .unwrap()
-        .with_disk_paths(vec![other.clone(), other]);
-    two.stage_state(1, state(&f.disk)).unwrap();
-    let err = two.commit(1).unwrap_err().to_string();
-    assert!(err.contains("1 disks, this replica was given 2"), "{err}");
+    let mut two = Replica::new(MIB).unwrap().with_local(LocalDevices {
+        disks: vec![other.clone(), other],
+        nets: Vec::new(),
+    });
+    let err = two.stage_state(1, state(&f.disk)).unwrap_err().to_string();
+    assert!(err.contains("1 disks, this node has 2"), "{err}");
+    // Without paths of its own the replica refuses the state: it never writes where the wire
+    // says.
+    let mut none = Replica::new(MIB).unwrap();
+    let err = none.stage_state(1, state(&f.disk)).unwrap_err().to_string();
+    assert!(err.contains("this node has 0 configured"), "{err}");
 }
 
 #[test]

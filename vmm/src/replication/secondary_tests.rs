@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use super::*;
+use crate::events::{Event, Events, ReplicaState};
 use crate::memory::PAGE_SIZE;
 use crate::replication::test_support::{state, Scratch};
 use crate::replication::wire::{Commit, Disk, EpochDigest, Hello, Pages};
@@ -21,8 +22,35 @@ struct FakePrimary {
     digest: EpochDigest,
 }
 
+/// The disk every test VM has: 64 KiB.
+const DISK_BYTES: u64 = 64 * 1024;
+
+/// A server for VM `name` (any, when None) whose disk on this node is `disk`.
+fn server(name: Option<&str>, disk: &Path) -> (ReplicaServer, Events) {
+    let events = Events::new();
+    let cfg = ReplicaConfig {
+        expect_name: name.map(str::to_string),
+        local: LocalDevices {
+            disks: vec![disk.to_path_buf()],
+            nets: Vec::new(),
+        },
+        check_cpu: false,
+        events: events.clone(),
+    };
+    (ReplicaServer::listen("127.0.0.1:0", cfg).unwrap(), events)
+}
+
+/// Takes the copy out as a takeover would, hands it back to the test.
+fn take(server: &ReplicaServer, force: bool) -> Result<Replica, TakeoverError<()>> {
+    server.takeover(force, Ok::<Replica, ((), Box<Replica>)>)
+}
+
 impl FakePrimary {
     fn connect(server: &ReplicaServer, name: &str) -> FakePrimary {
+        Self::connect_stream(server, name, 1)
+    }
+
+    fn connect_stream(server: &ReplicaServer, name: &str, stream_id: u64) -> FakePrimary {
         let s = TcpStream::connect(server.local_addr()).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let reader = FrameReader::new(s.try_clone().unwrap());
@@ -34,7 +62,9 @@ impl FakePrimary {
         let hello = Frame::Hello(Hello {
             name: name.into(),
             generation: [0; 16],
+            stream_id,
             memory_bytes: MIB << 20,
+            disk_sizes: vec![DISK_BYTES],
         });
         wire::write_frame(&mut p.out, VM, 0, &hello).unwrap();
         p
@@ -50,15 +80,25 @@ impl FakePrimary {
     }
 
     fn commit(&mut self, epoch: u64) {
-        let Commit { frames, digest } = self.digest.commit();
+        self.commit_flags(epoch, 0)
+    }
+
+    fn commit_flags(&mut self, epoch: u64, flags: u8) {
+        let c = self.digest.commit();
         wire::write_frame(
             &mut self.out,
             VM,
             epoch,
-            &Frame::Commit(Commit { frames, digest }),
+            &Frame::Commit(Commit { flags, ..c }),
         )
         .unwrap();
         self.digest = EpochDigest::new();
+    }
+
+    /// Sends a control frame (Abort, End) and reads the server's answer.
+    fn close_with(&mut self, f: &Frame<'_>) -> Option<Frame<'static>> {
+        wire::write_frame(&mut self.out, VM, 0, f).unwrap();
+        self.reader.next_owned().ok().flatten().map(|(_, f)| f)
     }
 
     fn ack(&mut self) -> u64 {
@@ -103,15 +143,19 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
 
 fn disk(dir: &Scratch) -> PathBuf {
     let p = dir.0.join("d.img");
-    std::fs::write(&p, vec![0u8; 64 * 1024]).unwrap();
+    std::fs::write(&p, vec![0u8; DISK_BYTES as usize]).unwrap();
     p
+}
+
+fn not_connected(server: &ReplicaServer) -> bool {
+    !server.status().connected
 }
 
 #[test]
 fn committed_epochs_are_acked_and_a_broken_epoch_is_dropped() {
     let dir = Scratch::new();
     let d = disk(&dir);
-    let server = ReplicaServer::listen("127.0.0.1:0", Some("web".into()), Vec::new()).unwrap();
+    let (server, _) = server(Some("web"), &d);
     let mut p = FakePrimary::connect(&server, "web");
     assert!(matches!(p.hello_ack(), Frame::HelloAck(_)));
     // Epoch 1: the full copy and its state.
@@ -146,10 +190,9 @@ fn committed_epochs_are_acked_and_a_broken_epoch_is_dropped() {
     );
     p.out.flush().unwrap();
     drop(p);
-    wait_for("the server to notice", || {
-        server.status().state == "waiting"
-    });
-    let r = server.takeover(false).map_err(|(e, _)| e).unwrap();
+    wait_for("the server to notice", || not_connected(&server));
+    assert_eq!(server.status().state, ReplicaState::Ready);
+    let r = take(&server, false).unwrap();
     assert_eq!(r.committed_epoch(), Some(2));
     assert_eq!(page_of(&r, 0), 1, "epoch 3's page leaked into the replica");
     assert_eq!(page_of(&r, 3), 9);
@@ -165,7 +208,7 @@ fn committed_epochs_are_acked_and_a_broken_epoch_is_dropped() {
 fn a_lying_commit_drops_the_connection_and_keeps_the_last_epoch() {
     let dir = Scratch::new();
     let d = disk(&dir);
-    let server = ReplicaServer::listen("127.0.0.1:0", None, Vec::new()).unwrap();
+    let (server, _) = server(None, &d);
     let mut p = FakePrimary::connect(&server, "db");
     p.hello_ack();
     p.send(1, &page_frame(1, 1));
@@ -175,14 +218,14 @@ fn a_lying_commit_drops_the_connection_and_keeps_the_last_epoch() {
     p.send(2, &page_frame(1, 2));
     p.send(2, &state_frame(&d));
     // Claims one frame more than it sent.
-    let Commit { frames, digest } = p.digest.commit();
+    let c = p.digest.commit();
     wire::write_frame(
         &mut p.out,
         VM,
         2,
         &Frame::Commit(Commit {
-            frames: frames + 1,
-            digest,
+            frames: c.frames + 1,
+            ..c
         }),
     )
     .unwrap();
@@ -194,20 +237,22 @@ fn a_lying_commit_drops_the_connection_and_keeps_the_last_epoch() {
         err.contains("Commit announces 3 frames, 2 arrived"),
         "{err}"
     );
-    let r = server.takeover(false).map_err(|(e, _)| e).unwrap();
+    let r = take(&server, false).unwrap();
     assert_eq!(r.committed_epoch(), Some(1));
     assert_eq!(page_of(&r, 1), 1);
 }
 
 #[test]
 fn a_stream_for_another_vm_is_refused() {
-    let server = ReplicaServer::listen("127.0.0.1:0", Some("web".into()), Vec::new()).unwrap();
+    let dir = Scratch::new();
+    let d = disk(&dir);
+    let (server, _) = server(Some("web"), &d);
     let mut p = FakePrimary::connect(&server, "mail");
     match p.reader.next_owned().unwrap() {
         Some((_, Frame::Abort { reason })) => assert!(reason.contains("for VM web"), "{reason}"),
         other => panic!("expected an Abort, got {other:?}"),
     }
-    let Err((ReplicaError::NothingCommitted, server)) = server.takeover(false) else {
+    let Err(TakeoverError::Refused(ReplicaError::NothingCommitted)) = take(&server, false) else {
         panic!("took over nothing");
     };
     // Still serving after a refused takeover.
@@ -219,27 +264,35 @@ fn a_stream_for_another_vm_is_refused() {
 fn a_new_stream_replaces_the_replica_only_once_it_committed() {
     let dir = Scratch::new();
     let d = disk(&dir);
-    let server = ReplicaServer::listen("127.0.0.1:0", None, Vec::new()).unwrap();
-    let mut p = FakePrimary::connect(&server, "vm");
+    let (server, _) = server(None, &d);
+    let mut p = FakePrimary::connect_stream(&server, "vm", 11);
     p.hello_ack();
     p.send(1, &page_frame(2, 4));
     p.send(1, &state_frame(&d));
     p.commit(1);
     assert_eq!(p.ack(), 1);
     drop(p);
-    wait_for("the first stream to end", || {
-        server.status().state == "waiting"
-    });
+    wait_for("the first stream to end", || not_connected(&server));
+    assert_eq!(server.status().stream_id, 11);
     // A second primary connects, sends part of its full copy and dies.
-    let mut q = FakePrimary::connect(&server, "vm");
+    let mut q = FakePrimary::connect_stream(&server, "vm", 12);
     q.hello_ack();
     q.send(1, &page_frame(2, 8));
     q.out.flush().unwrap();
     drop(q);
     wait_for("the second stream to end", || {
-        server.status().state == "waiting" && server.status().connections == 2
+        not_connected(&server) && server.status().connections == 2
     });
-    let r = server.takeover(false).map_err(|(e, _)| e).unwrap();
+    // Its Hello made the old copy stale: the primary showed the world output of the new
+    // stream, which that copy does not hold.
+    let st = server.status();
+    assert_eq!(st.state, ReplicaState::Stale);
+    assert!(st.stale.unwrap().contains("new replication stream"));
+    let Err(TakeoverError::Refused(ReplicaError::Stale(_))) = take(&server, false) else {
+        panic!("took over a copy older than what its primary showed");
+    };
+    // It is still there, unchanged (force, as an operator could).
+    let r = take(&server, true).unwrap();
     assert_eq!(r.committed_epoch(), Some(1));
     assert_eq!(
         page_of(&r, 2),
@@ -249,10 +302,186 @@ fn a_new_stream_replaces_the_replica_only_once_it_committed() {
 }
 
 #[test]
+fn the_first_commit_of_a_new_stream_makes_the_copy_ready_again() {
+    let dir = Scratch::new();
+    let d = disk(&dir);
+    let (server, _) = server(None, &d);
+    for (stream, fill) in [(21, 4), (22, 6)] {
+        let mut p = FakePrimary::connect_stream(&server, "vm", stream);
+        p.hello_ack();
+        p.send(1, &page_frame(2, fill));
+        p.send(1, &state_frame(&d));
+        p.commit(1);
+        assert_eq!(p.ack(), 1);
+        let st = server.status();
+        assert_eq!((st.state, st.stream_id), (ReplicaState::Ready, stream));
+    }
+    let r = take(&server, false).unwrap();
+    assert_eq!(page_of(&r, 2), 6);
+}
+
+#[test]
+fn abort_is_confirmed_after_the_copy_is_marked_stale() {
+    let dir = Scratch::new();
+    let d = disk(&dir);
+    let (server, events) = server(None, &d);
+    let rx = events.subscribe();
+    let mut p = FakePrimary::connect(&server, "vm");
+    p.hello_ack();
+    p.send(1, &page_frame(2, 4));
+    p.send(1, &state_frame(&d));
+    p.commit(1);
+    assert_eq!(p.ack(), 1);
+    let answer = p.close_with(&Frame::Abort {
+        reason: "unprotected on request".into(),
+    });
+    assert!(
+        matches!(answer, Some(Frame::CloseAck { .. })),
+        "no CloseAck: {answer:?}"
+    );
+    // By the time the primary reads the CloseAck the copy is stale.
+    assert_eq!(server.status().state, ReplicaState::Stale);
+    let seen: Vec<Event> = rx.try_iter().collect();
+    assert!(
+        seen.iter()
+            .any(|e| matches!(e, Event::Committed { epoch: 1, .. })),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter().any(|e| matches!(
+            e,
+            Event::Replica {
+                state: ReplicaState::Stale,
+                ..
+            }
+        )),
+        "{seen:?}"
+    );
+}
+
+#[test]
+fn end_discards_the_copy() {
+    let dir = Scratch::new();
+    let d = disk(&dir);
+    let (server, _) = server(None, &d);
+    let mut p = FakePrimary::connect(&server, "vm");
+    p.hello_ack();
+    p.send(1, &page_frame(2, 4));
+    p.send(1, &state_frame(&d));
+    p.commit(1);
+    assert_eq!(p.ack(), 1);
+    let answer = p.close_with(&Frame::End {
+        reason: "guest powered off".into(),
+    });
+    assert!(matches!(answer, Some(Frame::CloseAck { .. })), "{answer:?}");
+    assert_eq!(server.status().state, ReplicaState::Empty);
+    assert!(matches!(
+        take(&server, true),
+        Err(TakeoverError::Refused(ReplicaError::NothingCommitted))
+    ));
+}
+
+#[test]
+fn mark_stale_cuts_the_stream_and_no_later_epoch_revives_the_copy() {
+    let dir = Scratch::new();
+    let d = disk(&dir);
+    let (server, _) = server(None, &d);
+    let mut p = FakePrimary::connect(&server, "vm");
+    p.hello_ack();
+    p.send(1, &page_frame(2, 4));
+    p.send(1, &state_frame(&d));
+    p.commit(1);
+    assert_eq!(p.ack(), 1);
+    server.mark_stale("the primary asked over the LAN");
+    assert_eq!(server.status().state, ReplicaState::Stale);
+    // The stream is cut: what the primary sends now is never acked (the writes themselves may
+    // already fail).
+    for f in [page_frame(2, 9), state_frame(&d)] {
+        let _ = wire::write_frame(&mut p.out, VM, 2, &f);
+    }
+    let c = p.digest.commit();
+    let _ = wire::write_frame(&mut p.out, VM, 2, &Frame::Commit(c));
+    assert!(matches!(p.reader.next_owned(), Ok(None) | Err(_)));
+    wait_for("the cut", || not_connected(&server));
+    let r = take(&server, true).unwrap();
+    assert_eq!(page_of(&r, 2), 4);
+}
+
+#[test]
+fn a_stream_that_does_not_fit_this_node_is_refused_at_the_hello() {
+    let dir = Scratch::new();
+    let d = dir.0.join("small.img");
+    std::fs::write(&d, vec![0u8; 4096]).unwrap();
+    let (server, _) = server(None, &d);
+    let mut p = FakePrimary::connect(&server, "vm");
+    match p.reader.next_owned().unwrap() {
+        Some((_, Frame::Abort { reason })) => {
+            assert!(reason.contains("4096 bytes here, 65536"), "{reason}")
+        }
+        other => panic!("expected an Abort, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_flushed_epoch_is_acked_after_the_disks_are_synced() {
+    let dir = Scratch::new();
+    let d = disk(&dir);
+    let (server, _) = server(None, &d);
+    let mut p = FakePrimary::connect(&server, "vm");
+    p.hello_ack();
+    p.send(1, &state_frame(&d));
+    p.commit(1);
+    assert_eq!(p.ack(), 1);
+    p.send(
+        2,
+        &Frame::Disk(Disk {
+            disk: 0,
+            sector: 4,
+            action: DiskAction::Write(vec![0x33; 512].into()),
+        }),
+    );
+    p.send(2, &state_frame(&d));
+    p.commit_flags(2, wire::COMMIT_FLUSH);
+    assert_eq!(p.ack(), 2);
+    assert!(std::fs::read(&d).unwrap()[2048..2560]
+        .iter()
+        .all(|&b| b == 0x33));
+}
+
+#[test]
+fn a_failed_start_gives_the_replica_back() {
+    let dir = Scratch::new();
+    let d = disk(&dir);
+    let (server, _) = server(None, &d);
+    let mut p = FakePrimary::connect(&server, "vm");
+    p.hello_ack();
+    p.send(1, &page_frame(2, 4));
+    p.send(1, &state_frame(&d));
+    p.commit(1);
+    assert_eq!(p.ack(), 1);
+    drop(p);
+    wait_for("the stream to end", || not_connected(&server));
+    let failed = server.takeover(false, |r| Err::<(), _>(("no tap", Box::new(r))));
+    assert!(matches!(failed, Err(TakeoverError::Start("no tap"))));
+    assert_eq!(server.status().state, ReplicaState::Ready);
+    let r = take(&server, false).unwrap();
+    assert_eq!(page_of(&r, 2), 4);
+    // Once taken over, a primary is turned away.
+    assert_eq!(server.status().state, ReplicaState::TakenOver);
+    let mut q = FakePrimary::connect(&server, "vm");
+    match q.reader.next_owned() {
+        Ok(Some((_, Frame::Abort { reason }))) => {
+            assert!(reason.contains("taken over"), "{reason}")
+        }
+        other => panic!("expected an Abort, got {other:?}"),
+    }
+}
+
+#[test]
 fn after_the_primary_gives_up_the_copy_is_stale_until_forced() {
     let dir = Scratch::new();
     let d = disk(&dir);
-    let server = ReplicaServer::listen("127.0.0.1:0", None, Vec::new()).unwrap();
+    let (server, _) = server(None, &d);
     let mut p = FakePrimary::connect(&server, "vm");
     p.hello_ack();
     p.send(1, &page_frame(2, 4));
@@ -269,10 +498,99 @@ fn after_the_primary_gives_up_the_copy_is_stale_until_forced() {
     )
     .unwrap();
     wait_for("the abort", || server.status().stale.is_some());
-    let Err((ReplicaError::Stale(why), server)) = server.takeover(false) else {
+    let Err(TakeoverError::Refused(ReplicaError::Stale(why))) = take(&server, false) else {
         panic!("took over a stale copy without force");
     };
     assert!(why.contains("no ack"), "{why}");
-    let r = server.takeover(true).map_err(|(e, _)| e).unwrap();
+    let r = take(&server, true).unwrap();
     assert_eq!(r.committed_epoch(), Some(1));
+}
+
+#[test]
+fn garbage_on_a_second_connection_leaves_the_stream_alone() {
+    let dir = Scratch::new();
+    let d = disk(&dir);
+    let (server, _) = server(Some("web"), &d);
+    let mut p = FakePrimary::connect(&server, "web");
+    p.hello_ack();
+    p.send(1, &page_frame(2, 4));
+    p.send(1, &state_frame(&d));
+    p.commit(1);
+    assert_eq!(p.ack(), 1);
+    // A bare Abort before any Hello, a truncated frame, bad magic, an oversized length, a
+    // Hello for another VM: each on its own connection while the real stream runs.
+    let abort = wire::encode(
+        &Frame::Abort {
+            reason: "forged".into(),
+        },
+        VM,
+        0,
+    )
+    .unwrap();
+    let mut bad_magic = abort.clone();
+    bad_magic[0] = b'X';
+    let mut oversized = abort.clone();
+    oversized[24..28].copy_from_slice(&u32::MAX.to_le_bytes());
+    let other = wire::encode(
+        &Frame::Hello(Hello {
+            name: "mail".into(),
+            generation: [0; 16],
+            stream_id: 3,
+            memory_bytes: MIB << 20,
+            disk_sizes: vec![DISK_BYTES],
+        }),
+        VM,
+        0,
+    )
+    .unwrap();
+    for bytes in [
+        abort.clone(),
+        abort[..30].to_vec(),
+        bad_magic,
+        oversized,
+        other,
+    ] {
+        let mut s = TcpStream::connect(server.local_addr()).unwrap();
+        s.write_all(&bytes).unwrap();
+        drop(s);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // The stream goes on, the copy is neither stale nor changed.
+    p.send(2, &page_frame(2, 6));
+    p.send(2, &state_frame(&d));
+    p.commit(2);
+    assert_eq!(p.ack(), 2);
+    let st = server.status();
+    assert_eq!(
+        (st.state, st.committed_epoch),
+        (ReplicaState::Ready, 2),
+        "{st:?}"
+    );
+}
+
+#[test]
+fn a_new_stream_takes_over_a_half_open_one() {
+    let dir = Scratch::new();
+    let d = disk(&dir);
+    let (server, _) = server(None, &d);
+    let mut old = FakePrimary::connect_stream(&server, "vm", 31);
+    old.hello_ack();
+    old.send(1, &page_frame(2, 4));
+    old.send(1, &state_frame(&d));
+    old.commit(1);
+    assert_eq!(old.ack(), 1);
+    // The primary restarts its stream without closing the old connection.
+    let mut new = FakePrimary::connect_stream(&server, "vm", 32);
+    assert!(
+        matches!(new.hello_ack(), Frame::HelloAck(_)),
+        "the new stream waited"
+    );
+    new.send(1, &page_frame(2, 8));
+    new.send(1, &state_frame(&d));
+    new.commit(1);
+    assert_eq!(new.ack(), 1);
+    let st = server.status();
+    assert_eq!((st.state, st.stream_id), (ReplicaState::Ready, 32));
+    // The old connection was cut.
+    assert!(matches!(old.reader.next_owned(), Ok(None) | Err(_)));
 }

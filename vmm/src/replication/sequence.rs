@@ -10,8 +10,11 @@
 //!    required), then a Commit whose frame count and digest match the frames seen since the
 //!    previous commit.
 //!
-//! Abort may come at any time. Any error, and Abort, close the checker: the receiver drops the
-//! connection and the staged epoch, and the replica stays at its last committed epoch.
+//! Abort (the primary stops protecting: the copy becomes stale) and End (the VM ended: the copy
+//! is discarded) may come at any time after the Hello (before it they are refused: nobody
+//! who did not introduce a stream can end one); the receiver answers both with CloseAck. Any error,
+//! Abort and End close the checker: the receiver drops the connection and the staged epoch,
+//! and the replica stays at its last committed epoch (or is discarded, after End).
 
 use super::wire::{hex, EpochDigest, Frame, Header, Kind, PAGE_SIZE};
 
@@ -24,8 +27,11 @@ pub enum Step {
     Stage(u64),
     /// This epoch is whole and verified: apply it, then send Ack with this epoch.
     Commit(u64),
-    /// The primary gave up the connection: drop the staged epoch and the connection.
+    /// The primary gave up the connection: drop the staged epoch, mark the copy stale, answer
+    /// CloseAck and close.
     Abort(String),
+    /// The VM ended on the primary: discard the copy, answer CloseAck and close.
+    End(String),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -167,7 +173,7 @@ impl SequenceChecker {
     /// Judges the next frame. An error closes the checker (every later frame is `Closed`).
     pub fn check(&mut self, header: &Header, frame: &Frame<'_>) -> Result<Step, SequenceError> {
         let step = self.judge(header, frame);
-        if matches!(step, Err(_) | Ok(Step::Abort(_))) {
+        if matches!(step, Err(_) | Ok(Step::Abort(_)) | Ok(Step::End(_))) {
             self.phase = Phase::Closed;
         }
         step
@@ -188,8 +194,15 @@ impl SequenceChecker {
             }
         }
         match frame {
+            // Only the primary of this connection's Hello may end what it started.
+            Frame::Abort { .. } | Frame::End { .. } if self.phase == Phase::AwaitHello => {
+                return Err(SequenceError::ExpectedHello { kind })
+            }
             Frame::Abort { reason } => return Ok(Step::Abort(reason.clone())),
-            Frame::HelloAck(_) | Frame::Ack => return Err(SequenceError::WrongDirection { kind }),
+            Frame::End { reason } => return Ok(Step::End(reason.clone())),
+            Frame::HelloAck(_) | Frame::Ack | Frame::CloseAck { .. } => {
+                return Err(SequenceError::WrongDirection { kind })
+            }
             Frame::Hello(hello) => {
                 if self.phase != Phase::AwaitHello {
                     return Err(SequenceError::SecondHello);

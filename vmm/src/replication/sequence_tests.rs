@@ -16,7 +16,9 @@ fn hello() -> Frame<'static> {
     Frame::Hello(Hello {
         name: "vm-a".into(),
         generation: [3; 16],
+        stream_id: 0,
         memory_bytes: MEMORY_PAGES * PAGE_SIZE as u64,
+        disk_sizes: Vec::new(),
     })
 }
 
@@ -216,7 +218,9 @@ fn hello_with_a_bad_memory_size() {
             Frame::Hello(Hello {
                 name: "x".into(),
                 generation: [0; 16],
+                stream_id: 0,
                 memory_bytes: bytes,
+                disk_sizes: Vec::new(),
             }),
         );
         fails(&p, 0, SequenceError::BadMemorySize { bytes });
@@ -230,7 +234,14 @@ fn secondary_kinds_from_the_primary() {
         generation: [0; 16],
         resume_ok: true,
     });
-    for (f, kind) in [(ack, Kind::HelloAck), (Frame::Ack, Kind::Ack)] {
+    let close = Frame::CloseAck {
+        reason: String::new(),
+    };
+    for (f, kind) in [
+        (ack, Kind::HelloAck),
+        (Frame::Ack, Kind::Ack),
+        (close, Kind::CloseAck),
+    ] {
         let mut p = Primary::default();
         p.frame(0, hello()).send(VM, 1, &f);
         fails(&p, 0, SequenceError::WrongDirection { kind });
@@ -411,7 +422,7 @@ fn commit_frame_count_mismatch() {
         1,
         &Frame::Commit(Commit {
             frames: c.frames + 1,
-            digest: c.digest,
+            ..c
         }),
     );
     fails(
@@ -460,6 +471,36 @@ fn abort_closes_the_checker() {
     fails(&p, 0, SequenceError::Closed);
     let (steps, _) = run(&p.out, Some(VM), 0);
     assert_eq!(steps.last(), Some(&Step::Abort("primary stopping".into())));
+}
+
+#[test]
+fn abort_or_end_before_any_hello_is_refused() {
+    for f in [
+        Frame::Abort { reason: "x".into() },
+        Frame::End { reason: "x".into() },
+    ] {
+        let kind = f.kind();
+        let mut p = Primary::default();
+        p.frame(0, f);
+        fails(&p, 0, SequenceError::ExpectedHello { kind });
+    }
+}
+
+#[test]
+fn end_closes_the_checker_too() {
+    let mut p = Primary::default();
+    p.frame(0, hello())
+        .frame(1, pages(&[1]))
+        .frame(
+            1,
+            Frame::End {
+                reason: "guest powered off".into(),
+            },
+        )
+        .frame(1, state(1));
+    fails(&p, 0, SequenceError::Closed);
+    let (steps, _) = run(&p.out, Some(VM), 0);
+    assert_eq!(steps.last(), Some(&Step::End("guest powered off".into())));
 }
 
 #[test]

@@ -1,8 +1,15 @@
 //! A secondary waiting to take over: the replica server plus the console the VM will use, and,
 //! after `takeover`, the running `Machine`. It is the API target of `havms-vm
-//! --replica-listen`: `info` shows the replica (committed epoch, connection), `takeover` starts
-//! the VM from the last committed epoch (failover), and from then on every request acts on the
-//! machine as for any VM.
+//! --replica-listen`: `info` shows the replica (its copy, committed epoch, connection),
+//! `mark_stale` keeps it from ever being taken over, `takeover` starts the VM from the last
+//! committed epoch (failover), and from then on every request acts on the machine as for any
+//! VM. One event bus serves the whole life: the replica's events, then the machine's.
+//!
+//! ```text
+//!   replica --takeover--> busy --started--> running (a Machine)
+//!      ^                   |
+//!      +---- start failed: the replica is kept, serving goes on
+//! ```
 //!
 //! Who decides to take over is not this module's business: the supervisor does, when the peer
 //! is dead and the witness answers (docs/design.md); tests do it by hand with `havms-remote
@@ -10,12 +17,14 @@
 
 use std::sync::{Arc, Condvar, Mutex};
 
-use crate::api::socket::ApiTarget;
+use crate::api::ApiTarget;
 use crate::console::Console;
+use crate::events::Events;
 use crate::machine::{Machine, OnReset};
 use crate::vm::{Vm, VmError, VmInfo};
 
-use super::secondary::ReplicaServer;
+use super::primary::{ProtectConfig, ProtectStatus};
+use super::secondary::{ReplicaServer, TakeoverError};
 use crate::sync::lock;
 
 enum Phase {
@@ -36,14 +45,22 @@ pub struct Standby {
     phase: Mutex<Phase>,
     changed: Condvar,
     on_reset: OnReset,
+    events: Events,
 }
 
 impl Standby {
-    pub fn new(server: ReplicaServer, console: Console, on_reset: OnReset) -> Arc<Standby> {
+    /// `events` must be the bus `server` publishes to (the machine will publish there too).
+    pub fn new(
+        server: ReplicaServer,
+        console: Console,
+        on_reset: OnReset,
+        events: Events,
+    ) -> Arc<Standby> {
         Arc::new(Standby {
             phase: Mutex::new(Phase::Replica { server, console }),
             changed: Condvar::new(),
             on_reset,
+            events,
         })
     }
 
@@ -61,7 +78,8 @@ impl Standby {
     }
 
     /// Failover: stops receiving and builds the VM from the last committed epoch. A refused
-    /// takeover (nothing committed, a stale copy without `force`) leaves the replica serving.
+    /// takeover (nothing committed, a stale copy without `force`) or a failed start leaves the
+    /// replica serving, its copy intact.
     pub fn takeover(&self, force: bool) -> Result<(), VmError> {
         let mut p = lock(&self.phase);
         let (server, console) = match std::mem::replace(&mut *p, Phase::Busy) {
@@ -72,14 +90,17 @@ impl Standby {
             }
         };
         let status = server.status();
-        let replica = match server.takeover(force) {
-            Ok(r) => r,
-            Err((e, server)) => {
-                *p = Phase::Replica { server, console };
-                return Err(VmError::Control(format!("takeover refused: {e}")));
-            }
-        };
-        let result = Machine::from_replica(replica, console, self.on_reset);
+        let mut console = Some(console);
+        let result = server.takeover(force, |replica| {
+            let Some(c) = console.take() else {
+                return Err(("no console".to_string(), Box::new(replica)));
+            };
+            Machine::from_replica(replica, c, self.on_reset, self.events.clone()).map_err(|e| {
+                let why = crate::error_chain(&e.error);
+                console = Some(e.console);
+                (why, e.replica)
+            })
+        });
         match result {
             Ok(m) => {
                 log::info!(
@@ -87,18 +108,27 @@ impl Standby {
                     status.name,
                     status.committed_epoch
                 );
+                // The server has nothing left to serve; it goes with this phase.
+                drop(server);
                 *p = Phase::Running(m);
                 self.changed.notify_all();
                 Ok(())
             }
             Err(e) => {
-                // The replica is consumed either way; what is left is to say so and end.
-                *p = Phase::Ended;
-                self.changed.notify_all();
-                Err(VmError::Control(format!(
-                    "takeover failed: {}",
-                    crate::error_chain(&e)
-                )))
+                let msg = match &e {
+                    TakeoverError::Refused(r) => format!("takeover refused: {r}"),
+                    TakeoverError::Start(s) => {
+                        format!("takeover failed (the replica is kept): {s}")
+                    }
+                };
+                match console {
+                    Some(console) => *p = Phase::Replica { server, console },
+                    None => {
+                        *p = Phase::Ended;
+                        self.changed.notify_all();
+                    }
+                }
+                Err(VmError::Control(msg))
             }
         }
     }
@@ -155,24 +185,54 @@ impl ApiTarget for Arc<Standby> {
         }
     }
 
-    fn protect(&self, to: &str, cfg: super::primary::ProtectConfig) -> Result<(), VmError> {
+    fn events(&self) -> Option<Events> {
+        Some(self.events.clone())
+    }
+
+    fn protect(&self, to: &str, cfg: ProtectConfig) -> Result<ProtectStatus, VmError> {
+        let m = match &*lock(&self.phase) {
+            Phase::Running(m) => m.clone(),
+            _ => return Err(VmError::WrongState("a replica (take over first)")),
+        };
+        m.protect_and_wait(to, cfg)
+    }
+
+    fn unprotect(&self) -> Result<ProtectStatus, VmError> {
         match &*lock(&self.phase) {
-            Phase::Running(m) => m.protect(to, cfg),
-            _ => Err(VmError::WrongState("a replica (take over first)")),
+            Phase::Running(m) => m.unprotect(),
+            _ => Err(VmError::WrongState("a replica")),
         }
     }
 
-    fn unprotect(&self) -> Result<(), VmError> {
+    fn release(&self) -> Result<ProtectStatus, VmError> {
         match &*lock(&self.phase) {
-            Phase::Running(m) => m
-                .unprotect()
-                .map(|_| ())
-                .ok_or(VmError::Control("this VM is not protected".into())),
+            Phase::Running(m) => m.release(),
             _ => Err(VmError::WrongState("a replica")),
         }
     }
 
     fn takeover(&self, force: bool) -> Result<(), VmError> {
         Standby::takeover(self, force)
+    }
+
+    fn verify(&self, epoch: u64) -> Result<u64, VmError> {
+        match &*lock(&self.phase) {
+            Phase::Replica { server, .. } => {
+                server.verify_at(epoch);
+                Ok(epoch)
+            }
+            Phase::Running(m) => m.verify_at(epoch),
+            _ => Err(VmError::WrongState("neither a replica nor running")),
+        }
+    }
+
+    fn mark_stale(&self, reason: &str) -> Result<(), VmError> {
+        match &*lock(&self.phase) {
+            Phase::Replica { server, .. } => {
+                server.mark_stale(reason);
+                Ok(())
+            }
+            _ => Err(VmError::WrongState("not a replica any more")),
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! The replication wire format: one frame = a 64-byte header + a payload, all little endian.
 //!
 //! ```text
-//! 0  magic "HVRP"   4  version u16 = 1   6  kind u8   7  flags u8 = 0
+//! 0  magic "HVRP"   4  version u16 = 2   6  kind u8   7  flags u8 = 0
 //! 8  vm_id u64      16 epoch u64         24 payload_len u32 (<= MAX_PAYLOAD)
 //! 28 reserved u32 = 0                    32 sha256 of the payload [u8; 32]
 //! ```
@@ -25,7 +25,8 @@ pub use parse::{parse_frame, parse_header, parse_payload, verify_payload};
 pub use reader::FrameReader;
 
 pub const MAGIC: [u8; 4] = *b"HVRP";
-pub const VERSION: u16 = 1;
+/// 2: Hello carries the stream id and the disk sizes, Commit a flags byte, CloseAck and End.
+pub const VERSION: u16 = 2;
 pub const HEADER_LEN: usize = 64;
 /// The largest payload accepted, checked before anything is allocated for it.
 pub const MAX_PAYLOAD: usize = 64 << 20;
@@ -35,6 +36,11 @@ pub const PAGE_SIZE: usize = 4096;
 pub const SECTOR_SIZE: u32 = 512;
 pub const MAX_NAME: usize = 64;
 pub const MAX_REASON: usize = 1024;
+/// The most disks a Hello may announce (a VM has at most 17 virtio devices).
+pub const MAX_DISKS: usize = 16;
+/// Commit flag: the guest flushed a disk during the epoch; the secondary makes the epoch's disk
+/// writes durable (fdatasync) before it acks.
+pub const COMMIT_FLUSH: u8 = 1;
 /// The most pages one Pages frame can carry within MAX_PAYLOAD.
 pub const MAX_PAGES_PER_FRAME: usize = (MAX_PAYLOAD - 4) / (8 + PAGE_SIZE);
 
@@ -50,6 +56,12 @@ pub enum Kind {
     Commit = 6,
     Ack = 7,
     Abort = 8,
+    /// Secondary -> primary: the Abort or End was carried out (the copy is marked stale, or
+    /// discarded); the connection closes after it.
+    CloseAck = 9,
+    /// Primary -> secondary: the VM ended (powered off, stopped): discard the copy, it must
+    /// never be taken over.
+    End = 10,
 }
 
 impl Kind {
@@ -63,6 +75,8 @@ impl Kind {
             6 => Kind::Commit,
             7 => Kind::Ack,
             8 => Kind::Abort,
+            9 => Kind::CloseAck,
+            10 => Kind::End,
             _ => return None,
         })
     }
@@ -154,6 +168,10 @@ pub enum WireError {
     BadDiskLength { len: u64, offset: usize },
     #[error("empty State payload")]
     EmptyState,
+    #[error("Hello announces {count} disks at byte {offset} of the frame (at most {MAX_DISKS})")]
+    TooManyDisks { count: usize, offset: usize },
+    #[error("Commit flags {found:#04x} at byte {offset} of the frame (only {COMMIT_FLUSH:#04x} is defined)")]
+    BadCommitFlags { found: u8, offset: usize },
     #[error("cannot encode this {kind} frame: {what}")]
     Unencodable { kind: Kind, what: String },
 }
@@ -188,8 +206,15 @@ impl Header {
 pub struct Hello {
     /// 1..=64 bytes of [A-Za-z0-9._-].
     pub name: String,
+    /// Reserved for the generation history (all zero today).
     pub generation: [u8; 16],
+    /// Random per stream: the secondary reports which stream its copy came from, so the
+    /// supervisors can tell a copy of this stream from one of an earlier stream.
+    pub stream_id: u64,
     pub memory_bytes: u64,
+    /// The size in bytes of each disk, in device order: the secondary checks its own images
+    /// against them before anything is sent (a takeover needs disks of the same size).
+    pub disk_sizes: Vec<u64>,
 }
 
 /// The secondary's answer to Hello.
@@ -231,6 +256,8 @@ pub struct Disk<'a> {
 pub struct Commit {
     pub frames: u32,
     pub digest: [u8; 32],
+    /// `COMMIT_FLUSH` or 0.
+    pub flags: u8,
 }
 
 /// A frame's payload. Bulk data borrows (from the caller when encoding, from the reader's
@@ -248,6 +275,12 @@ pub enum Frame<'a> {
     Abort {
         reason: String,
     },
+    CloseAck {
+        reason: String,
+    },
+    End {
+        reason: String,
+    },
 }
 
 impl Frame<'_> {
@@ -261,6 +294,8 @@ impl Frame<'_> {
             Frame::Commit(_) => Kind::Commit,
             Frame::Ack => Kind::Ack,
             Frame::Abort { .. } => Kind::Abort,
+            Frame::CloseAck { .. } => Kind::CloseAck,
+            Frame::End { .. } => Kind::End,
         }
     }
 
@@ -285,6 +320,8 @@ impl Frame<'_> {
             Frame::Commit(c) => Frame::Commit(c),
             Frame::Ack => Frame::Ack,
             Frame::Abort { reason } => Frame::Abort { reason },
+            Frame::CloseAck { reason } => Frame::CloseAck { reason },
+            Frame::End { reason } => Frame::End { reason },
         }
     }
 }
@@ -318,11 +355,12 @@ impl EpochDigest {
         self.frames
     }
 
-    /// The Commit for the frames added so far.
+    /// The Commit for the frames added so far (flags 0).
     pub fn commit(&self) -> Commit {
         Commit {
             frames: self.frames,
             digest: self.hasher.clone().finalize().into(),
+            flags: 0,
         }
     }
 }

@@ -104,7 +104,9 @@ fn random_frame(r: &mut Rng) -> Frame<'static> {
                 .map(|_| NAME[r.below(NAME.len() as u64) as usize] as char)
                 .collect(),
             generation: r.bytes(16).try_into().unwrap(),
+            stream_id: r.next(),
             memory_bytes: r.next(),
+            disk_sizes: (0..r.below(4)).map(|_| r.next()).collect(),
         }),
         2 => Frame::HelloAck(HelloAck {
             last_committed_epoch: r.next(),
@@ -137,6 +139,7 @@ fn random_frame(r: &mut Rng) -> Frame<'static> {
         6 => Frame::Commit(Commit {
             frames: r.next() as u32,
             digest: r.bytes(32).try_into().unwrap(),
+            flags: (r.below(2) as u8) * COMMIT_FLUSH,
         }),
         7 => Frame::Ack,
         _ => Frame::Abort {

@@ -16,7 +16,9 @@ pub(super) fn hello() -> Frame<'static> {
     Frame::Hello(Hello {
         name: "web-1.prod_a".into(),
         generation: [7; 16],
+        stream_id: 0x0123_4567_89ab_cdef,
         memory_bytes: 256 << 20,
+        disk_sizes: vec![8 << 30, 512],
     })
 }
 
@@ -58,6 +60,12 @@ fn samples() -> Vec<Frame<'static>> {
         Frame::Commit(Commit {
             frames: 3,
             digest: [0x5a; 32],
+            flags: 0,
+        }),
+        Frame::Commit(Commit {
+            frames: 1,
+            digest: [0; 32],
+            flags: COMMIT_FLUSH,
         }),
         Frame::Ack,
         Frame::Abort {
@@ -66,6 +74,19 @@ fn samples() -> Vec<Frame<'static>> {
         Frame::Abort {
             reason: String::new(),
         },
+        Frame::CloseAck {
+            reason: "the copy is marked stale".into(),
+        },
+        Frame::End {
+            reason: "guest powered off".into(),
+        },
+        Frame::Hello(Hello {
+            name: "d".into(),
+            generation: [0; 16],
+            stream_id: 0,
+            memory_bytes: 4096,
+            disk_sizes: Vec::new(),
+        }),
     ]
 }
 
@@ -142,7 +163,7 @@ fn header_layout_is_the_documented_one() {
     let empty_sha: [u8; 32] = Sha256::digest([]).into();
     let mut want = Vec::new();
     want.extend_from_slice(b"HVRP");
-    want.extend_from_slice(&[1, 0, 7, 0]);
+    want.extend_from_slice(&[2, 0, 7, 0]);
     want.extend_from_slice(&0x0102u64.to_le_bytes());
     want.extend_from_slice(&0x0304u64.to_le_bytes());
     want.extend_from_slice(&[0; 8]);
@@ -185,16 +206,16 @@ fn bad_magic() {
 #[test]
 fn unsupported_version() {
     let mut b = valid();
-    b[4] = 2;
+    b[4] = 1;
     assert!(matches!(
         parse(&b),
-        Err(WireError::UnsupportedVersion { found: 2 })
+        Err(WireError::UnsupportedVersion { found: 1 })
     ));
 }
 
 #[test]
 fn unknown_kinds() {
-    for k in [0u8, 9, 255] {
+    for k in [0u8, 11, 255] {
         let b = raw_frame(k, &[]);
         assert!(matches!(parse(&b), Err(WireError::UnknownKind { found }) if found == k));
     }
@@ -378,8 +399,11 @@ fn hello_payload(name: &[u8], page_size: u32) -> Vec<u8> {
     let mut p = (name.len() as u16).to_le_bytes().to_vec();
     p.extend_from_slice(name);
     p.extend_from_slice(&[1; 16]);
+    p.extend_from_slice(&9u64.to_le_bytes());
     p.extend_from_slice(&(64u64 << 20).to_le_bytes());
     p.extend_from_slice(&page_size.to_le_bytes());
+    p.extend_from_slice(&1u16.to_le_bytes());
+    p.extend_from_slice(&(1u64 << 30).to_le_bytes());
     p
 }
 
@@ -390,7 +414,9 @@ fn hello_payload_helper_is_valid() {
         Frame::Hello(Hello {
             name: "vm".into(),
             generation: [1; 16],
-            memory_bytes: 64 << 20
+            stream_id: 9,
+            memory_bytes: 64 << 20,
+            disk_sizes: vec![1 << 30],
         })
     );
 }
@@ -435,13 +461,45 @@ fn name_with_bad_characters_or_empty() {
 }
 
 #[test]
+fn too_many_disks_and_unknown_commit_flags() {
+    let mut p = hello_payload(b"vm", 4096);
+    let at = p.len() - 10;
+    p.truncate(at);
+    p.extend_from_slice(&((MAX_DISKS + 1) as u16).to_le_bytes());
+    let e = parse(&raw_frame(1, &p)).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            WireError::TooManyDisks {
+                count: 17,
+                offset: 104
+            }
+        ),
+        "{e}"
+    );
+    let mut c = vec![0u8; 36];
+    c.push(0x02);
+    let e = parse(&raw_frame(6, &c)).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            WireError::BadCommitFlags {
+                found: 2,
+                offset: 100
+            }
+        ),
+        "{e}"
+    );
+}
+
+#[test]
 fn bad_page_size() {
     let e = parse(&raw_frame(1, &hello_payload(b"vm", 8192))).unwrap_err();
     assert!(matches!(
         e,
         WireError::BadPageSize {
             found: 8192,
-            offset: 92
+            offset: 100
         }
     ));
 }
@@ -563,7 +621,21 @@ fn encoder_refuses_what_the_parser_would() {
         Frame::Hello(Hello {
             name: "bad name".into(),
             generation: [0; 16],
+            stream_id: 0,
             memory_bytes: 4096,
+            disk_sizes: Vec::new(),
+        }),
+        Frame::Hello(Hello {
+            name: "many".into(),
+            generation: [0; 16],
+            stream_id: 0,
+            memory_bytes: 4096,
+            disk_sizes: vec![1; MAX_DISKS + 1],
+        }),
+        Frame::Commit(Commit {
+            frames: 0,
+            digest: [0; 32],
+            flags: 0x80,
         }),
         Frame::Pages(Pages {
             pages: Cow::Owned(vec![1, 2]),

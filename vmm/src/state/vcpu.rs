@@ -111,3 +111,23 @@ pub fn restore(vcpu: &VcpuFd, s: &VcpuState) -> Result<(), VcpuStateError> {
         .map_err(io("SET_VCPU_EVENTS"))?;
     Ok(())
 }
+
+#[cfg(test)]
+impl VcpuState {
+    /// A vCPU state with every register zero (tests that never run it).
+    pub fn for_tests(id: u8) -> VcpuState {
+        VcpuState {
+            id,
+            cpuid: Vec::new(),
+            mp_state: Default::default(),
+            regs: Default::default(),
+            sregs: Default::default(),
+            xsave: Default::default(),
+            xcrs: Default::default(),
+            debugregs: Default::default(),
+            lapic: Default::default(),
+            msrs: Vec::new(),
+            vcpu_events: Default::default(),
+        }
+    }
+}

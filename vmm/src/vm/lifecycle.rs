@@ -45,14 +45,22 @@ impl Vm {
             RunState::Ended => return Err(VmError::WrongState("ended")),
         }
         let t = Instant::now();
-        broadcast(
+        if let Err(e) = broadcast(
             &c.handles,
             &c.acks,
             || VcpuCmd::Pause,
             VcpuAck::Paused,
             VCPU_ACK_TIMEOUT,
-        )
-        .map_err(VmError::Control)?;
+        ) {
+            // Some vCPUs parked, some did not (one busy in a long disk flush, say): the ones
+            // that parked must run again, or the guest freezes while `info` says running. A
+            // late one finds Pause then Resume queued and goes on too.
+            for h in &c.handles {
+                h.send(VcpuCmd::Resume);
+            }
+            log::warn!("pause failed ({e}); the vCPUs were told to run on");
+            return Err(VmError::Control(format!("pause: {e}")));
+        }
         // Devices stop touching guest memory only after no vCPU can kick them any more.
         self.inner.devices.virtio.pause();
         c.state = RunState::Paused;

@@ -61,10 +61,22 @@ fn encode_payload<'f>(frame: &'f Frame<'_>, out: &mut Vec<u8>) -> Result<&'f [u8
     match frame {
         Frame::Hello(h) => {
             check_name(&h.name)?;
+            if h.disk_sizes.len() > MAX_DISKS {
+                return Err(bad(format!(
+                    "{} disks (at most {MAX_DISKS})",
+                    h.disk_sizes.len()
+                )));
+            }
             put_str(out, &h.name);
             out.extend_from_slice(&h.generation);
+            out.extend_from_slice(&h.stream_id.to_le_bytes());
             out.extend_from_slice(&h.memory_bytes.to_le_bytes());
             out.extend_from_slice(&(PAGE_SIZE as u32).to_le_bytes());
+            // At most MAX_DISKS (checked above): fits the u16.
+            out.extend_from_slice(&(h.disk_sizes.len() as u16).to_le_bytes());
+            for size in &h.disk_sizes {
+                out.extend_from_slice(&size.to_le_bytes());
+            }
             Ok(&[])
         }
         Frame::HelloAck(a) => {
@@ -116,12 +128,16 @@ fn encode_payload<'f>(frame: &'f Frame<'_>, out: &mut Vec<u8>) -> Result<&'f [u8
             Ok(s)
         }
         Frame::Commit(c) => {
+            if c.flags & !COMMIT_FLUSH != 0 {
+                return Err(bad(format!("flags {:#04x}", c.flags)));
+            }
             out.extend_from_slice(&c.frames.to_le_bytes());
             out.extend_from_slice(&c.digest);
+            out.push(c.flags);
             Ok(&[])
         }
         Frame::Ack => Ok(&[]),
-        Frame::Abort { reason } => {
+        Frame::Abort { reason } | Frame::CloseAck { reason } | Frame::End { reason } => {
             if reason.len() > MAX_REASON {
                 return Err(bad(format!(
                     "a {}-byte reason (at most {MAX_REASON})",

@@ -195,6 +195,7 @@ pub fn parse_payload(kind: Kind, payload: &[u8]) -> Result<Frame<'_>, WireError>
             let name = f.string("name", MAX_NAME)?;
             check_name(&name)?;
             let generation = f.array::<16>("generation")?;
+            let stream_id = f.get("stream_id", le_u64)?;
             let memory_bytes = f.get("memory_bytes", le_u64)?;
             let offset = f.offset();
             let page_size = f.get("page_size", le_u32)?;
@@ -204,10 +205,19 @@ pub fn parse_payload(kind: Kind, payload: &[u8]) -> Result<Frame<'_>, WireError>
                     offset,
                 });
             }
+            let offset = f.offset();
+            let count = f.get("disk_count", le_u16)? as usize;
+            // Checked before anything is allocated from `count`.
+            if count > MAX_DISKS {
+                return Err(WireError::TooManyDisks { count, offset });
+            }
+            let disk_sizes = f.get("disk sizes", nom::multi::count(le_u64, count))?;
             Frame::Hello(Hello {
                 name,
                 generation,
+                stream_id,
                 memory_bytes,
+                disk_sizes,
             })
         }
         Kind::HelloAck => {
@@ -296,12 +306,31 @@ pub fn parse_payload(kind: Kind, payload: &[u8]) -> Result<Frame<'_>, WireError>
             f.rest = &[];
             Frame::State(Cow::Borrowed(payload))
         }
-        Kind::Commit => Frame::Commit(Commit {
-            frames: f.get("frames", le_u32)?,
-            digest: f.array::<32>("digest")?,
-        }),
+        Kind::Commit => {
+            let frames = f.get("frames", le_u32)?;
+            let digest = f.array::<32>("digest")?;
+            let offset = f.offset();
+            let flags = f.get("flags", le_u8)?;
+            if flags & !COMMIT_FLUSH != 0 {
+                return Err(WireError::BadCommitFlags {
+                    found: flags,
+                    offset,
+                });
+            }
+            Frame::Commit(Commit {
+                frames,
+                digest,
+                flags,
+            })
+        }
         Kind::Ack => Frame::Ack,
         Kind::Abort => Frame::Abort {
+            reason: f.string("reason", MAX_REASON)?,
+        },
+        Kind::CloseAck => Frame::CloseAck {
+            reason: f.string("reason", MAX_REASON)?,
+        },
+        Kind::End => Frame::End {
             reason: f.string("reason", MAX_REASON)?,
         },
     };

@@ -1,5 +1,6 @@
 //! The replication hook of virtio-blk: every completed write or discard is reported as
-//! (sector, length) right after it reached the image file and before the guest sees it complete.
+//! (sector, length) right after it reached the image file and before the guest sees it complete,
+//! and so is every completed FLUSH (the guest asked for durability of what it wrote before).
 //!
 //! Requests run in the vCPU thread that notified the queue, so once the vCPUs are paused every
 //! change of the epoch has been reported; the supervisor can then read those ranges back from the
@@ -15,6 +16,8 @@ pub enum DiskChangeKind {
     Write,
     /// Range discarded (hole punched): reads back as zeros.
     Discard,
+    /// The guest flushed the disk (sector and length are 0): what it wrote so far is durable.
+    Flush,
 }
 
 /// One completed change, in 512-byte sectors and bytes.

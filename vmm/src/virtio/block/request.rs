@@ -185,10 +185,18 @@ fn execute(
             }
             Ok(())
         }
-        VIRTIO_BLK_T_FLUSH => ctx
-            .disk
-            .flush()
-            .map_err(|e| RequestError::Io(e.to_string())),
+        VIRTIO_BLK_T_FLUSH => {
+            ctx.disk
+                .flush()
+                .map_err(|e| RequestError::Io(e.to_string()))?;
+            // Replication makes the secondary's copy durable before it acks this epoch.
+            ctx.changes.push(DiskChange {
+                kind: DiskChangeKind::Flush,
+                sector: 0,
+                len: 0,
+            });
+            Ok(())
+        }
         VIRTIO_BLK_T_GET_ID => {
             let id = ctx.disk.id();
             let n = data.available_bytes().min(id.len());

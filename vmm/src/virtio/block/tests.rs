@@ -192,6 +192,15 @@ fn flush_and_get_id() {
     add_chain(&vq, 0, &[Buf(HDR, 16, false), Buf(STATUS, 1, true)]);
     write32(&mut t, 0x50, 0);
     assert_eq!(rig.status(), VIRTIO_BLK_S_OK);
+    // Replication hears of the flush (the secondary syncs that epoch before acking it).
+    assert_eq!(
+        *rig.changes.lock().unwrap(),
+        vec![DiskChange {
+            kind: DiskChangeKind::Flush,
+            sector: 0,
+            len: 0
+        }]
+    );
 
     rig.header(VIRTIO_BLK_T_GET_ID, 0);
     put(&rig.mem, DATA, &[0u8; 20]);

@@ -41,6 +41,12 @@ pub struct GateStats {
     /// Dropped by `discard_uncommitted`.
     pub discarded_frames: u64,
     pub discarded_bytes: u64,
+    /// Dropped on arrival because `MAX_HELD_BYTES` were already waiting (a long hold: the
+    /// world sees nothing either way, and TCP in the guest sends them again).
+    #[serde(default)]
+    pub dropped_frames: u64,
+    #[serde(default)]
+    pub dropped_bytes: u64,
     /// Waiting now.
     pub waiting_frames: u64,
     pub waiting_bytes: u64,
@@ -64,6 +70,11 @@ pub enum GateError {
     #[error("epoch {asked} is older than the current epoch {current}")]
     EpochBackwards { asked: u64, current: u64 },
 }
+
+/// The most guest output held at once. A hold lasts until the peer acks or the supervisor
+/// decides (at most a few seconds); beyond this much, new frames are dropped, as a congested
+/// wire would, instead of growing without bound.
+pub const MAX_HELD_BYTES: u64 = 16 << 20;
 
 /// Frames held per epoch, in send order.
 #[derive(Debug)]
@@ -132,6 +143,11 @@ impl OutputGate {
                 self.stats.passed_frames += 1;
                 self.stats.passed_bytes += len;
                 Some(frame)
+            }
+            GateMode::Gated if self.stats.waiting_bytes + len > MAX_HELD_BYTES => {
+                self.stats.dropped_frames += 1;
+                self.stats.dropped_bytes += len;
+                None
             }
             GateMode::Gated => {
                 self.stats.held_frames += 1;
@@ -310,6 +326,25 @@ mod tests {
         assert_eq!(g.submit(f(2, 3)), None);
         g.begin_epoch(2).unwrap();
         assert_eq!(g.commit(1), vec![f(2, 3)]);
+    }
+
+    #[test]
+    fn a_long_hold_drops_frames_beyond_the_limit() {
+        let mut g = OutputGate::new(GateMode::Gated);
+        g.begin_epoch(1).unwrap();
+        let big = (MAX_HELD_BYTES / 4) as usize;
+        for i in 0..4 {
+            assert_eq!(g.submit(f(i, big)), None);
+        }
+        assert_eq!(g.submit(f(9, 1)), None);
+        let s = g.stats();
+        assert_eq!(
+            (s.waiting_frames, s.dropped_frames, s.dropped_bytes),
+            (4, 1, 1)
+        );
+        assert_eq!(g.commit(1).len(), 4);
+        assert_eq!(g.submit(f(10, 1)), None);
+        assert_eq!(g.stats().waiting_frames, 1);
     }
 
     #[test]

@@ -10,8 +10,8 @@ mod tap;
 
 pub use backend::NetBackend;
 pub use device::{Net, NetConfig, NetState, NET_QUEUE_SIZE, VNET_HDR_LEN};
-pub use gate::{GateError, GateMode, GateState, GateStats, HeldFrame, OutputGate};
-pub use output::NetOutput;
+pub use gate::{GateError, GateMode, GateState, GateStats, HeldFrame, OutputGate, MAX_HELD_BYTES};
+pub use output::{announce_rounds, NetOutput, ANNOUNCE_ROUNDS};
 pub use tap::{Tap, TapError};
 
 #[cfg(test)]

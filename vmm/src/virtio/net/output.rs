@@ -130,6 +130,41 @@ impl NetOutput {
     }
 }
 
+/// Rounds of `announce_rounds` and the gaps between them, as QEMU's announce-self defaults
+/// (5 rounds, 50 ms first, 100 ms more each time, at most 550 ms).
+pub const ANNOUNCE_ROUNDS: u32 = 5;
+const ANNOUNCE_FIRST_GAP_MS: u64 = 50;
+const ANNOUNCE_STEP_MS: u64 = 100;
+const ANNOUNCE_MAX_GAP_MS: u64 = 550;
+
+/// Announces each NIC's MAC (`macs[i]` on `nets[i]`) `ANNOUNCE_ROUNDS` times, the first at once
+/// and the rest from a background thread, as QEMU does after a migration: one RARP can be lost
+/// (a bridge port still coming up, a switch busy), five rarely are.
+pub fn announce_rounds(nets: Vec<NetOutput>, macs: Vec<[u8; 6]>) {
+    let pairs: Vec<(NetOutput, [u8; 6])> = nets.into_iter().zip(macs).collect();
+    if pairs.is_empty() {
+        return;
+    }
+    for (n, m) in &pairs {
+        n.announce(*m);
+    }
+    let spawned = std::thread::Builder::new()
+        .name("announce".into())
+        .spawn(move || {
+            let mut gap = ANNOUNCE_FIRST_GAP_MS;
+            for _ in 1..ANNOUNCE_ROUNDS {
+                std::thread::sleep(std::time::Duration::from_millis(gap));
+                for (n, m) in &pairs {
+                    n.announce(*m);
+                }
+                gap = (gap + ANNOUNCE_STEP_MS).min(ANNOUNCE_MAX_GAP_MS);
+            }
+        });
+    if let Err(e) = spawned {
+        log::warn!("virtio-net: no thread for the MAC announce rounds: {e}");
+    }
+}
+
 /// A RARP "request reverse" from `mac` for itself, with the (all-zero) virtio-net header in
 /// front and padded to the 60-byte Ethernet minimum.
 pub fn rarp_announce(mac: [u8; 6]) -> Vec<u8> {

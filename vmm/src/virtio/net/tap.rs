@@ -82,6 +82,11 @@ impl Tap {
             return Err(ioctl_err("TUNSETOFFLOAD"));
         }
 
+        bring_up(name).map_err(|source| TapError::Ioctl {
+            name: name.to_string(),
+            what: "SIOCSIFFLAGS (up)",
+            source,
+        })?;
         Ok(Tap {
             file,
             name: name.to_string(),
@@ -91,6 +96,52 @@ impl Tap {
     pub fn name(&self) -> &str {
         &self.name
     }
+}
+
+/// Sets IFF_UP on interface `name` if it is not up yet: writing to a tap that is down fails with
+/// EIO (the supervisor's persistent taps are up already; a tap the engine created is not).
+fn bring_up(name: &str) -> io::Result<()> {
+    // SAFETY: socket(2) with constant arguments; the fd is owned by `sock` below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh socket nobody else owns.
+    let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    // SAFETY: ifreq is plain old data; all-zero is valid.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in ifr.ifr_name.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS fills the flags of the `ifreq` we pass, alive across the call.
+    if unsafe {
+        libc::ioctl(
+            sock.as_raw_fd(),
+            libc::SIOCGIFFLAGS,
+            &mut ifr as *mut libc::ifreq,
+        )
+    } < 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the union member SIOCGIFFLAGS just wrote.
+    let flags = unsafe { ifr.ifr_ifru.ifru_flags };
+    if flags & libc::IFF_UP as i16 != 0 {
+        return Ok(());
+    }
+    ifr.ifr_ifru.ifru_flags = flags | libc::IFF_UP as i16;
+    // SAFETY: SIOCSIFFLAGS reads the `ifreq` we pass, alive across the call.
+    if unsafe {
+        libc::ioctl(
+            sock.as_raw_fd(),
+            libc::SIOCSIFFLAGS,
+            &mut ifr as *mut libc::ifreq,
+        )
+    } < 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 impl NetBackend for Tap {

@@ -1,5 +1,6 @@
-//! The few rtnetlink requests a node needs (link up, address, bridge, enslave, default route),
-//! on a blocking NETLINK_ROUTE socket: init has no async runtime and wants none.
+//! The few rtnetlink requests a node needs (link up, address, bridge, enslave, default route,
+//! delete a link), on a blocking NETLINK_ROUTE socket: neither init nor havmsd has an async
+//! runtime, and neither wants one.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
@@ -104,6 +105,16 @@ impl Rtnl {
         msg.header.index = port;
         msg.attributes = vec![LinkAttribute::Controller(bridge)];
         self.request(RouteNetlinkMessage::SetLink(msg), 0)
+    }
+
+    /// Deletes a link (a tap of a VM that left the config); a missing one is fine.
+    pub fn delete_link(&mut self, index: u32) -> io::Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        match self.request(RouteNetlinkMessage::DelLink(msg), 0) {
+            Err(e) if errno_of(&e) == Some(libc::ENODEV) => Ok(()),
+            other => other,
+        }
     }
 
     /// Adds an IPv4 address with its broadcast; an existing identical one is fine.

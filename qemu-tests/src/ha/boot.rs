@@ -1,0 +1,53 @@
+//! Booting an HA pair: the engine payload (guest kernel, initramfs, helpers) and each VM's
+//! disk image on both nodes' data disks, the HA config, both nodes up to their shells with the
+//! helpers defined.
+
+use crate::cluster::{Cluster, NodeOptions};
+use crate::disk::DiskFile;
+use crate::engine::payload;
+use crate::error::{HarnessError, Result};
+use crate::node::Node;
+use crate::scenarios::{Ctx, BOOT_KERNEL};
+use crate::shell::Shell;
+
+use super::config::{self, TestVm};
+
+/// The size of each test VM's disk image.
+pub const VM_DISK_MIB: u64 = 16;
+
+/// Nodes a and b with `vms` in their config, booted.
+pub fn pair(ctx: &Ctx, vms: &[TestVm], marker: &str) -> Result<Cluster> {
+    let mut cluster = Cluster::new(&ctx.artifacts, ctx.name)?;
+    ctx.step("building the guest payload; booting nodes a and b");
+    let mut files = payload::build(&ctx.artifacts, &cluster.work_dir, false)?;
+    for v in vms {
+        let img = cluster.work_dir.join(format!("{}.img", v.name));
+        let f = std::fs::File::create(&img)
+            .map_err(|e| HarnessError::io(format!("creating {}", img.display()), e))?;
+        f.set_len(VM_DISK_MIB << 20)
+            .map_err(|e| HarnessError::io(format!("sizing {}", img.display()), e))?;
+        files.push(DiskFile {
+            dest: v.disk_rel(),
+            src: img,
+        });
+    }
+    let yaml = config::yaml(vms, marker);
+    for (name, n) in [("a", 1), ("b", 2)] {
+        let mut opts = NodeOptions::new(name, n);
+        opts.config_yaml = yaml.clone();
+        opts.data_files = files.clone();
+        opts.data_size_mib = payload::DISK_MIB + (VM_DISK_MIB as u32) * vms.len() as u32 + 32;
+        cluster.add(opts)?;
+    }
+    cluster.start_all()?;
+    Ok(cluster)
+}
+
+/// Shells on both nodes, the HA helpers defined.
+pub fn shells<'a>(a: &'a mut Node, b: &'a mut Node) -> Result<(Shell<'a>, Shell<'a>)> {
+    let mut sa = Shell::from_menu(a, BOOT_KERNEL)?;
+    let mut sb = Shell::from_menu(b, BOOT_KERNEL)?;
+    super::shell::define(&mut sa)?;
+    super::shell::define(&mut sb)?;
+    Ok((sa, sb))
+}

@@ -1,0 +1,94 @@
+//! The havms.yaml of an HA scenario: the pair of `cluster_config`, with VMs.
+
+use crate::cluster_config::pair_yaml;
+use crate::engine::payload::NODE_DIR;
+
+/// One VM of the test config: the engine scenarios' guest in `mode`, its NIC on the LAN
+/// bridge at `ip`.
+#[derive(Debug, Clone)]
+pub struct TestVm {
+    pub name: &'static str,
+    pub preferred: &'static str,
+    pub mac: &'static str,
+    /// The guest's LAN address (`/24`).
+    pub ip: &'static str,
+    /// guest-init.sh's mode (`protected`: counter, disk rounds, a TCP server of numbered lines
+    /// on port 7000; `ledger`: the ledger service).
+    pub mode: &'static str,
+    pub memory_mib: u32,
+}
+
+impl TestVm {
+    pub fn web() -> TestVm {
+        TestVm {
+            name: "web",
+            preferred: "a",
+            mac: "52:54:00:12:34:5a",
+            ip: "192.168.77.50",
+            mode: "protected",
+            memory_mib: 256,
+        }
+    }
+
+    /// The disk image's path on the data disk (relative) and as the node sees it.
+    pub fn disk_rel(&self) -> String {
+        format!("disks/{}.img", self.name)
+    }
+
+    pub fn disk(&self) -> String {
+        format!("/var/lib/havms/{}", self.disk_rel())
+    }
+
+    /// The engine's API socket on a node.
+    pub fn api(&self) -> String {
+        format!("/run/havms/vms/{}/api.sock", self.name)
+    }
+
+    fn yaml(&self, marker: &str) -> String {
+        format!(
+            "  - name: {name}
+    vcpus: 1
+    memory_mib: {mem}
+    kernel: {NODE_DIR}/vmlinuz
+    initramfs: {NODE_DIR}/guest.cpio.gz
+    cmdline: console=ttyS0 quiet panic=-1 i8042.noaux i8042.nomux i8042.dumbkbd guest={mode} marker={marker} ip={ip}/24 peer=192.168.77.1
+    disks: [{{ path: {disk} }}]
+    nics: [{{ mac: '{mac}' }}]
+    preferred_node: {pref}
+",
+            name = self.name,
+            mem = self.memory_mib,
+            mode = self.mode,
+            ip = self.ip,
+            disk = self.disk(),
+            mac = self.mac,
+            pref = self.preferred,
+        )
+    }
+}
+
+/// The pair config with `vms` (each guest writes `marker` to its disk).
+pub fn yaml(vms: &[TestVm], marker: &str) -> String {
+    let base = pair_yaml();
+    let mut out = base.replace("vms: []\n", "vms:\n");
+    for v in vms {
+        out.push_str(&v.yaml(marker));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_config_is_valid_for_both_nodes() {
+        let y = yaml(&[TestVm::web()], "M-1");
+        let cfg = havms_config::parse(&y, "ha.yaml").unwrap();
+        assert_eq!(cfg.vms.len(), 1);
+        assert_eq!(cfg.vms[0].preferred_node, "a");
+        assert!(cfg.vms[0]
+            .cmdline
+            .contains("guest=protected marker=M-1 ip=192.168.77.50/24"));
+    }
+}

@@ -1,0 +1,168 @@
+//! ha-supervisor-restart and ha-two-vms.
+//!
+//! - ha-supervisor-restart: havmsd is SIGKILLed on the primary, then on the secondary, while
+//!   the VM is protected: init starts a new one, which adopts the engine it finds (the same
+//!   process: never a second engine for the VM); the VM serves on and stays protected, and
+//!   nothing fails over meanwhile.
+//! - ha-two-vms: one VM preferred on each node; either node is killed (`HA_TWO_VMS_KILL`,
+//!   default a): both VMs run on the survivor, each client's ledger complete.
+
+use std::time::{Duration, Instant};
+
+use super::ha_failover::{ledger_vm, CLIENT_IP, LEDGER_PORT};
+use super::{Ctx, STEP};
+use crate::engine::parse::number;
+use crate::ensure;
+use crate::error::{HarnessError, Result};
+use crate::ha::{self, TestVm};
+use crate::lan_client::{LanHost, LedgerClient};
+use crate::shell::Shell;
+
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(90);
+
+fn client(host: &LanHost, ip: &str) -> Result<LedgerClient> {
+    let ip = ip
+        .parse()
+        .map_err(|_| HarnessError::Check(format!("bad test address {ip}")))?;
+    let mut c = LedgerClient::connect(host, ip, LEDGER_PORT, CLIENT_TIMEOUT)?;
+    c.start_appending(Duration::from_millis(20))?;
+    c.wait_acked_after(Instant::now(), 50, Duration::from_secs(60))?;
+    Ok(c)
+}
+
+/// The engine of `vm` on this node: its pid and how many havms-vm processes run for it.
+fn engines(sh: &mut Shell<'_>, vm: &str) -> Result<(u64, u64)> {
+    let out = sh.ok(
+        &format!(
+            "echo \"ENGINE $(cat /run/havms/vms/{vm}/lock) $(for p in /proc/[0-9]*; do \
+             tr '\\0' ' ' < $p/cmdline 2>/dev/null | grep -q \"^/usr/bin/havms-vm .*vms/{vm}/\" \
+             && echo x; done | wc -l)\""
+        ),
+        STEP,
+    )?;
+    Ok((
+        number(r"ENGINE (\d+) \d+", &out)?,
+        number(r"ENGINE \d+ (\d+)", &out)?,
+    ))
+}
+
+/// Kills havmsd on the node of `sh` and waits for init's new one to show `vm` in `state`.
+fn restart_havmsd(sh: &mut Shell<'_>, vm: &str, role: &str, state: &str) -> Result<Duration> {
+    let (pid_before, n) = engines(sh, vm)?;
+    ensure!(n == 1, "{n} engines run for {vm} before the restart");
+    let t0 = Instant::now();
+    let out = sh.ok(
+        "old=$(pidof havmsd); kill -9 $old && echo \"KILLED $old\"; i=0; \
+         while [ \"$(pidof havmsd)\" = \"\" ] || [ \"$(pidof havmsd)\" = \"$old\" ]; do \
+         i=$((i+1)); [ $i -gt 300 ] && break; usleep 100000; done; echo \"NEW $(pidof havmsd)\"",
+        STEP,
+    )?;
+    ensure!(out.contains("KILLED"), "could not kill havmsd:\n{out}");
+    let out = sh.ok(&ha::shell::wait(vm, role, state, 60), STEP)?;
+    ensure!(
+        !out.contains("VM-WAIT-TIMEOUT"),
+        "after the restart {vm} is not `{role} {state}`:\n{out}"
+    );
+    let took = t0.elapsed();
+    let (pid_after, n) = engines(sh, vm)?;
+    ensure!(
+        pid_after == pid_before && n == 1,
+        "the new havmsd did not adopt the engine: pid {pid_before} before, {pid_after} after, {n} \
+         engines now"
+    );
+    Ok(took)
+}
+
+pub fn supervisor_restart(ctx: &Ctx) -> Result<()> {
+    let vm = ledger_vm("a");
+    let marker = format!("R-{:08x}", std::process::id() ^ 0x2e57_0001);
+    let mut cluster = ha::boot::pair(ctx, std::slice::from_ref(&vm), &marker)?;
+    let host = LanHost::attach(&cluster.net.lan, "client", CLIENT_IP)?;
+    let (first, rest) = cluster.nodes().split_at_mut(1);
+    let (mut a, mut b) = ha::boot::shells(&mut first[0], &mut rest[0])?;
+    ha::wait_protected(&mut a, &mut b, "web")?;
+    let mut c = client(&host, vm.ip)?;
+    ctx.step("protected; the client appends; SIGKILL havmsd on a (the primary)");
+    let took = restart_havmsd(&mut a, "web", "primary", "protected")?;
+    ctx.step(format!(
+        "a's new havmsd adopted web's engine ({:.1} s); SIGKILL havmsd on b",
+        took.as_secs_f64()
+    ));
+    let out = b.ok("havms vm list", STEP)?;
+    ensure!(
+        out.contains("web         replica  ready"),
+        "b moved while a's havmsd was away:\n{out}"
+    );
+    let took = restart_havmsd(&mut b, "web", "replica", "ready")?;
+    ctx.step(format!(
+        "b's new havmsd adopted the replica ({:.1} s)",
+        took.as_secs_f64()
+    ));
+    let out = a.ok(&ha::shell::wait("web", "primary", "protected", 30), STEP)?;
+    ensure!(
+        !out.contains("VM-WAIT-TIMEOUT"),
+        "a lost protection:\n{out}"
+    );
+    for sh in [&mut a, &mut b] {
+        let out = sh.ok(
+            "grep -cE 'web: (take it over|release its held|kill it)' /run/log/havms.log; true",
+            STEP,
+        )?;
+        ensure!(
+            out.lines().any(|l| l.trim() == "0"),
+            "a failover decision was taken during the restarts:\n{out}"
+        );
+    }
+    let report = c.verify()?;
+    ctx.step(format!("{report}"));
+    Ok(())
+}
+
+pub fn two_vms(ctx: &Ctx) -> Result<()> {
+    let kill = std::env::var("HA_TWO_VMS_KILL").unwrap_or_else(|_| "a".into());
+    let web = ledger_vm("a");
+    let db = TestVm {
+        name: "db",
+        preferred: "b",
+        mac: "52:54:00:12:34:5b",
+        ip: "192.168.77.51",
+        ..ledger_vm("b")
+    };
+    let marker = format!("T-{:08x}", std::process::id() ^ 0x2b05_0001);
+    let mut cluster = ha::boot::pair(ctx, &[web.clone(), db.clone()], &marker)?;
+    let host = LanHost::attach(&cluster.net.lan, "client", CLIENT_IP)?;
+    let (first, rest) = cluster.nodes().split_at_mut(1);
+    let (mut a, mut b) = ha::boot::shells(&mut first[0], &mut rest[0])?;
+    ha::wait_protected(&mut a, &mut b, "web")?;
+    ha::wait_protected(&mut b, &mut a, "db")?;
+    let mut cw = client(&host, web.ip)?;
+    let mut cd = client(&host, db.ip)?;
+    ctx.step(format!(
+        "web protected on a, db on b; both clients append; node {kill} dies"
+    ));
+    std::thread::sleep(Duration::from_secs(2));
+    let (dead, survivor) = if kill == "b" {
+        (&mut b, &mut a)
+    } else {
+        (&mut a, &mut b)
+    };
+    let killed = dead.node().kill()?;
+    for c in [&mut cw, &mut cd] {
+        c.wait_acked_after(killed, 10, Duration::from_secs(120))?;
+    }
+    for name in ["web", "db"] {
+        let out = survivor.ok(
+            &ha::shell::wait(name, "primary", "(degraded|syncing|protected)", 60),
+            STEP,
+        )?;
+        ensure!(
+            !out.contains("VM-WAIT-TIMEOUT"),
+            "{name} does not run on the survivor:\n{out}"
+        );
+    }
+    let rw = cw.verify()?;
+    let rd = cd.verify()?;
+    ctx.step(format!("both run on the survivor; web: {rw}"));
+    ctx.step(format!("db: {rd}"));
+    Ok(())
+}

@@ -1,0 +1,292 @@
+//! The rules: from the facts of one tick, what to do to each VM. Pure: no I/O, the clock is
+//! `facts.now`. docs/design.md ("Failover", "Split-brain never") states them for operators;
+//! this is the same text as code.
+//!
+//! A VM's engine on this node, and what moves it on:
+//!
+//! ```text
+//!  none --(preferred here, or the preferred node is down)--> primary (unprotected)
+//!  none --(the peer runs it)------------------------------> replica
+//!  primary unprotected --(the peer's replica listens)-----> protect: syncing -> protected
+//!  primary protected --(peer dead: silent on both paths and on the stream, witness answers)
+//!                    --> release (degraded)
+//!  primary held (stream failed) --(peer confirmed its copy stale | peer dead)--> release
+//!                               --(peer and witness silent for fence_ms)------> fence (kill)
+//!                               --(the peer runs it now)----------------------> fence
+//!  replica ready --(primary dead: silent on both paths and on the stream, witness answers
+//!                  | its engine died on a live node)--> take over -> primary (unprotected)
+//!  replica ready --(its primary asks)--> mark stale
+//!  crashed (our engine died) --(the peer took over)--> replica
+//!                            --(the peer cannot take over)--> start again here
+//! ```
+//!
+//! Two rules keep a VM from ever running twice with both copies seen: output is held from the
+//! moment a stream fails until the peer has confirmed, after seeing the request, that its copy
+//! is stale (so it will not take over), or the peer is dead (silent on both paths, and its
+//! stream silent, while the witness answers: a node that still reaches its witness is not the
+//! isolated one); and a replica is taken over only when its primary is dead by the same test.
+//! The one case a ping witness cannot settle: the two nodes cut from each other while each
+//! still reaches the witness (then both believe the other dead).
+
+use super::action::{Action, Decision, Evidence, Rule};
+use super::facts::{Engine, Facts, Stream, VmFacts};
+use crate::peer::report::{PrimaryState, VmRole};
+use havms_vmm::events::ReplicaState;
+use std::time::Duration;
+
+/// How long a `protect` that failed waits before the next try.
+pub const PROTECT_RETRY: Duration = Duration::from_secs(2);
+
+/// What to do now, VM by VM (at most one decision per VM; none for a VM that is busy).
+pub fn decide(f: &Facts) -> Vec<Decision> {
+    f.vms
+        .iter()
+        .filter(|v| !v.busy)
+        .filter_map(|v| {
+            decide_vm(f, v).map(|(action, rule)| Decision {
+                vm: v.name.clone(),
+                action,
+                rule,
+            })
+        })
+        .collect()
+}
+
+/// The evidence of a "dead or isolated" verdict, as of now.
+pub fn evidence(f: &Facts, stream_silent: Option<Duration>) -> Evidence {
+    Evidence {
+        link_silent: f.peer.link_last.map(|t| f.since(t)),
+        lan_silent: f.peer.lan_last.map(|t| f.since(t)),
+        witness: f.witness.address.map(|a| a.to_string()),
+        witness_answered: f.witness.last_answer.map(|t| f.since(t)),
+        stream_silent,
+    }
+}
+
+fn peer_role(f: &Facts, v: &VmFacts) -> Option<VmRole> {
+    f.peer
+        .report
+        .as_ref()
+        .and_then(|r| r.vm(&v.name))
+        .map(|r| r.role)
+}
+
+fn decide_vm(f: &Facts, v: &VmFacts) -> Option<(Action, Rule)> {
+    match &v.engine {
+        Engine::Starting | Engine::Failed { .. } => None,
+        Engine::Primary {
+            stream,
+            since,
+            last_ack,
+            ..
+        } => primary(f, v, *stream, *since, *last_ack),
+        Engine::Replica {
+            copy,
+            last_commit,
+            watched_since,
+            ..
+        } => replica(f, v, *copy, last_commit.unwrap_or(*watched_since)),
+        Engine::Crashed { at } => crashed(f, v, *at),
+        Engine::None => none(f, v),
+    }
+}
+
+fn primary(
+    f: &Facts,
+    v: &VmFacts,
+    stream: Stream,
+    since: std::time::Instant,
+    last_ack: Option<std::time::Instant>,
+) -> Option<(Action, Rule)> {
+    if !v.run {
+        return (stream != Stream::Ending).then_some((Action::Stop, Rule::Stopped));
+    }
+    let silent = f.peer_silent();
+    let witness = f.witness_answers();
+    let isolated_long = silent && !witness && f.since(f.alone_since()) >= f.timings.fence;
+    // The peer runs the VM now (it took over while this copy was cut off): this copy is held
+    // and invisible, and must go before anything could release it.
+    if f.peer.up && matches!(peer_role(f, v), Some(VmRole::Primary(_))) {
+        return match stream {
+            Stream::Held | Stream::Connecting | Stream::Ending => {
+                Some((Action::Fence, Rule::PeerTookOver))
+            }
+            // Both run it unprotected (the partition a ping witness cannot settle): the copy on
+            // the VM's preferred node stays; the other is killed (its disk stays as it is).
+            Stream::Unprotected if !v.preferred_here => Some((Action::Fence, Rule::PeerTookOver)),
+            _ => None,
+        };
+    }
+    match stream {
+        Stream::Held => {
+            if let (Some(from), Some(report)) = (v.want_stale_from, f.peer.report.as_ref()) {
+                let gone = !matches!(
+                    report.vm(&v.name).map(|r| r.role),
+                    Some(VmRole::Replica(ReplicaState::Ready))
+                );
+                if report.has_seen(f.boot_id, from) && report.received_at >= since && gone {
+                    return Some((Action::Release, Rule::PeerConfirmedStale));
+                }
+            }
+            if silent && witness {
+                return Some((Action::Release, Rule::PeerDead(evidence(f, None))));
+            }
+            if isolated_long {
+                return Some((Action::Fence, Rule::Isolated(evidence(f, None))));
+            }
+            if v.want_stale_from.is_none() {
+                return Some((Action::AskStale, Rule::StreamFailed));
+            }
+            None
+        }
+        Stream::Protected | Stream::Syncing | Stream::Connecting => {
+            // The acks count as a sign of life too: a peer whose havmsd restarts stops its
+            // heartbeats, not its replica.
+            let ack_silent = f.since(last_ack.unwrap_or(since));
+            if silent && witness && ack_silent >= f.timings.dead_after {
+                return Some((
+                    Action::Release,
+                    Rule::PeerDead(evidence(f, Some(ack_silent))),
+                ));
+            }
+            if isolated_long {
+                return Some((Action::Fence, Rule::Isolated(evidence(f, Some(ack_silent)))));
+            }
+            None
+        }
+        Stream::Ending => None,
+        Stream::Unprotected => {
+            let report = f.peer.report.as_ref()?;
+            let peer_vm = report.vm(&v.name)?;
+            let listening = matches!(
+                peer_vm.role,
+                VmRole::Replica(ReplicaState::Empty | ReplicaState::Ready | ReplicaState::Stale)
+            ) && peer_vm.port != 0;
+            let waited = v
+                .last_protect_failure
+                .is_none_or(|t| f.since(t) >= PROTECT_RETRY);
+            (f.peer.up && listening && waited).then_some((
+                Action::Protect { port: peer_vm.port },
+                Rule::PeerReplicaReady,
+            ))
+        }
+    }
+}
+
+fn replica(
+    f: &Facts,
+    v: &VmFacts,
+    copy: ReplicaState,
+    last_commit: std::time::Instant,
+) -> Option<(Action, Rule)> {
+    let report = f.peer.report.as_ref();
+    let peer_vm = report.and_then(|r| r.vm(&v.name));
+    if copy == ReplicaState::Ready && peer_vm.is_some_and(|p| p.want_stale) && f.peer.up {
+        return Some((Action::MarkStale, Rule::PeerAsksStale));
+    }
+    if !v.run {
+        return None;
+    }
+    let silent = f.peer_silent();
+    let role = peer_vm.map(|p| p.role);
+    if copy == ReplicaState::Ready {
+        if f.peer.up && role == Some(VmRole::Crashed) {
+            return Some((Action::TakeOver, Rule::PeerEngineDied));
+        }
+        let stream_silent = f.since(last_commit);
+        let was_primary = matches!(
+            role,
+            None | Some(VmRole::Primary(_)) | Some(VmRole::Crashed)
+        );
+        if silent && f.witness_answers() && stream_silent >= f.timings.dead_after && was_primary {
+            return Some((
+                Action::TakeOver,
+                Rule::PeerDead(evidence(f, Some(stream_silent))),
+            ));
+        }
+    }
+    // Nobody runs it though the operator wants it: the copy here is the newest there is, or
+    // (not ready) the preferred node boots it afresh. A live primary streaming here (whose
+    // havmsd, say, just restarted and has not adopted it yet) shows in the commits: only a
+    // silent stream counts.
+    let nobody = f.peer.up
+        && f.since(last_commit) >= f.timings.dead_after
+        && !matches!(
+            role,
+            Some(VmRole::Primary(_) | VmRole::Starting | VmRole::Crashed)
+        );
+    if nobody && copy == ReplicaState::Ready {
+        return Some((Action::TakeOver, Rule::PeerEngineDied));
+    }
+    if nobody && v.preferred_here && role.is_some() {
+        return Some((Action::StartPrimary, Rule::PreferredHere));
+    }
+    None
+}
+
+fn crashed(f: &Facts, v: &VmFacts, at: std::time::Instant) -> Option<(Action, Rule)> {
+    if !v.run {
+        return None;
+    }
+    let silent = f.peer_silent();
+    let report = f.peer.report.as_ref();
+    let role = report.and_then(|r| r.vm(&v.name)).map(|r| r.role);
+    if f.peer.up && matches!(role, Some(VmRole::Primary(_))) {
+        return Some((Action::StartReplica, Rule::PeerRunsIt));
+    }
+    if silent {
+        return f
+            .witness_answers()
+            .then_some((Action::StartPrimary, Rule::RestartAfterCrash));
+    }
+    // The peer heard of the crash (its report is newer) and holds no copy it could start.
+    let cannot = !matches!(role, Some(VmRole::Replica(ReplicaState::Ready)));
+    let newer = report.is_some_and(|r| r.received_at > at);
+    (f.peer.up && newer && cannot).then_some((Action::StartPrimary, Rule::RestartAfterCrash))
+}
+
+fn none(f: &Facts, v: &VmFacts) -> Option<(Action, Rule)> {
+    if !v.run {
+        return None;
+    }
+    let silent = f.peer_silent();
+    let role = peer_role(f, v);
+    if f.peer.up {
+        return match role {
+            Some(VmRole::Primary(PrimaryState::Ending)) => None,
+            Some(VmRole::Primary(_) | VmRole::Starting) => {
+                Some((Action::StartReplica, Rule::PeerRunsIt))
+            }
+            // The peer restarts it itself (there is no copy here to take over).
+            Some(VmRole::Crashed) => None,
+            _ if v.preferred_here => Some((Action::StartPrimary, Rule::PreferredHere)),
+            // The preferred node will run it: be ready.
+            _ => Some((Action::StartReplica, Rule::PeerRunsIt)),
+        };
+    }
+    // Alone: start only when the peer has been silent since this node started, for long
+    // enough that its heartbeats would have arrived, and the witness says this node is not
+    // the isolated one. A VM preferred elsewhere waits longer (its node may just be slower to
+    // boot).
+    let listened = f.since(f.started_at);
+    let grace = if v.preferred_here {
+        f.timings.dead_after
+    } else {
+        f.timings.dead_after * 3
+    };
+    if !silent || !f.witness_answers() || listened < grace {
+        return None;
+    }
+    if v.preferred_here {
+        Some((Action::StartPrimary, Rule::PreferredHere))
+    } else {
+        Some((
+            Action::StartPrimary,
+            Rule::PreferredNodeDown(evidence(f, None)),
+        ))
+    }
+}
+
+#[cfg(test)]
+#[path = "decide_tests.rs"]
+mod tests;

@@ -1,0 +1,152 @@
+//! What `decide` looks at: this node's engines, the peer (its heartbeats on each path and its
+//! latest reports), the witness, the timings and the clock. Plain data, filled by the VM
+//! service each tick; tests build it by hand.
+
+use std::time::{Duration, Instant};
+
+use crate::peer::tracker::PeerReport;
+use havms_vmm::events::ReplicaState;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timings {
+    pub heartbeat: Duration,
+    /// Silence on every path after which the peer counts as dead.
+    pub dead_after: Duration,
+    /// How long a node cut off from its peer and its witness waits before it kills the VMs
+    /// its peer could take over.
+    pub fence: Duration,
+    pub epoch: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerFacts {
+    pub name: String,
+    /// Some path carried a heartbeat within `dead_after` (the tracker's view).
+    pub up: bool,
+    pub link_last: Option<Instant>,
+    pub lan_last: Option<Instant>,
+    pub report: Option<PeerReport>,
+}
+
+impl PeerFacts {
+    /// The last heartbeat on any path.
+    pub fn last_seen(&self) -> Option<Instant> {
+        self.link_last.max(self.lan_last)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WitnessFacts {
+    /// None: no witness configured (then nothing is ever confirmed by it).
+    pub address: Option<std::net::Ipv4Addr>,
+    pub last_answer: Option<Instant>,
+}
+
+/// A primary's replication, as this node's engine reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Unprotected,
+    Connecting,
+    Syncing,
+    Protected,
+    Ending,
+    /// The stream failed; the engine holds the output.
+    Held,
+}
+
+/// This node's engine for one VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Engine {
+    /// No engine here.
+    None,
+    /// Being started, or an action on it is under way.
+    Starting,
+    /// The primary's engine died here (not a power off, not a stop) at `at`.
+    Crashed { at: Instant },
+    /// It cannot start here (missing kernel or disk, bad spec): `why`.
+    Failed { why: String },
+    Primary {
+        stream: Stream,
+        /// When `stream` took its current value.
+        since: Instant,
+        /// When the peer last acked an epoch (None: not in this stream).
+        last_ack: Option<Instant>,
+        stream_id: u64,
+        acked: u64,
+    },
+    Replica {
+        copy: ReplicaState,
+        connected: bool,
+        /// When the last epoch was committed (None: none seen since this havmsd watches).
+        last_commit: Option<Instant>,
+        /// Since when havmsd watches this engine (the stream's silence counts from here when
+        /// no commit was seen).
+        watched_since: Instant,
+        /// Where it listens on the link (None: not known yet).
+        port: Option<u16>,
+        stream_id: u64,
+        committed: u64,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmFacts {
+    pub name: String,
+    /// This node is the VM's `preferred_node`.
+    pub preferred_here: bool,
+    /// The operator's intent, merged with the peer's (newest wins): run it.
+    pub run: bool,
+    /// An action on this VM is being carried out: decide nothing new for it.
+    pub busy: bool,
+    pub engine: Engine,
+    /// The heartbeat seq from which this node has asked the peer to mark its copy stale (the
+    /// VM's stream failed and its output is held).
+    pub want_stale_from: Option<u64>,
+    /// The last `protect` that failed, to wait a while before the next.
+    pub last_protect_failure: Option<Instant>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Facts {
+    pub now: Instant,
+    pub timings: Timings,
+    /// When this havmsd started (a node that just booted listens before it acts alone).
+    pub started_at: Instant,
+    /// This havmsd's boot id and the seq of the heartbeat it sends next.
+    pub boot_id: u64,
+    pub seq: u64,
+    pub peer: PeerFacts,
+    pub witness: WitnessFacts,
+    pub vms: Vec<VmFacts>,
+}
+
+impl Facts {
+    pub fn since(&self, t: Instant) -> Duration {
+        self.now.saturating_duration_since(t)
+    }
+
+    /// The peer has been silent on every path for `dead_after` (or was never heard since this
+    /// havmsd started and `dead_after` has passed).
+    pub fn peer_silent(&self) -> bool {
+        !self.peer.up
+            && self.since(self.peer.last_seen().unwrap_or(self.started_at))
+                >= self.timings.dead_after
+    }
+
+    /// The witness answered within `dead_after`.
+    pub fn witness_answers(&self) -> bool {
+        self.witness.address.is_some()
+            && self
+                .witness
+                .last_answer
+                .is_some_and(|t| self.since(t) <= self.timings.dead_after)
+    }
+
+    /// Since when this node has heard neither its peer nor its witness.
+    pub fn alone_since(&self) -> Instant {
+        self.peer
+            .last_seen()
+            .max(self.witness.last_answer)
+            .unwrap_or(self.started_at)
+    }
+}

@@ -1,0 +1,209 @@
+//! What each node tells its peer about its VMs, in every heartbeat (state, not messages: a lost
+//! datagram is repaired by the next one, and every decision reads the latest word).
+//!
+//! Per VM (big-endian, appended to the heartbeat, see `heartbeat.rs`):
+//!
+//! ```text
+//! name        1 + n   length-prefixed UTF-8 (n <= 64)
+//! role        1       0 none, 1 starting, 2 primary, 3 replica, 4 crashed, 5 failed
+//! state       1       primary: 0 unprotected, 1 connecting, 2 syncing, 3 protected, 4 ending,
+//!                     5 held; replica: 0 empty, 1 ready, 2 stale, 3 broken, 4 taken over
+//! flags       1       bit 0: want stale (this primary's stream failed: mark your copy stale),
+//!                     bit 1: intent run (the operator wants the VM running)
+//! port        2       the replica's listening port on the link (0: none)
+//! stream_id   8       primary: its stream; replica: the stream its copy came from
+//! epoch       8       primary: the last epoch acked; replica: its committed epoch
+//! intent      8       version of the run/stop intent (last writer wins)
+//! ```
+
+use super::heartbeat::{DecodeError, MAX_NAME_LEN};
+use havms_vmm::events::ReplicaState;
+use serde::{Deserialize, Serialize};
+
+/// VMs one heartbeat can carry (the config allows no more).
+pub const MAX_VMS: usize = 64;
+
+const FLAG_WANT_STALE: u8 = 1;
+const FLAG_INTENT_RUN: u8 = 2;
+
+/// Where a primary's replication stands, as a peer needs to know it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PrimaryState {
+    /// Running without a stream (degraded): its output flows, no copy of it is current.
+    Unprotected,
+    Connecting,
+    Syncing,
+    Protected,
+    Ending,
+    /// The stream failed; output held until this node decides.
+    Held,
+}
+
+/// This node's engine for a VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "role", content = "state", rename_all = "snake_case")]
+pub enum VmRole {
+    None,
+    Starting,
+    Primary(PrimaryState),
+    Replica(ReplicaState),
+    /// The primary's engine died here (the node is fine): the peer may take the VM over.
+    Crashed,
+    /// The engine cannot start here (the status says why).
+    Failed,
+}
+
+/// The operator's word on a VM: run it or not. The newer version wins on both nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Intent {
+    pub run: bool,
+    /// 0: the config's `autostart`; else milliseconds since the epoch when it was set.
+    pub version: u64,
+}
+
+/// One VM as this node sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmReport {
+    pub name: String,
+    pub role: VmRole,
+    pub want_stale: bool,
+    pub port: u16,
+    pub stream_id: u64,
+    pub epoch: u64,
+    pub intent: Intent,
+}
+
+fn role_bytes(r: VmRole) -> (u8, u8) {
+    let p = |s: PrimaryState| match s {
+        PrimaryState::Unprotected => 0,
+        PrimaryState::Connecting => 1,
+        PrimaryState::Syncing => 2,
+        PrimaryState::Protected => 3,
+        PrimaryState::Ending => 4,
+        PrimaryState::Held => 5,
+    };
+    let q = |s: ReplicaState| match s {
+        ReplicaState::Empty => 0,
+        ReplicaState::Ready => 1,
+        ReplicaState::Stale => 2,
+        ReplicaState::Broken => 3,
+        ReplicaState::TakenOver => 4,
+    };
+    match r {
+        VmRole::None => (0, 0),
+        VmRole::Starting => (1, 0),
+        VmRole::Primary(s) => (2, p(s)),
+        VmRole::Replica(s) => (3, q(s)),
+        VmRole::Crashed => (4, 0),
+        VmRole::Failed => (5, 0),
+    }
+}
+
+fn role_of(role: u8, state: u8) -> Result<VmRole, DecodeError> {
+    let bad = || DecodeError::BadField {
+        field: "vm role/state",
+        value: u64::from(role) << 8 | u64::from(state),
+    };
+    Ok(match (role, state) {
+        (0, 0) => VmRole::None,
+        (1, 0) => VmRole::Starting,
+        (2, s) => VmRole::Primary(match s {
+            0 => PrimaryState::Unprotected,
+            1 => PrimaryState::Connecting,
+            2 => PrimaryState::Syncing,
+            3 => PrimaryState::Protected,
+            4 => PrimaryState::Ending,
+            5 => PrimaryState::Held,
+            _ => return Err(bad()),
+        }),
+        (3, s) => VmRole::Replica(match s {
+            0 => ReplicaState::Empty,
+            1 => ReplicaState::Ready,
+            2 => ReplicaState::Stale,
+            3 => ReplicaState::Broken,
+            4 => ReplicaState::TakenOver,
+            _ => return Err(bad()),
+        }),
+        (4, 0) => VmRole::Crashed,
+        (5, 0) => VmRole::Failed,
+        _ => return Err(bad()),
+    })
+}
+
+/// Appends the reports (count byte, then each).
+pub fn encode(out: &mut Vec<u8>, reports: &[VmReport]) -> Result<(), String> {
+    if reports.len() > MAX_VMS {
+        return Err(format!("{} VMs, at most {MAX_VMS}", reports.len()));
+    }
+    out.push(reports.len() as u8);
+    for r in reports {
+        if r.name.is_empty() || r.name.len() > MAX_NAME_LEN {
+            return Err(format!("VM name `{}` of {} bytes", r.name, r.name.len()));
+        }
+        out.push(r.name.len() as u8);
+        out.extend_from_slice(r.name.as_bytes());
+        let (role, state) = role_bytes(r.role);
+        out.push(role);
+        out.push(state);
+        let mut flags = 0;
+        if r.want_stale {
+            flags |= FLAG_WANT_STALE;
+        }
+        if r.intent.run {
+            flags |= FLAG_INTENT_RUN;
+        }
+        out.push(flags);
+        out.extend_from_slice(&r.port.to_be_bytes());
+        out.extend_from_slice(&r.stream_id.to_be_bytes());
+        out.extend_from_slice(&r.epoch.to_be_bytes());
+        out.extend_from_slice(&r.intent.version.to_be_bytes());
+    }
+    Ok(())
+}
+
+/// The reader `decode` needs from the heartbeat's cursor.
+pub trait Fields {
+    fn byte(&mut self, field: &'static str) -> Result<u8, DecodeError>;
+    fn u16(&mut self, field: &'static str) -> Result<u16, DecodeError>;
+    fn u64(&mut self, field: &'static str) -> Result<u64, DecodeError>;
+    fn name(&mut self, field: &'static str) -> Result<String, DecodeError>;
+}
+
+/// Reads the reports `encode` wrote.
+pub fn decode(r: &mut impl Fields) -> Result<Vec<VmReport>, DecodeError> {
+    let count = usize::from(r.byte("vm count")?);
+    if count > MAX_VMS {
+        return Err(DecodeError::BadField {
+            field: "vm count",
+            value: count as u64,
+        });
+    }
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count {
+        let name = r.name("vm name")?;
+        let role = r.byte("vm role")?;
+        let state = r.byte("vm state")?;
+        let role = role_of(role, state)?;
+        let flags = r.byte("vm flags")?;
+        if flags & !(FLAG_WANT_STALE | FLAG_INTENT_RUN) != 0 {
+            return Err(DecodeError::BadField {
+                field: "vm flags",
+                value: u64::from(flags),
+            });
+        }
+        out.push(VmReport {
+            name,
+            role,
+            want_stale: flags & FLAG_WANT_STALE != 0,
+            port: r.u16("vm port")?,
+            stream_id: r.u64("vm stream id")?,
+            epoch: r.u64("vm epoch")?,
+            intent: Intent {
+                run: flags & FLAG_INTENT_RUN != 0,
+                version: r.u64("vm intent version")?,
+            },
+        });
+    }
+    Ok(out)
+}

@@ -1,0 +1,10 @@
+//! This node's VMs: the service that runs them as the rules say (`service`), what it knows of
+//! each (`slot`), what it does (`executor`), the operator's run/stop word shared by both nodes
+//! (`intent`), and their status (`status`, `render`).
+
+pub mod executor;
+pub mod intent;
+pub mod render;
+pub mod service;
+pub mod slot;
+pub mod status;

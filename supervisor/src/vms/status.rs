@@ -1,0 +1,138 @@
+//! A VM's part of `havms status` (and of `/metrics`): where it runs, in which role and state,
+//! how its replication goes, the last failover. One serde struct, filled by the VM service,
+//! rendered as text by the CLI and the console menu.
+
+use serde::{Deserialize, Serialize};
+
+use super::slot::FailoverRecord;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct VmStatus {
+    pub name: String,
+    /// This node's engine: primary, replica or none.
+    pub role: String,
+    /// starting, syncing, protected, degraded, held, ending, stopped, crashed, failed (primary
+    /// side); empty, ready, stale, broken (replica side); waiting (no engine here).
+    pub state: String,
+    /// Why (degraded, held, failed, waiting), or the sync's progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// The node the VM runs on, as far as this node knows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runs_on: Option<String>,
+    pub preferred_node: String,
+    /// The operator's intent (both nodes agree on the newest).
+    pub run: bool,
+    pub epoch: u64,
+    pub acked: u64,
+    pub lag_ms: u64,
+    pub lag_epochs: u64,
+    pub pause_p50_us: u64,
+    pub pause_p99_us: u64,
+    pub pause_max_us: u64,
+    pub bytes_per_epoch: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_percent: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_mb_s: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_eta_s: Option<u64>,
+    pub boots: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failover: Option<FailoverRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_change: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+}
+
+impl VmStatus {
+    /// The one-line summary: `web  primary  protected  epoch 812 acked 811 lag 31 ms ...`.
+    pub fn line(&self) -> String {
+        let mut s = format!("{:<12}{:<9}{}", self.name, self.role, self.state);
+        if let Some(d) = &self.detail {
+            s.push_str(&format!(" ({d})"));
+        }
+        match self.state.as_str() {
+            "protected" | "syncing" | "held" => s.push_str(&format!(
+                "  epoch {} acked {} lag {} ms/{} epochs  pause p50 {:.1} p99 {:.1} max {:.1} ms  {} KiB/epoch",
+                self.epoch,
+                self.acked,
+                self.lag_ms,
+                self.lag_epochs,
+                self.pause_p50_us as f64 / 1000.0,
+                self.pause_p99_us as f64 / 1000.0,
+                self.pause_max_us as f64 / 1000.0,
+                self.bytes_per_epoch / 1024
+            )),
+            "ready" | "stale" => s.push_str(&format!("  committed epoch {}", self.epoch)),
+            _ => {}
+        }
+        if let Some(on) = &self.runs_on {
+            s.push_str(&format!("  runs on {on}"));
+        }
+        s
+    }
+
+    /// The lines under the summary: the last failover, errors, pending changes.
+    pub fn notes(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(f) = &self.last_failover {
+            let took = f.took_ms.map_or(String::new(), |t| {
+                format!(", {t} ms after the peer's last heartbeat")
+            });
+            out.push(format!(
+                "last failover: here from epoch {}{took}: {}",
+                f.from_epoch, f.rule
+            ));
+        }
+        if let Some(e) = &self.last_error {
+            out.push(format!("error: {e}"));
+        }
+        if let Some(c) = &self.pending_change {
+            out.push(format!("config changed: {c}"));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_say_role_state_and_figures() {
+        let v = VmStatus {
+            name: "web".into(),
+            role: "primary".into(),
+            state: "protected".into(),
+            runs_on: Some("a".into()),
+            epoch: 812,
+            acked: 811,
+            lag_ms: 31,
+            lag_epochs: 1,
+            pause_p50_us: 1200,
+            pause_p99_us: 4000,
+            pause_max_us: 9000,
+            bytes_per_epoch: 40960,
+            ..Default::default()
+        };
+        assert_eq!(
+            v.line(),
+            "web         primary  protected  epoch 812 acked 811 lag 31 ms/1 epochs  pause p50 1.2 \
+             p99 4.0 max 9.0 ms  40 KiB/epoch  runs on a"
+        );
+        let d = VmStatus {
+            name: "db".into(),
+            role: "none".into(),
+            state: "waiting".into(),
+            detail: Some("for node b".into()),
+            last_error: Some("vm db: kernel /k: No such file".into()),
+            ..Default::default()
+        };
+        assert_eq!(d.line(), "db          none     waiting (for node b)");
+        assert_eq!(d.notes(), vec!["error: vm db: kernel /k: No such file"]);
+    }
+}
