@@ -274,3 +274,23 @@ fn metrics_port_and_device_counts() {
         "{reason}"
     );
 }
+
+#[test]
+fn a_pair_with_vms_needs_a_witness_for_each_node() {
+    // b's LAN uses DHCP: without the top-level witness it has none.
+    let (line, reason) = broken("witness: 192.168.77.1\n", "");
+    assert_eq!(line, Some(10), "{reason}");
+    assert!(reason.contains("node b: no witness"), "{reason}");
+    // a's static gateway serves as its witness: a b with a gateway too is fine.
+    let text = GOOD.replacen("witness: 192.168.77.1\n", "", 1).replacen(
+        "lan: { interface: eth0, dhcp: true }",
+        "lan: { interface: eth0, address: 192.168.77.12/24, gateway: 192.168.77.1 }",
+        1,
+    );
+    let c = parse(&text, "f").expect("gateways are witnesses");
+    assert_eq!(c.witness_for("b"), Some("192.168.77.1".parse().unwrap()));
+    // Without VMs there is nothing to take over: no witness needed.
+    let idle = GOOD.replacen("witness: 192.168.77.1\n", "", 1);
+    let idle = &idle[..idle.find("vms:").unwrap()];
+    parse(idle, "f").expect("a pair without VMs needs no witness");
+}

@@ -2,7 +2,7 @@
 //! relations between timings. Each failure names the line of the value at fault.
 
 use crate::error::ConfigError;
-use crate::locate::{line_of, line_of_after, line_of_key};
+use crate::locate::{line_of, line_of_after, line_of_key, line_of_key_after};
 use crate::schema::{Config, LanAddressing};
 use std::collections::HashSet;
 
@@ -99,6 +99,27 @@ pub fn validate(cfg: &Config, text: &str, file: &str) -> Result<(), ConfigError>
                 line_of(text, "address", &lb.to_string(), 1),
                 format!("both nodes have LAN address {}", la.addr),
             );
+        }
+    }
+
+    // Without a witness a node that hears nothing cannot tell "my peer died" from "I am cut
+    // off": it could never take a VM over safely (nor fence one). Only a pair with VMs needs
+    // one.
+    if !cfg.vms.is_empty() {
+        for node in &cfg.nodes {
+            if cfg.witness_for(node.name.as_str()).is_none() {
+                let node_line = line_of(text, "name", node.name.as_str(), 0).unwrap_or(1);
+                return err(
+                    line_of_key_after(text, node_line, "lan").or(Some(node_line)),
+                    format!(
+                        "node {}: no witness: its LAN has no static `gateway` and no top-level \
+                         `witness:` is set; set `witness: <address>` to a host on the LAN that \
+                         answers ping (the router), so a node that hears nothing can tell a dead \
+                         peer from its own isolation",
+                        node.name
+                    ),
+                );
+            }
         }
     }
 

@@ -1,5 +1,7 @@
 //! `qemu-tests bench NAME`: `boot`, timings of a node under TCG printed as `bench boot: key=value`;
-//! `engine`, our VM engine against QEMU in a nested node (`engine::bench`), printed as a table.
+//! `engine`, our VM engine against QEMU in a nested node (`engine::bench`), printed as a table;
+//! `replication`, what protection costs against raw TCP, an unprotected guest and memcpy
+//! (`ha::bench`).
 
 use std::time::Instant;
 
@@ -10,13 +12,14 @@ use crate::menu;
 use crate::scenarios::BOOT_KERNEL;
 
 /// Names `bench` accepts.
-pub const NAMES: &[&str] = &["boot", "engine"];
+pub const NAMES: &[&str] = &["boot", "engine", "replication"];
 
 /// Runs benchmark `name` and prints its results.
 pub fn run(artifacts: &Artifacts, name: &str) -> Result<()> {
     match name {
         "boot" => boot(artifacts),
         "engine" => crate::engine::bench::run(artifacts),
+        "replication" => crate::ha::bench::run(artifacts),
         other => Err(HarnessError::Check(format!(
             "no benchmark {other:?}; known: {}",
             NAMES.join(", ")

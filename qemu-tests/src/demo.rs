@@ -5,9 +5,11 @@
 //! and a client on the LAN (outside both nodes) appends to the guest's ledger and reports once a
 //! second. Then the person at the terminal has the consoles: every line typed goes to the
 //! selected node's shell (`@a` / `@b` on a line of its own selects); `@failover` kills node a's
-//! QEMU, and b takes the VM over by itself while the client's connection goes on.
+//! QEMU, and b takes the VM over by itself while the client's connection goes on. Without a
+//! terminal on stdin the demo plays `@failover` itself after 20 s of appends and ends 30 s
+//! later with the client's verdict.
 
-use std::io::BufRead;
+use std::io::{BufRead, IsTerminal};
 use std::net::Ipv4Addr;
 use std::sync::mpsc::{self, Receiver, TryRecvError};
 use std::time::{Duration, Instant};
@@ -64,12 +66,24 @@ pub fn run(artifacts: &Artifacts, seconds: Option<u64>) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
 
-    let input = spawn_stdin_reader();
+    // Without a person at the terminal (CI, `< /dev/null`, a pipe) the demo plays the failover
+    // itself: 20 s of appends, then `@failover`, then 30 s for b to take over and the client to
+    // go on, then the verdict.
+    let scripted = !std::io::stdin().is_terminal();
+    let input = if scripted {
+        println!("qemu-tests demo: no terminal on stdin: playing `@failover` in 20 s by itself");
+        scripted_input()
+    } else {
+        spawn_stdin_reader()
+    };
     let mut target = "a".to_string();
     let mut input_open = true;
     let mut last_report = Instant::now();
     let mut killed: Option<Instant> = None;
     loop {
+        if scripted && killed.is_some_and(|k| k.elapsed() >= Duration::from_secs(30)) {
+            break;
+        }
         if seconds.is_some_and(|s| started.elapsed() >= Duration::from_secs(s)) {
             break;
         }
@@ -134,6 +148,18 @@ pub fn run(artifacts: &Artifacts, seconds: Option<u64>) -> Result<()> {
         Err(e) => println!("qemu-tests demo: client: {e}"),
     }
     Ok(())
+}
+
+/// The person the demo stands in for when nobody is at the terminal.
+fn scripted_input() -> Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(20));
+        let _ = tx.send("@failover".to_string());
+        // Keeps the channel open until the demo ends.
+        std::thread::sleep(Duration::from_secs(3600));
+    });
+    rx
 }
 
 /// Lines typed at the terminal, read on a thread of their own so the main loop never blocks.

@@ -219,6 +219,11 @@ impl Machine {
     pub fn protect(&self, peer: &str, mut cfg: ProtectConfig) -> Result<(), VmError> {
         let vm = self.vm()?;
         let mut p = lock(&self.shared.protection);
+        // An ended VM (a reset being turned into a reboot) cannot be copied, and a stream
+        // holding it would keep the reboot waiting for it forever.
+        if vm.has_ended() {
+            return Err(VmError::WrongState("ended (rebooting or exiting)"));
+        }
         if let Some(old) = p.as_ref() {
             match old.state() {
                 StreamState::Held => {
@@ -356,10 +361,21 @@ impl Machine {
     /// The console is closed when it returns (socket clients get the last output first).
     pub fn run(&self) -> ExitReason {
         let reason = self.run_boots();
-        // The VM is gone: its replica must be discarded, never taken over.
+        // The guest ended (powered off, stopped on request, reset with `--no-reboot`): its
+        // replica must be discarded, never taken over. An engine that failed under a running
+        // guest is another matter: the guest did not end, and its last committed checkpoint on
+        // the peer is the best copy there is. The stream is only cut (the Protection's drop);
+        // the output of the open epoch dies with the VM, and the peer may take it over.
         let p = lock(&self.shared.protection).take();
         if let Some(p) = p {
-            if p.state().is_active() {
+            if let ExitReason::Error(e) = &reason {
+                log::warn!(
+                    "replication: the engine failed ({e}); the stream to {} is cut, the peer's \
+                     copy stays current",
+                    p.status().peer
+                );
+                drop(p);
+            } else if p.state().is_active() {
                 let st = p.end_vm(&reason.to_string());
                 log::info!(
                     "replication: told {} the VM ended ({:?})",

@@ -60,9 +60,11 @@ case $MODE in
   dirty)
     # Bench: a tmpfs file of pages=N pages of random data, copied onto itself every second:
     # each round dirties the same N guest pages (plus the little the kernel itself writes), and
-    # they are not zero, so a full capture has to save them too.
+    # they are not zero, so a full capture has to save them too. With dirty_every=0 the file is
+    # written once and the guest only counts (a full copy's worth of random memory, then calm).
     n=$(arg pages); dd if=/dev/urandom of=/dev/shm/d bs=4096 count=$n 2>/dev/null
     echo "DIRTY-READY pages=$n"
+    [ "$(arg dirty_every)" = 0 ] && count_forever
     i=0; while true; do
       i=$((i+1)); dd if=/dev/shm/d of=/dev/shm/d bs=4096 count=$n conv=notrunc 2>/dev/null
       echo "DIRTY $i up=$(up)"; sleep 1

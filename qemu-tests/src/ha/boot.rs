@@ -17,6 +17,11 @@ pub const VM_DISK_MIB: u64 = 16;
 
 /// Nodes a and b with `vms` in their config, booted.
 pub fn pair(ctx: &Ctx, vms: &[TestVm], marker: &str) -> Result<Cluster> {
+    pair_with_epoch(ctx, vms, marker, 50)
+}
+
+/// `pair` with the config's `epoch_ms`.
+pub fn pair_with_epoch(ctx: &Ctx, vms: &[TestVm], marker: &str, epoch_ms: u64) -> Result<Cluster> {
     let mut cluster = Cluster::new(&ctx.artifacts, ctx.name)?;
     ctx.step("building the guest payload; booting nodes a and b");
     let mut files = payload::build(&ctx.artifacts, &cluster.work_dir, false)?;
@@ -31,7 +36,7 @@ pub fn pair(ctx: &Ctx, vms: &[TestVm], marker: &str) -> Result<Cluster> {
             src: img,
         });
     }
-    let yaml = config::yaml(vms, marker);
+    let yaml = config::yaml_with_epoch(vms, marker, epoch_ms);
     for (name, n) in [("a", 1), ("b", 2)] {
         let mut opts = NodeOptions::new(name, n);
         opts.config_yaml = yaml.clone();

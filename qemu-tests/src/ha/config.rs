@@ -16,6 +16,9 @@ pub struct TestVm {
     /// on port 7000; `ledger`: the ledger service).
     pub mode: &'static str,
     pub memory_mib: u32,
+    /// More guest kernel arguments (`pages=N` of the `dirty` mode, say).
+    pub extra: String,
+    pub autostart: bool,
 }
 
 impl TestVm {
@@ -27,6 +30,8 @@ impl TestVm {
             ip: "192.168.77.50",
             mode: "protected",
             memory_mib: 256,
+            extra: String::new(),
+            autostart: true,
         }
     }
 
@@ -51,10 +56,11 @@ impl TestVm {
     memory_mib: {mem}
     kernel: {NODE_DIR}/vmlinuz
     initramfs: {NODE_DIR}/guest.cpio.gz
-    cmdline: console=ttyS0 quiet panic=-1 i8042.noaux i8042.nomux i8042.dumbkbd guest={mode} marker={marker} ip={ip}/24 peer=192.168.77.1
+    cmdline: console=ttyS0 quiet panic=-1 i8042.noaux i8042.nomux i8042.dumbkbd guest={mode} marker={marker} ip={ip}/24 peer=192.168.77.1 {extra}
     disks: [{{ path: {disk} }}]
     nics: [{{ mac: '{mac}' }}]
     preferred_node: {pref}
+    autostart: {auto}
 ",
             name = self.name,
             mem = self.memory_mib,
@@ -63,13 +69,20 @@ impl TestVm {
             disk = self.disk(),
             mac = self.mac,
             pref = self.preferred,
+            extra = self.extra,
+            auto = self.autostart,
         )
     }
 }
 
 /// The pair config with `vms` (each guest writes `marker` to its disk).
 pub fn yaml(vms: &[TestVm], marker: &str) -> String {
-    let base = pair_yaml();
+    yaml_with_epoch(vms, marker, 50)
+}
+
+/// `yaml` with `epoch_ms` instead of the test config's 50.
+pub fn yaml_with_epoch(vms: &[TestVm], marker: &str, epoch_ms: u64) -> String {
+    let base = pair_yaml().replace("epoch_ms: 50", &format!("epoch_ms: {epoch_ms}"));
     let mut out = base.replace("vms: []\n", "vms:\n");
     for v in vms {
         out.push_str(&v.yaml(marker));

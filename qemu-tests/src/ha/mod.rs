@@ -3,6 +3,7 @@
 //! on both nodes' data disks, and the node-side shell helpers that wait for what `havms`
 //! reports. Nothing is typed to run or protect a VM: havmsd does it.
 
+pub mod bench;
 pub mod boot;
 pub mod config;
 pub mod shell;

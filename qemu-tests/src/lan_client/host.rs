@@ -499,6 +499,35 @@ impl TcpConn {
         }
     }
 
+    /// Closes the connection gracefully (FIN, as a peer that sent all it had would) and waits
+    /// at most `timeout` for the server to see it: our FIN acknowledged, or the server closed
+    /// too. Dropping a connection that was not closed resets it (RST).
+    pub fn close(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut net = self.shared.lock();
+        net.sockets.get_mut::<tcp::Socket>(self.handle).close();
+        loop {
+            net.poll();
+            let state = net.sockets.get::<tcp::Socket>(self.handle).state();
+            if matches!(
+                state,
+                tcp::State::FinWait2 | tcp::State::TimeWait | tcp::State::Closed
+            ) {
+                return Ok(());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(LanError::AnswerTimeout {
+                    server: self.server,
+                    during: "closing the connection (our FIN not acknowledged)".into(),
+                    waited: timeout,
+                    state: state.to_string(),
+                });
+            }
+            net = self.shared.wait(net, deadline - now);
+        }
+    }
+
     /// Fails unless the connection is still established.
     fn check_open(&self, net: &Net, during: &str) -> Result<()> {
         let sock = net.sockets.get::<tcp::Socket>(self.handle);
@@ -524,7 +553,18 @@ impl TcpConn {
 impl Drop for TcpConn {
     fn drop(&mut self) {
         let mut net = self.shared.lock();
-        net.sockets.get_mut::<tcp::Socket>(self.handle).abort();
+        let sock = net.sockets.get_mut::<tcp::Socket>(self.handle);
+        // Closed gracefully already: a RST now could reach the server before it read our FIN.
+        if !matches!(
+            sock.state(),
+            tcp::State::FinWait1
+                | tcp::State::FinWait2
+                | tcp::State::TimeWait
+                | tcp::State::Closing
+                | tcp::State::LastAck
+        ) {
+            sock.abort();
+        }
         net.poll();
         net.sockets.remove(self.handle);
         let handle = self.handle;

@@ -5,7 +5,7 @@
 //! (`qemu-tests/ledger`): appending over one connection in the background, then verifying that
 //! every acknowledged entry is still there, on the same connection, in the same guest boot.
 //!
-//! ```ignore
+//! ```text
 //! let host = LanHost::attach(&cluster.net.lan, "client", Ipv4Addr::new(192, 168, 77, 99))?;
 //! let mut c = LedgerClient::connect(&host, Ipv4Addr::new(192, 168, 77, 50), 7000, timeout)?;
 //! c.start_appending(Duration::from_millis(20))?;

@@ -130,9 +130,10 @@ pub fn run(ctx: &Ctx) -> Result<()> {
             Duration::from_secs(20),
         )?;
         conn.send_all(bytes, Duration::from_secs(10), what)?;
-        // Let b read it and refuse it, then hang up.
+        // Hang up as a peer that sent all it had (FIN, not RST: the truncated frame must read
+        // as a stream that ends inside a frame), then let b log it.
+        conn.close(Duration::from_secs(10))?;
         std::thread::sleep(Duration::from_millis(300));
-        drop(conn);
     }
     std::thread::sleep(Duration::from_secs(2));
     let log = b.ok(

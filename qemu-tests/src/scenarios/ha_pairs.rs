@@ -134,6 +134,7 @@ pub fn two_vms(ctx: &Ctx) -> Result<()> {
     let (first, rest) = cluster.nodes().split_at_mut(1);
     let (mut a, mut b) = ha::boot::shells(&mut first[0], &mut rest[0])?;
     ha::wait_protected(&mut a, &mut b, "web")?;
+    ctx.step("web protected on a (its replica ready on b)");
     ha::wait_protected(&mut b, &mut a, "db")?;
     let mut cw = client(&host, web.ip)?;
     let mut cd = client(&host, db.ip)?;

@@ -88,6 +88,10 @@ struct Inner {
     tracker: Option<Tracker>,
 }
 
+/// This node's VM reports as published for the heartbeats, with the echo they were
+/// decided on (the peer's boot id and seq).
+pub type Published = (Vec<VmReport>, (u64, u64));
+
 /// The daemon's state, shared by the control server, the heartbeat service and the signal loop.
 pub struct Shared {
     pub settings: Settings,
@@ -96,7 +100,7 @@ pub struct Shared {
     reload_lock: Mutex<()>,
     /// What our heartbeats say about this node's VMs; None until the VM service has adopted
     /// the engines it found (no heartbeat goes out before).
-    reports: Mutex<Option<Vec<VmReport>>>,
+    reports: Mutex<Option<Published>>,
     /// The seq of the next heartbeat.
     seq: AtomicU64,
     /// What the witness probe saw.
@@ -259,16 +263,17 @@ impl Shared {
             .map_err(|_| "the VM service did not answer within 5 s".to_string())?
     }
 
-    /// This node's VM reports for the next heartbeat (None: not ready to speak yet).
-    pub fn reports(&self) -> Option<Vec<VmReport>> {
+    /// This node's VM reports for the next heartbeat, with the echo (the peer's boot id and
+    /// seq) read before they were written (None: not ready to speak yet).
+    pub fn reports(&self) -> Option<Published> {
         self.reports
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
 
-    pub fn set_reports(&self, reports: Vec<VmReport>) {
-        *self.reports.lock().unwrap_or_else(|e| e.into_inner()) = Some(reports);
+    pub fn set_reports(&self, reports: Vec<VmReport>, echo: (u64, u64)) {
+        *self.reports.lock().unwrap_or_else(|e| e.into_inner()) = Some((reports, echo));
     }
 
     /// Takes the seq for a heartbeat being sent (they count from 1).

@@ -88,6 +88,11 @@ pub enum Rule {
     PeerTookOver,
     /// The peer's stream failed and it asks for this copy to be marked stale.
     PeerAsksStale,
+    /// The peer runs the VM without this copy being current (it released after finding this
+    /// node dead, or streams elsewhere): the copy must never be taken over.
+    PeerRunsWithoutThisCopy,
+    /// The VM's preferred node cannot start it (its kernel or disk is missing there).
+    PeerCannotRunIt,
     /// Our stream failed: the output is held until the peer confirms or is dead.
     StreamFailed,
     /// The engine died here and the peer cannot take over (no ready copy, or it is dead).
@@ -114,6 +119,10 @@ impl fmt::Display for Rule {
             Rule::Isolated(e) => write!(f, "this node is isolated ({e})"),
             Rule::PeerTookOver => write!(f, "the peer runs it now (it took over)"),
             Rule::PeerAsksStale => write!(f, "its primary's stream failed and asks so"),
+            Rule::PeerRunsWithoutThisCopy => {
+                write!(f, "the peer runs it and this copy is not current")
+            }
+            Rule::PeerCannotRunIt => write!(f, "its preferred node cannot start it"),
             Rule::StreamFailed => write!(f, "the stream failed; output held"),
             Rule::RestartAfterCrash => {
                 write!(f, "its engine died here and the peer cannot take it over")

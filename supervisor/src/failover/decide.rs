@@ -36,6 +36,22 @@ use std::time::Duration;
 
 /// How long a `protect` that failed waits before the next try.
 pub const PROTECT_RETRY: Duration = Duration::from_secs(2);
+/// How long a takeover that failed waits before the next try.
+pub const TAKEOVER_RETRY: Duration = Duration::from_secs(5);
+
+/// The peer's word that it holds no copy it could start: a replica that is not ready, an
+/// engine that cannot start, or none at all. Starting (an adopted engine not read yet) and
+/// Crashed (a primary that may have run it) are no such word.
+fn holds_no_copy(role: Option<VmRole>) -> bool {
+    matches!(
+        role,
+        Some(
+            VmRole::Replica(ReplicaState::Empty | ReplicaState::Stale | ReplicaState::Broken)
+                | VmRole::Failed
+                | VmRole::None
+        )
+    )
+}
 
 /// What to do now, VM by VM (at most one decision per VM; none for a VM that is busy).
 pub fn decide(f: &Facts) -> Vec<Decision> {
@@ -107,23 +123,27 @@ fn primary(
     // The peer runs the VM now (it took over while this copy was cut off): this copy is held
     // and invisible, and must go before anything could release it.
     if f.peer.up && matches!(peer_role(f, v), Some(VmRole::Primary(_))) {
+        let theirs = peer_role(f, v);
         return match stream {
             Stream::Held | Stream::Connecting | Stream::Ending => {
                 Some((Action::Fence, Rule::PeerTookOver))
             }
             // Both run it unprotected (the partition a ping witness cannot settle): the copy on
-            // the VM's preferred node stays; the other is killed (its disk stays as it is).
-            Stream::Unprotected if !v.preferred_here => Some((Action::Fence, Rule::PeerTookOver)),
+            // the VM's preferred node stays; the other is killed (its disk stays as it is). A
+            // peer whose copy is held, or still connecting, fences itself instead.
+            Stream::Unprotected
+                if !v.preferred_here
+                    && theirs == Some(VmRole::Primary(PrimaryState::Unprotected)) =>
+            {
+                Some((Action::Fence, Rule::PeerTookOver))
+            }
             _ => None,
         };
     }
     match stream {
         Stream::Held => {
             if let (Some(from), Some(report)) = (v.want_stale_from, f.peer.report.as_ref()) {
-                let gone = !matches!(
-                    report.vm(&v.name).map(|r| r.role),
-                    Some(VmRole::Replica(ReplicaState::Ready))
-                );
+                let gone = holds_no_copy(report.vm(&v.name).map(|r| r.role));
                 if report.has_seen(f.boot_id, from) && report.received_at >= since && gone {
                     return Some((Action::Release, Rule::PeerConfirmedStale));
                 }
@@ -149,7 +169,8 @@ fn primary(
                     Rule::PeerDead(evidence(f, Some(ack_silent))),
                 ));
             }
-            if isolated_long {
+            // Acks still coming mean the peer is there, whatever the heartbeats say.
+            if isolated_long && ack_silent >= f.timings.fence {
                 return Some((Action::Fence, Rule::Isolated(evidence(f, Some(ack_silent)))));
             }
             None
@@ -184,19 +205,53 @@ fn replica(
     if copy == ReplicaState::Ready && peer_vm.is_some_and(|p| p.want_stale) && f.peer.up {
         return Some((Action::MarkStale, Rule::PeerAsksStale));
     }
+    let role = peer_vm.map(|p| p.role);
+    // The peer runs the VM and this copy is not the one it protects: it released its output
+    // after finding this node dead, or streams to nobody yet. The copy is behind what the
+    // world saw and must never be started.
+    if copy == ReplicaState::Ready && f.peer.up {
+        let our_stream = match &v.engine {
+            Engine::Replica { stream_id, .. } => *stream_id,
+            _ => 0,
+        };
+        let other_stream = peer_vm.is_some_and(|p| {
+            matches!(
+                p.role,
+                VmRole::Primary(PrimaryState::Protected | PrimaryState::Held)
+            ) && p.stream_id != 0
+                && our_stream != 0
+                && p.stream_id != our_stream
+        });
+        // (Connecting is not enough: a new stream's Hello marks the copy stale anyway, and
+        // marking it here could cut that very stream.)
+        let unprotected = role == Some(VmRole::Primary(PrimaryState::Unprotected));
+        if unprotected || other_stream {
+            return Some((Action::MarkStale, Rule::PeerRunsWithoutThisCopy));
+        }
+    }
     if !v.run {
         return None;
     }
     let silent = f.peer_silent();
-    let role = peer_vm.map(|p| p.role);
-    if copy == ReplicaState::Ready {
+    let retry_ok = v
+        .last_takeover_failure
+        .is_none_or(|t| f.since(t) >= TAKEOVER_RETRY);
+    if copy == ReplicaState::Ready && retry_ok {
         if f.peer.up && role == Some(VmRole::Crashed) {
             return Some((Action::TakeOver, Rule::PeerEngineDied));
         }
         let stream_silent = f.since(last_commit);
+        // Its last word: a primary whose copy here was current (protected, or held since its
+        // stream failed), or whose engine died; or nothing heard from it at all.
         let was_primary = matches!(
             role,
-            None | Some(VmRole::Primary(_)) | Some(VmRole::Crashed)
+            None | Some(VmRole::Crashed)
+                | Some(VmRole::Primary(
+                    PrimaryState::Protected
+                        | PrimaryState::Syncing
+                        | PrimaryState::Held
+                        | PrimaryState::Ending
+                ))
         );
         if silent && f.witness_answers() && stream_silent >= f.timings.dead_after && was_primary {
             return Some((
@@ -215,11 +270,14 @@ fn replica(
             role,
             Some(VmRole::Primary(_) | VmRole::Starting | VmRole::Crashed)
         );
-    if nobody && copy == ReplicaState::Ready {
+    if nobody && copy == ReplicaState::Ready && retry_ok {
         return Some((Action::TakeOver, Rule::PeerEngineDied));
     }
     if nobody && v.preferred_here && role.is_some() {
         return Some((Action::StartPrimary, Rule::PreferredHere));
+    }
+    if nobody && role == Some(VmRole::Failed) {
+        return Some((Action::StartPrimary, Rule::PeerCannotRunIt));
     }
     None
 }
@@ -240,7 +298,7 @@ fn crashed(f: &Facts, v: &VmFacts, at: std::time::Instant) -> Option<(Action, Ru
             .then_some((Action::StartPrimary, Rule::RestartAfterCrash));
     }
     // The peer heard of the crash (its report is newer) and holds no copy it could start.
-    let cannot = !matches!(role, Some(VmRole::Replica(ReplicaState::Ready)));
+    let cannot = holds_no_copy(role);
     let newer = report.is_some_and(|r| r.received_at > at);
     (f.peer.up && newer && cannot).then_some((Action::StartPrimary, Rule::RestartAfterCrash))
 }
@@ -254,11 +312,16 @@ fn none(f: &Facts, v: &VmFacts) -> Option<(Action, Rule)> {
     if f.peer.up {
         return match role {
             Some(VmRole::Primary(PrimaryState::Ending)) => None,
-            Some(VmRole::Primary(_) | VmRole::Starting) => {
-                Some((Action::StartReplica, Rule::PeerRunsIt))
-            }
+            Some(VmRole::Primary(_)) => Some((Action::StartReplica, Rule::PeerRunsIt)),
+            // The peer's havmsd just restarted and has not read its engine's role yet: its
+            // next report will say.
+            Some(VmRole::Starting) => None,
             // The peer restarts it itself (there is no copy here to take over).
             Some(VmRole::Crashed) => None,
+            // The peer holds a current copy (its primary went away): it resumes it, which
+            // beats booting the VM afresh here; this node follows as its replica.
+            Some(VmRole::Replica(ReplicaState::Ready)) => None,
+            Some(VmRole::Failed) => Some((Action::StartPrimary, Rule::PeerCannotRunIt)),
             _ if v.preferred_here => Some((Action::StartPrimary, Rule::PreferredHere)),
             // The preferred node will run it: be ready.
             _ => Some((Action::StartReplica, Rule::PeerRunsIt)),

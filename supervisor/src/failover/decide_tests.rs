@@ -60,6 +60,7 @@ impl World {
                     engine: Engine::None,
                     want_stale_from: None,
                     last_protect_failure: None,
+                    last_takeover_failure: None,
                 }],
             },
         }
@@ -262,6 +263,12 @@ fn a_protected_primary_releases_only_when_peer_and_stream_are_silent_and_the_wit
     w.witness_silent_for(900);
     assert_eq!(w.action(), None, "isolated, not for fence_ms yet");
     w.peer_silent_for(2500).witness_silent_for(2100);
+    assert_eq!(
+        w.action(),
+        None,
+        "acks came 600 ms ago: the peer is there, whatever the heartbeats say"
+    );
+    w.primary(Stream::Protected, 5000, Some(2200));
     assert!(matches!(w.one(), Some((Action::Fence, Rule::Isolated(_)))));
 }
 
@@ -330,6 +337,102 @@ fn a_held_copy_goes_when_the_peer_runs_the_vm() {
     assert_eq!(w.action(), None);
     w.vm().preferred_here = false;
     assert_eq!(w.action(), Some(Action::Fence));
+    // Not preferred, but the peer's copy is held (or still protecting, its havmsd not having
+    // seen the stream die): that copy fences itself; this one, which the world sees, stays.
+    for theirs in [
+        PrimaryState::Held,
+        PrimaryState::Protected,
+        PrimaryState::Connecting,
+    ] {
+        w.peer_says(VmRole::Primary(theirs));
+        assert_eq!(w.action(), None, "{theirs:?}");
+    }
+}
+
+#[test]
+fn a_held_primary_waits_for_a_word_that_proves_the_copy_gone() {
+    let mut w = World::new();
+    w.primary(Stream::Held, 300, Some(1200));
+    w.vm().want_stale_from = Some(80);
+    for role in [
+        VmRole::Starting,
+        VmRole::Crashed,
+        VmRole::Replica(ReplicaState::Ready),
+    ] {
+        w.peer_says(role);
+        w.f.peer.report.as_mut().unwrap().echo_seq = 90;
+        assert_eq!(w.action(), None, "{role:?} proves nothing");
+    }
+    for role in [
+        VmRole::None,
+        VmRole::Failed,
+        VmRole::Replica(ReplicaState::Stale),
+        VmRole::Replica(ReplicaState::Broken),
+    ] {
+        w.peer_says(role);
+        w.f.peer.report.as_mut().unwrap().echo_seq = 90;
+        assert_eq!(w.action(), Some(Action::Release), "{role:?}");
+    }
+}
+
+#[test]
+fn a_copy_the_peer_runs_without_is_marked_stale_never_taken_over() {
+    let mut w = World::new();
+    w.vm().preferred_here = false;
+    w.replica(ReplicaState::Ready, 3000);
+    // The peer released after finding this node dead and runs unprotected.
+    w.peer_says(VmRole::Primary(PrimaryState::Unprotected));
+    assert_eq!(
+        w.one(),
+        Some((Action::MarkStale, Rule::PeerRunsWithoutThisCopy))
+    );
+    // It protects, but from another stream than this copy's.
+    w.peer_says(VmRole::Primary(PrimaryState::Protected));
+    w.f.peer.report.as_mut().unwrap().vms[0].stream_id = 77;
+    assert_eq!(w.action(), Some(Action::MarkStale));
+    // Its stream is this copy's: all well.
+    w.f.peer.report.as_mut().unwrap().vms[0].stream_id = 5;
+    w.replica(ReplicaState::Ready, 30);
+    assert_eq!(w.action(), None);
+    // Its last word was "unprotected", then it died: this copy is behind the world, no
+    // takeover.
+    w.peer_says(VmRole::Primary(PrimaryState::Unprotected));
+    w.replica(ReplicaState::Ready, 3000);
+    w.peer_silent_for(3000);
+    assert_eq!(w.action(), None);
+}
+
+#[test]
+fn a_failed_takeover_waits_before_the_next() {
+    let mut w = World::new();
+    w.vm().preferred_here = false;
+    w.replica(ReplicaState::Ready, 200);
+    w.peer_says(VmRole::Crashed);
+    w.vm().last_takeover_failure = Some(w.f.now - ms(1000));
+    assert_eq!(w.action(), None);
+    w.vm().last_takeover_failure = Some(w.f.now - ms(6000));
+    assert_eq!(w.action(), Some(Action::TakeOver));
+}
+
+#[test]
+fn a_vm_its_preferred_node_cannot_start_runs_here() {
+    let mut w = World::new();
+    w.vm().preferred_here = false;
+    w.peer_says(VmRole::Failed);
+    assert_eq!(w.one(), Some((Action::StartPrimary, Rule::PeerCannotRunIt)));
+    w.replica(ReplicaState::Empty, 3000);
+    assert_eq!(w.one(), Some((Action::StartPrimary, Rule::PeerCannotRunIt)));
+}
+
+#[test]
+fn no_fresh_boot_beside_a_peer_holding_a_ready_copy() {
+    let mut w = World::new();
+    w.peer_says(VmRole::Replica(ReplicaState::Ready));
+    assert_eq!(
+        w.action(),
+        None,
+        "the peer resumes its copy; this node follows"
+    );
 }
 
 #[test]

@@ -104,6 +104,8 @@ pub struct VmFacts {
     pub want_stale_from: Option<u64>,
     /// The last `protect` that failed, to wait a while before the next.
     pub last_protect_failure: Option<Instant>,
+    /// The last takeover that failed, likewise.
+    pub last_takeover_failure: Option<Instant>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -106,10 +106,9 @@ impl Service {
     fn send(&mut self, plan: &PeerPlan) {
         // Nothing is said before the VM service knows which engines run here (it adopts them
         // first): a heartbeat listing no VM would read as "nothing runs here".
-        let Some(vms) = self.shared.reports() else {
+        let Some((vms, (echo_boot_id, echo_seq))) = self.shared.reports() else {
             return;
         };
-        let (echo_boot_id, echo_seq) = self.shared.with_tracker(|t| t.echo()).unwrap_or((0, 0));
         let hb = Heartbeat {
             cluster: plan.cluster.clone(),
             node: plan.node.clone(),

@@ -208,15 +208,21 @@ impl Tracker {
                 });
             }
         }
-        self.boot_id = Some(hb.boot_id);
-        self.last_seq = Some(hb.seq);
-        self.peer_uptime_ms = Some(hb.uptime_ms);
-        self.report = Some(PeerReport {
-            received_at: now,
-            echo_boot_id: hb.echo_boot_id,
-            echo_seq: hb.echo_seq,
-            vms: hb.vms.clone(),
-        });
+        // A heartbeat overtaken by a newer one (the other path is faster, a datagram was held
+        // up) still shows its path works, but its report is older than the one we hold: the
+        // decisions must never step back to it.
+        let newest = self.boot_id != Some(hb.boot_id) || self.last_seq.is_none_or(|s| hb.seq >= s);
+        if newest {
+            self.boot_id = Some(hb.boot_id);
+            self.last_seq = Some(hb.seq);
+            self.peer_uptime_ms = Some(hb.uptime_ms);
+            self.report = Some(PeerReport {
+                received_at: now,
+                echo_boot_id: hb.echo_boot_id,
+                echo_seq: hb.echo_seq,
+                vms: hb.vms.clone(),
+            });
+        }
 
         let was_up = self.is_up();
         let state = &mut self.paths[path.index()];
@@ -496,5 +502,20 @@ mod tests {
         assert!(t.tick(t0 + ms(300)).is_empty());
         t.set_dead_after(ms(200));
         assert_eq!(t.tick(t0 + ms(300)).len(), 1);
+    }
+
+    #[test]
+    fn an_overtaken_heartbeat_counts_for_its_path_but_not_for_the_report() {
+        let now = Instant::now();
+        let mut t = Tracker::new("b", DEAD);
+        let mut newer = hb(7, 10);
+        newer.echo_seq = 5;
+        t.on_heartbeat(&newer, Path::Link, link_addr(), now);
+        let mut older = hb(7, 9);
+        older.echo_seq = 4;
+        let ev = t.on_heartbeat(&older, Path::Lan, lan_addr(), now);
+        assert!(t.last_seen_on(Path::Lan).is_some(), "{ev:?}");
+        assert_eq!(t.report().map(|r| r.echo_seq), Some(5));
+        assert_eq!(t.snapshot(now).last_seq, Some(10));
     }
 }

@@ -41,6 +41,9 @@ pub enum Outcome {
 #[derive(Debug)]
 pub struct Done {
     pub vm: String,
+    /// The slot's engine generation when the action was given (a late word of a replaced
+    /// engine is recognised).
+    pub generation: u64,
     pub action: Action,
     pub outcome: Outcome,
 }
@@ -61,6 +64,7 @@ pub struct Job {
     pub ack_timeout_ms: u64,
     /// The running engine's pid, when there is one (fence, restart).
     pub pid: Option<u32>,
+    pub generation: u64,
 }
 
 /// How long an API call may take (a takeover builds a VM; a protect waits for the Hello).
@@ -81,9 +85,11 @@ pub fn spawn(action: Action, job: Job, tx: Sender<Done>) {
     let name = format!("act-{}", job.vm.name);
     let spawned = std::thread::Builder::new().name(name).spawn(move || {
         let vm = job.vm.name.to_string();
+        let generation = job.generation;
         let send = |outcome| {
             let _ = tx.send(Done {
                 vm: vm.clone(),
+                generation,
                 action: action.clone(),
                 outcome,
             });
@@ -191,12 +197,22 @@ fn act(action: &Action, job: &Job) -> Result<Outcome, String> {
             api(job, &Request::Takeover { force: false })?;
             Ok(Outcome::TookOver { took: t0.elapsed() })
         }
-        Action::Fence => match job.pid {
-            Some(pid) => process::kill(pid)
-                .map(|_| Outcome::Done)
-                .map_err(|e| format!("killing engine {pid}: {e}")),
-            None => Err("no pid to kill".into()),
-        },
+        Action::Fence => {
+            // The pid the engine wrote into its lock, when havmsd did not start it itself.
+            let pid = job.pid.or(match process::probe(&job.dir) {
+                process::Probe::Running { pid } => pid,
+                process::Probe::Gone => None,
+            });
+            match pid {
+                Some(pid) => match process::kill(pid) {
+                    // Gone already: nothing of it can send anything any more.
+                    Ok(()) => Ok(Outcome::Done),
+                    Err(e) if e.raw_os_error() == Some(nix::libc::ESRCH) => Ok(Outcome::Done),
+                    Err(e) => Err(format!("killing engine {pid}: {e}")),
+                },
+                None => Err("no engine pid to kill".into()),
+            }
+        }
         Action::Stop => api(job, &Request::Shutdown).map(|_| Outcome::Done),
         // Bookkeeping only, done by the service itself.
         Action::AskStale | Action::StartPrimary | Action::StartReplica => Ok(Outcome::Done),

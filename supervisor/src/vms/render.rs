@@ -74,8 +74,10 @@ pub fn status_of(
                     v.role = "primary".into();
                     v.runs_on = Some(me.to_string());
                     let p = r.protect.as_ref();
-                    v.epoch = p.map_or(0, |p| p.epoch);
+                    // The acks come as events, the epoch with the last info poll: an ack
+                    // newer than that poll still means its epoch has run.
                     v.acked = r.acked;
+                    v.epoch = p.map_or(0, |p| p.epoch).max(r.acked);
                     if let Some(p) = p {
                         v.lag_ms = p.lag_ms;
                         v.lag_epochs = p.lag_epochs;

@@ -44,6 +44,11 @@ pub struct Running {
     pub protect: Option<ProtectStatus>,
     pub replica: Option<ReplicaStatus>,
     pub boots: u32,
+    /// Found running after a havmsd restart: its role is known only once its info came.
+    pub adopted: bool,
+    /// The next `info` sets role and state (the first one, and the first after the watcher
+    /// subscribed again: events may have been missed meanwhile).
+    pub resync: bool,
 }
 
 impl Running {
@@ -67,6 +72,8 @@ impl Running {
             protect: None,
             replica: None,
             boots: 1,
+            adopted: false,
+            resync: true,
         }
     }
 
@@ -133,6 +140,11 @@ impl Running {
 
     /// The engine's `info`: the role and the state before any event, and the figures.
     pub fn on_info(&mut self, info: VmInfo, now: Instant) {
+        self.adopted = false;
+        // Events carry every change of role and state, in order; an `info` read in between
+        // may be older than the last of them. Only the first one (before any event) sets them;
+        // later ones bring the figures.
+        let first = std::mem::take(&mut self.resync);
         let replica = info.state == "replica";
         self.boots = info.boots;
         if replica {
@@ -142,10 +154,12 @@ impl Running {
                 .replication
                 .clone()
                 .and_then(|v| serde_json::from_value::<ReplicaStatus>(v).ok());
-            if let Some(r) = &self.replica {
+            if let Some(r) = self.replica.as_ref().filter(|_| first) {
                 self.copy = r.state;
                 self.replica_connected = r.connected;
                 self.committed = r.committed_epoch;
+            }
+            if let Some(r) = &self.replica {
                 self.port = r
                     .listen
                     .rsplit_once(':')
@@ -160,12 +174,16 @@ impl Running {
                 .clone()
                 .and_then(|v| serde_json::from_value::<ProtectStatus>(v).ok());
             match &self.protect {
-                Some(p) => {
+                // A machine rebuilding itself after a guest reset shows no stream for a
+                // moment; its events say how the stream ended.
+                _ if info.state == "rebooting" => {}
+                Some(p) if first => {
                     self.stream_id = p.stream_id;
                     self.acked = p.acked;
                     self.set_stream(stream_of(p.state), now);
                 }
-                None => self.set_stream(Stream::Unprotected, now),
+                None if first => self.set_stream(Stream::Unprotected, now),
+                _ => {}
             }
         }
         self.info = Some(info);
@@ -221,10 +239,16 @@ pub struct Slot {
     /// What went wrong last (a failed start, protect, takeover), for the status.
     pub last_error: Option<String>,
     pub last_failover: Option<FailoverRecord>,
-    /// A config change that waits for the VM's next start.
+    /// A config change that waits for the VM's next start, and the config it brings.
     pub pending_change: Option<String>,
+    pub pending_cfg: Option<VmConfig>,
+    pub last_takeover_failure: Option<Instant>,
+    pub takeover_failures: u32,
     /// The VM left the config but still runs here.
     pub orphan: bool,
+    /// When this node last killed the engine as a fence: until its end is seen, deciding
+    /// again must not kill (and log) it again.
+    pub fenced_at: Option<Instant>,
 }
 
 impl Slot {
@@ -240,7 +264,11 @@ impl Slot {
             last_error: None,
             last_failover: None,
             pending_change: None,
+            pending_cfg: None,
+            last_takeover_failure: None,
+            takeover_failures: 0,
             orphan: false,
+            fenced_at: None,
         }
     }
 
@@ -294,12 +322,20 @@ impl Slot {
 
     /// What the peer is told.
     pub fn report(&self, intent: Intent) -> VmReport {
+        // An engine being started is reported in the role it starts in (the peer must know a
+        // primary is coming, or that this node will be its replica); only an adopted one whose
+        // role is not known yet is "starting".
+        let starting = |role: Role| match role {
+            Role::Primary => (VmRole::Primary(PrimaryState::Unprotected), 0, 0, 0),
+            Role::Replica => (VmRole::Replica(ReplicaState::Empty), 0, 0, 0),
+        };
         let (role, port, stream_id, epoch) = match &self.local {
             Local::None => (VmRole::None, 0, 0, 0),
-            Local::Starting { .. } => (VmRole::Starting, 0, 0, 0),
+            Local::Starting { role, .. } => starting(*role),
             Local::Crashed { .. } => (VmRole::Crashed, 0, 0, 0),
             Local::Failed { .. } => (VmRole::Failed, 0, 0, 0),
-            Local::Running(r) if r.info.is_none() => (VmRole::Starting, 0, 0, 0),
+            Local::Running(r) if r.info.is_none() && r.adopted => (VmRole::Starting, 0, 0, 0),
+            Local::Running(r) if r.info.is_none() => starting(r.role),
             Local::Running(r) => match r.role {
                 Role::Primary => (
                     VmRole::Primary(match r.stream {
@@ -377,13 +413,20 @@ mod tests {
         let mut s = Slot::new(vm());
         s.local = Local::Running(Box::new(Running::new(Role::Primary, Some(9), t0)));
         assert_eq!(s.engine(), Engine::Starting, "no info yet");
+        let run = Intent {
+            run: true,
+            version: 0,
+        };
         assert_eq!(
-            s.report(Intent {
-                run: true,
-                version: 0
-            })
-            .role,
-            VmRole::Starting
+            s.report(run).role,
+            VmRole::Primary(PrimaryState::Unprotected),
+            "a primary being started says so"
+        );
+        s.running_mut().unwrap().adopted = true;
+        assert_eq!(
+            s.report(run).role,
+            VmRole::Starting,
+            "an adopted engine's role is not known before its info"
         );
         let info: VmInfo = serde_json::from_str(
             r#"{"state":"running","cpus":1,"memory_mib":256,"cmdline":"","dirty_log":false}"#,

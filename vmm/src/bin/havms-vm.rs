@@ -37,7 +37,7 @@ use havms_vmm::{Console, Machine, OnReset, VmSpec};
 #[command(name = "havms-vm", about = "Run a Linux guest on KVM (HAVmS engine)")]
 struct Args {
     /// bzImage to boot.
-    #[arg(long, required_unless_present_any = ["restore", "replica_listen", "memcpy_bench"])]
+    #[arg(long, required_unless_present_any = ["restore", "replica_listen", "memcpy_bench", "tcp_bench"])]
     kernel: Option<PathBuf>,
     /// initramfs (cpio, optionally compressed).
     #[arg(long)]
@@ -107,6 +107,10 @@ struct Args {
     /// what a checkpoint's pause does per dirty page at best), print the microseconds, exit.
     #[arg(long, value_name = "PAGES", exclusive = true)]
     memcpy_bench: Option<u64>,
+    /// Benchmark baseline: raw TCP throughput. `listen=PORT` takes one connection, reads it to
+    /// its end and prints the bytes and microseconds; `send=HOST:PORT,mib=N` sends N MiB.
+    #[arg(long, value_name = "SPEC", exclusive = true)]
+    tcp_bench: Option<String>,
 }
 
 /// The directory `--restore` names, in any of its accepted forms.
@@ -274,9 +278,55 @@ fn memcpy_bench(pages: u64) -> Result<i32> {
     Ok(0)
 }
 
+/// `--tcp-bench listen=PORT | send=HOST:PORT,mib=N`.
+fn tcp_bench(spec: &str) -> Result<i32> {
+    use std::io::{Read, Write};
+    if let Some(port) = spec.strip_prefix("listen=") {
+        let l = std::net::TcpListener::bind(("0.0.0.0", port.parse::<u16>()?))?;
+        println!("tcp listening port={port}");
+        let (mut s, _) = l.accept()?;
+        let t = std::time::Instant::now();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut total = 0u64;
+        loop {
+            let n = s.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            total += n as u64;
+        }
+        println!("tcp received bytes={total} us={}", t.elapsed().as_micros());
+        return Ok(0);
+    }
+    let Some(rest) = spec.strip_prefix("send=") else {
+        bail!("--tcp-bench {spec}: expected listen=PORT or send=HOST:PORT,mib=N");
+    };
+    let (to, mib) = rest
+        .split_once(",mib=")
+        .context("--tcp-bench send=HOST:PORT,mib=N")?;
+    let mib: u64 = mib.parse()?;
+    let mut s = std::net::TcpStream::connect(to)?;
+    let buf = vec![0x5au8; 1 << 20];
+    let t = std::time::Instant::now();
+    for _ in 0..mib {
+        s.write_all(&buf)?;
+    }
+    s.shutdown(std::net::Shutdown::Write)?;
+    let _ = s.read(&mut [0u8; 1]);
+    println!(
+        "tcp sent bytes={} us={}",
+        mib << 20,
+        t.elapsed().as_micros()
+    );
+    Ok(0)
+}
+
 fn run(args: &Args) -> Result<i32> {
     if let Some(pages) = args.memcpy_bench {
         return memcpy_bench(pages);
+    }
+    if let Some(spec) = &args.tcp_bench {
+        return tcp_bench(spec);
     }
     if let (true, Some(arg)) = (args.memory_sha256, &args.restore) {
         let dir = &restore_dir(arg)?;

@@ -2,10 +2,12 @@
 //! docs/design.md and docs/replication.md).
 //!
 //! Primary: `checkpoint` (what each epoch captures while the guest is paused) and `primary`
-//! (the stream: full copy, one checkpoint per epoch, acks releasing the output).
-//! Secondary: `secondary` (the server receiving streams), `replica` (memory, state and disks as
-//! of the last committed epoch) and `standby` (a replica waiting for takeover, then its
-//! machine). Between them: the `wire` format (frames, encoder, nom parsers, `FrameReader`) and
+//! (the `Protection` handle and its states; `primary/sender.rs` is the stream thread: full
+//! copy, one checkpoint per epoch, acks releasing the output).
+//! Secondary: `secondary` (the server receiving streams; `secondary/connection.rs` serves one
+//! primary's connection), `compat` (what a takeover here will need, checked at the stream's
+//! start), `replica` (memory, state and disks as of the last committed epoch) and `standby` (a
+//! replica waiting for takeover, then its machine). `verify` hashes both sides at one epoch. Between them: the `wire` format (frames, encoder, nom parsers, `FrameReader`) and
 //! the receiver's `sequence` checker (which frame may come next).
 pub mod checkpoint;
 pub mod compat;

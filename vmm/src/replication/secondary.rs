@@ -23,9 +23,8 @@
 //! `takeover` cuts the stream and hands the replica over to be started (failover); a failed
 //! start gives it back and the server serves on.
 
-use std::io::{BufWriter, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -33,14 +32,15 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::compat::{self, LocalDevices};
-use super::replica::{DiskOp, Replica, ReplicaError};
-use super::sequence::{SequenceChecker, SequenceError, Step};
-use super::wire::{self, DiskAction, Frame, FrameReader, HelloAck, WireError, COMMIT_FLUSH};
+use super::compat::LocalDevices;
+use super::replica::{Replica, ReplicaError};
+use super::sequence::SequenceError;
+use super::wire::WireError;
 use crate::events::{Event, Events, ReplicaState};
-use crate::state::snapshot::Snapshot;
 use crate::sync::lock;
-use crate::virtio::block::DiskChangeKind;
+
+mod connection;
+use connection::accept_loop;
 
 /// Where the replica is.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -261,8 +261,14 @@ impl ReplicaServer {
     /// received, if any, is cut, so no later epoch of it can make the copy current again.
     pub fn mark_stale(&self, why: &str) {
         self.shared.mark_stale(why);
-        if let Some((_, c)) = lock(&self.shared.conn).as_ref() {
-            let _ = c.shutdown(Shutdown::Both);
+        // The stream of this copy is cut; a new stream being received (its Hello made the
+        // copy stale already) is left alone.
+        let copy_stream = lock(&self.shared.copy).stream_id;
+        let receiving = lock(&self.shared.status).receiving_stream_id;
+        if receiving == 0 || receiving == copy_stream {
+            if let Some((_, c)) = lock(&self.shared.conn).as_ref() {
+                let _ = c.shutdown(Shutdown::Both);
+            }
         }
         self.shared.announce();
     }
@@ -362,404 +368,6 @@ pub enum TakeoverError<E> {
     Refused(ReplicaError),
     #[error("the replica could not be started (it is kept): {0}")]
     Start(E),
-}
-
-fn accept_loop(listener: &TcpListener, s: &Arc<Shared>) {
-    for conn in listener.incoming() {
-        if s.stop.load(Ordering::SeqCst) {
-            return;
-        }
-        let conn = match conn {
-            Ok(c) => c,
-            Err(e) => {
-                log::warn!("replica: accept: {e}");
-                std::thread::sleep(Duration::from_millis(100));
-                continue;
-            }
-        };
-        let peer = conn.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-        if s.taking_over.load(Ordering::SeqCst) || lock(&s.copy).taken_over {
-            log::warn!("replica: {peer} connected after the takeover; refused");
-            let _ = wire::write_frame(
-                &mut &conn,
-                0,
-                0,
-                &Frame::Abort {
-                    reason: "this replica was taken over".into(),
-                },
-            );
-            continue;
-        }
-        // Each connection on its own thread: one that sends garbage, or nothing, never holds
-        // up the stream being served, and only a valid Hello takes its place (a primary that
-        // starts a new stream while its old connection is still half open).
-        let s2 = Arc::clone(s);
-        let spawned = std::thread::Builder::new()
-            .name("replica-conn".into())
-            .spawn(move || connection(conn, peer, &s2));
-        if let Err(e) = spawned {
-            log::error!("replica: no thread for a connection: {e}");
-        }
-    }
-}
-
-/// One connection: its Hello first (within `HELLO_TIMEOUT`), then it becomes the stream
-/// served, cutting the one before.
-fn connection(conn: TcpStream, peer: String, s: &Shared) {
-    let end = serve(conn, &peer, s);
-    let mut st = lock(&s.status);
-    match end {
-        Ok(Served::Stream) => log::info!("replica: {peer} closed the stream"),
-        Ok(Served::Preempted) => log::info!("replica: the stream from {peer} was replaced"),
-        Err(Refusal::BeforeHello(e)) => {
-            log::warn!("replica: connection from {peer} refused before any stream: {e}");
-            return;
-        }
-        Err(Refusal::Stream(e)) => {
-            let e = crate::error_chain(&e);
-            log::warn!("replica: stream from {peer} ended: {e}");
-            st.last_error = Some(e);
-        }
-    }
-    drop(st);
-    s.announce();
-}
-
-/// How long a new connection may take to send its Hello.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How a connection ended without error.
-enum Served {
-    Stream,
-    /// A newer stream took its place.
-    Preempted,
-}
-
-/// How a connection ended with one.
-enum Refusal {
-    /// Before it had introduced a stream: nothing of the served stream or the copy changed.
-    BeforeHello(ConnError),
-    Stream(ConnError),
-}
-
-/// Reads the first frame, which must be a Hello this node accepts.
-fn read_hello(
-    reader: &mut FrameReader<TcpStream>,
-    out: &mut BufWriter<TcpStream>,
-    checker: &mut SequenceChecker,
-    s: &Shared,
-) -> Result<(u64, super::wire::Hello), ConnError> {
-    let Some((header, frame)) = reader.next_frame()? else {
-        return Err(ConnError::Refused("closed before its Hello".into()));
-    };
-    if checker.check(&header, &frame)? != Step::Hello {
-        return Err(ConnError::Refused("the first frame was not a Hello".into()));
-    }
-    let Frame::Hello(hello) = frame else {
-        return Err(ConnError::Refused("Hello step without a Hello".into()));
-    };
-    if let Err(reason) = accept_hello(s, &hello) {
-        let _ = wire::write_frame(
-            out,
-            header.vm_id,
-            0,
-            &Frame::Abort {
-                reason: reason.clone(),
-            },
-        );
-        let _ = out.flush();
-        return Err(ConnError::Refused(reason));
-    }
-    Ok((header.vm_id, hello.clone()))
-}
-
-/// One primary's stream, until it ends. A fresh replica is built for it and replaces the
-/// committed one at its first commit.
-fn serve(conn: TcpStream, peer: &str, s: &Shared) -> Result<Served, Refusal> {
-    let before = |e: WireError| Refusal::BeforeHello(e.into());
-    let _ = conn.set_nodelay(true);
-    conn.set_read_timeout(Some(HELLO_TIMEOUT))
-        .map_err(|e| before(e.into()))?;
-    let mut out = BufWriter::new(conn.try_clone().map_err(|e| before(e.into()))?);
-    let mut reader = FrameReader::new(conn.try_clone().map_err(|e| before(e.into()))?);
-    let mut checker = SequenceChecker::new(None);
-    let (vm_id, hello) =
-        read_hello(&mut reader, &mut out, &mut checker, s).map_err(Refusal::BeforeHello)?;
-    *lock(&s.last_frame) = Some(Instant::now());
-    // This connection is the stream now: the one before (if any) is cut, and served no more
-    // once we hold the serving lock.
-    let generation = {
-        let mut cur = lock(&s.conn);
-        if let Some((_, old)) = cur.take() {
-            let _ = old.shutdown(Shutdown::Both);
-        }
-        let g = s.generation.fetch_add(1, Ordering::SeqCst) + 1;
-        *cur = conn.try_clone().ok().map(|c| (g, c));
-        g
-    };
-    let _serving = lock(&s.serving);
-    if s.generation.load(Ordering::SeqCst) != generation {
-        return Ok(Served::Preempted);
-    }
-    conn.set_read_timeout(Some(STREAM_IDLE))
-        .map_err(|e| Refusal::Stream(WireError::from(e).into()))?;
-    {
-        let mut st = lock(&s.status);
-        st.connected = true;
-        st.peer = peer.to_string();
-        st.connections += 1;
-    }
-    log::info!(
-        "replica: primary {peer} connected (stream {:x})",
-        hello.stream_id
-    );
-    let result = stream(s, &mut reader, &mut out, &mut checker, vm_id, &hello);
-    {
-        let mut cur = lock(&s.conn);
-        if cur.as_ref().is_some_and(|(g, _)| *g == generation) {
-            *cur = None;
-            let mut st = lock(&s.status);
-            st.connected = false;
-            st.receiving_stream_id = 0;
-        }
-    }
-    // Whatever ended the stream, an unfinished epoch is dropped.
-    if let Some(r) = lock(&s.copy).replica.as_mut() {
-        r.abort_epoch();
-    }
-    let preempted = s.generation.load(Ordering::SeqCst) != generation;
-    match result {
-        _ if preempted => Ok(Served::Preempted),
-        Ok(()) => Ok(Served::Stream),
-        Err(e) => Err(Refusal::Stream(e)),
-    }
-}
-
-/// The stream after its Hello was accepted: the fresh replica, HelloAck, then epochs.
-fn stream(
-    s: &Shared,
-    reader: &mut FrameReader<TcpStream>,
-    out: &mut BufWriter<TcpStream>,
-    checker: &mut SequenceChecker,
-    vm_id: u64,
-    hello: &super::wire::Hello,
-) -> Result<(), ConnError> {
-    let cpuid = if s.cfg.check_cpu {
-        // The vCPU count is known only from the state: the feature bits compared do not
-        // depend on it.
-        Some(compat::host_cpuid(1).map_err(ConnError::Refused)?)
-    } else {
-        None
-    };
-    // The replica this stream builds, until its first commit makes it the one.
-    let mut fresh = Some(
-        Replica::new(hello.memory_bytes >> 20)?
-            .with_local(s.cfg.local.clone())
-            .with_host_cpuid(cpuid),
-    );
-    let stream_id = hello.stream_id;
-    // From now on the primary's output belongs to this stream.
-    s.mark_stale("a new replication stream started");
-    {
-        let mut st = lock(&s.status);
-        st.name = hello.name.clone();
-        st.memory_mib = hello.memory_bytes >> 20;
-        st.receiving_stream_id = stream_id;
-    }
-    s.announce();
-    wire::write_frame(
-        out,
-        vm_id,
-        0,
-        &Frame::HelloAck(HelloAck {
-            last_committed_epoch: 0,
-            generation: [0; 16],
-            resume_ok: false,
-        }),
-    )?;
-    out.flush().map_err(WireError::from)?;
-    checker.start_at(0)?;
-    loop {
-        if s.stop.load(Ordering::SeqCst) || s.taking_over.load(Ordering::SeqCst) {
-            return Ok(());
-        }
-        let Some((header, frame)) = reader.next_frame()? else {
-            return Ok(());
-        };
-        *lock(&s.last_frame) = Some(Instant::now());
-        match checker.check(&header, &frame)? {
-            Step::Hello => return Err(ConnError::Refused("a second Hello".into())),
-            Step::Stage(epoch) => {
-                let mut c = lock(&s.copy);
-                let r = match fresh.as_mut() {
-                    Some(r) => r,
-                    None => c
-                        .replica
-                        .as_mut()
-                        .ok_or_else(|| ConnError::Refused("no replica".into()))?,
-                };
-                stage(r, epoch, &frame)?;
-            }
-            Step::Commit(epoch) => {
-                let flush = matches!(&frame, Frame::Commit(c) if c.flags & COMMIT_FLUSH != 0);
-                commit(s, &mut fresh, stream_id, epoch, flush)?;
-                wire::write_frame(out, header.vm_id, epoch, &Frame::Ack)?;
-                out.flush().map_err(WireError::from)?;
-                s.cfg.events.publish(Event::Committed { stream_id, epoch });
-            }
-            Step::Abort(reason) => {
-                if fresh.is_none() {
-                    s.mark_stale(&format!("the primary stopped protecting: {reason}"));
-                }
-                s.announce();
-                close_ack(out, header.vm_id, "the copy is marked stale");
-                return Err(ConnError::Abort(reason));
-            }
-            Step::End(reason) => {
-                {
-                    let mut c = lock(&s.copy);
-                    c.replica = None;
-                    c.stale = None;
-                    c.stream_id = 0;
-                }
-                log::info!("replica: the VM ended on the primary ({reason}); copy discarded");
-                s.announce();
-                close_ack(out, header.vm_id, "the copy is discarded");
-                return Err(ConnError::End(reason));
-            }
-        }
-    }
-}
-
-fn close_ack<W: Write>(out: &mut W, vm_id: u64, what: &str) {
-    let _ = wire::write_frame(
-        out,
-        vm_id,
-        0,
-        &Frame::CloseAck {
-            reason: what.into(),
-        },
-    );
-    let _ = out.flush();
-}
-
-/// Whether this node takes the stream the Hello announces; the reason when not.
-fn accept_hello(s: &Shared, hello: &super::wire::Hello) -> Result<(), String> {
-    if let Some(want) = &s.cfg.expect_name {
-        if &hello.name != want {
-            return Err(format!("this replica is for VM {want}, not {}", hello.name));
-        }
-    }
-    if !hello.memory_bytes.is_multiple_of(1 << 20) {
-        return Err(format!(
-            "{} bytes of memory: not whole MiB",
-            hello.memory_bytes
-        ));
-    }
-    let host = host_memory_bytes();
-    if hello.memory_bytes > host {
-        return Err(format!(
-            "a {} MiB VM does not fit this node's {} MiB",
-            hello.memory_bytes >> 20,
-            host >> 20
-        ));
-    }
-    s.cfg.local.check_disks(&hello.disk_sizes)
-}
-
-/// Applies a verified epoch: the stream's fresh replica (its first commit replaces the copy
-/// held so far) or the copy itself. Disks are synced first when the guest flushed.
-fn commit(
-    s: &Shared,
-    fresh: &mut Option<Replica>,
-    stream_id: u64,
-    epoch: u64,
-    flush: bool,
-) -> Result<(), ConnError> {
-    let mut c = lock(&s.copy);
-    if let Some(mut r) = fresh.take() {
-        if let Err(e) = r.commit(epoch).and_then(|_| r.flush_disks()) {
-            // It may have written part of its disk copy over the files the old replica uses:
-            // that one cannot be trusted any more.
-            if matches!(e, ReplicaError::Broken(_) | ReplicaError::Disk { .. }) {
-                if let Some(old) = c.replica.as_mut() {
-                    old.mark_broken(format!("a new stream's first commit failed half way: {e}"));
-                }
-            }
-            return Err(e.into());
-        }
-        c.replica = Some(r);
-        c.stream_id = stream_id;
-        c.stale = None;
-        drop(c);
-        s.announce();
-    } else {
-        if c.stale.is_some() {
-            return Err(ConnError::Refused(
-                "the copy was marked stale: this stream cannot go on".into(),
-            ));
-        }
-        let Some(r) = c.replica.as_mut() else {
-            return Err(ConnError::Refused("no replica to commit to".into()));
-        };
-        r.commit(epoch)?;
-        if flush {
-            r.flush_disks()?;
-        }
-        if lock(&s.verify_at).is_some_and(|v| v == epoch) {
-            *lock(&s.verify_at) = None;
-            let paths: Vec<std::path::PathBuf> = s.cfg.local.disks.clone();
-            let refs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
-            match super::verify::capture(epoch, r.memory(), &refs) {
-                Ok(c) => {
-                    let status = Arc::clone(&s.status);
-                    c.finish_in_background(move |h| lock(&status).verify = Some(h));
-                }
-                Err(e) => log::error!("replica: verify: {e}"),
-            }
-        }
-    }
-    Ok(())
-}
-
-fn stage(r: &mut Replica, epoch: u64, frame: &Frame<'_>) -> Result<(), ConnError> {
-    match frame {
-        Frame::Pages(p) => r.stage_pages(epoch, &p.pages, &p.data)?,
-        Frame::Disk(d) => {
-            let (kind, len, data) = match &d.action {
-                DiskAction::Write(data) => {
-                    (DiskChangeKind::Write, data.len() as u64, data.to_vec())
-                }
-                DiskAction::Discard(n) => (DiskChangeKind::Discard, u64::from(*n), Vec::new()),
-            };
-            r.stage_disk(
-                epoch,
-                DiskOp {
-                    disk: d.disk,
-                    kind,
-                    sector: d.sector,
-                    len,
-                    data,
-                },
-            )?
-        }
-        Frame::State(bytes) => {
-            let origin = format!("replication stream, epoch {epoch}");
-            let snap =
-                Snapshot::from_bytes(bytes, Path::new(&origin)).map_err(|e| ConnError::State {
-                    epoch,
-                    msg: e.to_string(),
-                })?;
-            r.stage_state(epoch, snap)?
-        }
-        other => {
-            return Err(ConnError::Refused(format!(
-                "a {} frame to stage",
-                other.kind()
-            )))
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

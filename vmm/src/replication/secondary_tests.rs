@@ -10,7 +10,9 @@ use super::*;
 use crate::events::{Event, Events, ReplicaState};
 use crate::memory::PAGE_SIZE;
 use crate::replication::test_support::{state, Scratch};
-use crate::replication::wire::{Commit, Disk, EpochDigest, Hello, Pages};
+use crate::replication::wire::{
+    self, Commit, Disk, DiskAction, EpochDigest, Frame, FrameReader, Hello, Pages,
+};
 use vm_memory::GuestMemoryBackend;
 
 const MIB: u64 = 2;

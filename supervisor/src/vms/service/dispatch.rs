@@ -1,0 +1,186 @@
+//! The VM service's decisions: gathering the facts the rules need (config, engines, the
+//! peer's reports, the witness, the clock) and carrying a decision out: the bookkeeping it
+//! needs in the slot (generations, expected ends, the fence's debounce), then one executor
+//! thread per action.
+
+use std::time::Instant;
+
+use super::*;
+
+impl Service {
+    pub(super) fn timings(cfg: &Config) -> Timings {
+        let t = cfg.timings;
+        Timings {
+            heartbeat: Duration::from_millis(t.heartbeat_ms),
+            dead_after: Duration::from_millis(t.dead_after_ms),
+            fence: Duration::from_millis(t.fence_ms),
+            epoch: Duration::from_millis(t.epoch_ms),
+        }
+    }
+
+    pub(super) fn facts(&mut self) -> Option<Facts> {
+        let cfg = self.config.clone()?;
+        let me = self.me()?;
+        let peer = cfg.peer_of(&me)?;
+        // The peer's word on the run/stop intents.
+        if let Some(report) = self.shared.with_tracker(|t| t.report().cloned()).flatten() {
+            for r in &report.vms {
+                if self.slots.contains_key(&r.name) && self.intents.merge(&r.name, r.intent) {
+                    log::info!(
+                        "vm {}: the peer says it is to be {}",
+                        r.name,
+                        if r.intent.run { "running" } else { "stopped" }
+                    );
+                }
+            }
+        }
+        let now = Instant::now();
+        let peer_facts = self
+            .shared
+            .with_tracker(|t| PeerFacts {
+                name: t.peer().to_string(),
+                up: t.is_up(),
+                link_last: t.last_seen_on(NetPath::Link),
+                lan_last: t.last_seen_on(NetPath::Lan),
+                report: t.report().cloned(),
+            })
+            .unwrap_or(PeerFacts {
+                name: peer.name.to_string(),
+                up: false,
+                link_last: None,
+                lan_last: None,
+                report: None,
+            });
+        let w = self.shared.witness_state();
+        let vms = self
+            .slots
+            .values()
+            .map(|s| VmFacts {
+                name: s.name().to_string(),
+                preferred_here: s.cfg.preferred_node == me.as_str(),
+                // An orphan (gone from the config, still running) runs on until stopped.
+                run: self.intents.get(s.name(), s.cfg.autostart).run,
+                busy: s.busy,
+                engine: s.engine(),
+                want_stale_from: s.want_stale_from,
+                last_protect_failure: s.last_protect_failure,
+                last_takeover_failure: s.last_takeover_failure,
+            })
+            .collect();
+        Some(Facts {
+            now,
+            timings: Self::timings(&cfg),
+            started_at: self.started_at,
+            boot_id: self.shared.settings.boot_id,
+            seq: self.shared.peek_seq(),
+            peer: peer_facts,
+            witness: WitnessFacts {
+                address: w.address,
+                last_answer: w.last_answer,
+            },
+            vms,
+        })
+    }
+
+    pub(super) fn dispatch(&mut self, d: Decision, facts: &Facts) {
+        let Some(cfg) = self.config.clone() else {
+            return;
+        };
+        let Some(me) = self.me() else { return };
+        let (Some(my), Some(peer)) = (cfg.node(&me), cfg.peer_of(&me)) else {
+            return;
+        };
+        let peer_link = self
+            .shared
+            .settings
+            .peer_addr
+            .and_then(|a| match a.ip() {
+                std::net::IpAddr::V4(v4) => Some(v4),
+                _ => None,
+            })
+            .unwrap_or(peer.link.address.addr);
+        let my_link: Ipv4Addr = if self.shared.settings.peer_addr.is_some() {
+            Ipv4Addr::LOCALHOST
+        } else {
+            my.link.address.addr
+        };
+        if matches!(d.action, Action::StartPrimary | Action::StartReplica)
+            && self.slots.get(&d.vm).is_some_and(|s| s.running().is_none())
+            && self.adopt_one(&d.vm)
+        {
+            // An engine of it runs already (left by an earlier havmsd): taken back instead.
+            return;
+        }
+        let Some(slot) = self.slots.get_mut(&d.vm) else {
+            return;
+        };
+        if d.action == Action::Fence
+            && slot
+                .fenced_at
+                .is_some_and(|t| t.elapsed() < FENCE_EXIT_WAIT)
+        {
+            // Killed already; its end is on its way through the watcher.
+            return;
+        }
+        let quiet = matches!(d.action, Action::Protect { .. } | Action::AskStale);
+        if quiet {
+            log::info!("{d}");
+        } else {
+            log::warn!("{d}");
+        }
+        match &d.action {
+            Action::AskStale => {
+                slot.want_stale_from = Some(facts.seq);
+                return;
+            }
+            Action::TakeOver => {
+                slot.last_failover = Some(FailoverRecord {
+                    at_ms: super::super::intent::now_version(),
+                    rule: d.rule.to_string(),
+                    took_ms: None,
+                    from_epoch: slot.running().map_or(0, |r| r.committed),
+                });
+            }
+            Action::Fence | Action::Stop => {
+                slot.expect_exit = Some(format!("{:?}", d.action));
+                if d.action == Action::Fence {
+                    slot.fenced_at = Some(Instant::now());
+                }
+            }
+            _ => {}
+        }
+        // Read before a start replaces the engine's entry: the executor stops that engine.
+        let pid = slot.running().and_then(|r| r.pid);
+        if let Action::StartPrimary | Action::StartReplica = d.action {
+            // Reports of the engine being replaced are dropped from here on.
+            slot.generation += 1;
+            let role = if d.action == Action::StartPrimary {
+                Role::Primary
+            } else {
+                Role::Replica
+            };
+            if matches!(slot.local, Local::Running(_)) {
+                // Giving way (a replica to a fresh primary): its end is expected.
+                slot.expect_exit = Some("replaced".into());
+            }
+            slot.local = Local::Starting {
+                role,
+                since: Instant::now(),
+            };
+        }
+        slot.busy = true;
+        let job = Job {
+            vm: slot.cfg.clone(),
+            dir: RunDir::new(&self.opts.vms_dir, &d.vm),
+            engine: self.opts.engine.clone(),
+            my_link,
+            peer_link,
+            bridge: my.lan.bridge.clone(),
+            epoch_ms: cfg.timings.epoch_ms,
+            ack_timeout_ms: (cfg.timings.dead_after_ms * 2).max(1000),
+            pid,
+            generation: slot.generation,
+        };
+        executor::spawn(d.action, job, self.done_tx.clone());
+    }
+}
