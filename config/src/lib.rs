@@ -61,7 +61,9 @@ pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
     }
     let cfg: Config = serde_yaml::from_str(text).map_err(|e| {
         let reason = strip_location(&e.to_string());
-        let mut line = e.location().map(|l| l.line());
+        // serde_yaml counts lines as YAML does (a lone CR ends one too); its byte offset, turned
+        // into our newline-counted line, is always inside the file.
+        let at = e.location().map(|l| locate::line_at(text, l.index()));
         // A mapping checked as a whole (e.g. `lan:`) is reported by serde_yaml at the start of the
         // enclosing item; its message starts with the key, so point at that key's line instead.
         // serde_yaml puts the path first (`nodes[1]: lan: ...`), hence the last plain identifier.
@@ -72,10 +74,15 @@ pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
                 !seg.is_empty() && seg.chars().all(|c| c.is_ascii_lowercase() || c == '_')
             })
             .last();
-        if let (Some(at), Some(key)) = (line, key) {
-            line = locate::line_of_key_after(text, at, key).or(line);
-        }
-        ConfigError::new(file, line, reason)
+        let line = match (at, key) {
+            (Some(at), Some(key)) => locate::line_of_key_after(text, at, key).unwrap_or(at),
+            (Some(at), None) => at,
+            // The few errors serde_yaml gives no position (a second document, say) are about
+            // the file as a whole: its first line.
+            (None, Some(key)) => locate::line_of_key(text, key).unwrap_or(1),
+            (None, None) => 1,
+        };
+        ConfigError::new(file, Some(line), reason)
     })?;
     validate::validate(&cfg, text, file)?;
     Ok(cfg)

@@ -1,6 +1,23 @@
 //! Finds the line of a value for checks that run after parsing (duplicates, references between
 //! sections), where serde_yaml no longer knows positions. It looks for `key: value` as written, block or
 //! flow style, which is how a person would search the file.
+//!
+//! Lines are counted the way an editor and `wc -l` count them: ended by `\n` (a `\r\n` is one
+//! end, a lone `\r` is none). YAML also ends a line at a lone `\r`, so serde_yaml's own line
+//! numbers can point past the end of such a file; [`line_at`] turns its byte offsets into ours.
+
+/// The lines of `text` as [`line_of`] and friends number them (at least 1: an empty file has
+/// one, empty, line).
+pub fn line_count(text: &str) -> usize {
+    text.lines().count().max(1)
+}
+
+/// 1-based line holding byte `index` of `text`; an index at or past the end is the last line.
+pub fn line_at(text: &str, index: usize) -> usize {
+    let before = text.as_bytes().get(..index).unwrap_or(text.as_bytes());
+    let line = 1 + before.iter().filter(|&&b| b == b'\n').count();
+    line.min(line_count(text))
+}
 
 /// 1-based line of the `nth` (0-based) occurrence of `key: value` in `text`, if any.
 pub fn line_of(text: &str, key: &str, value: &str, nth: usize) -> Option<usize> {
@@ -91,5 +108,16 @@ mod tests {
         assert_eq!(line_of(TEXT, "name", "web", 0), Some(7));
         assert_eq!(line_of(TEXT, "interface", "eth", 0), None);
         assert_eq!(line_of_key(TEXT, "vms"), Some(6));
+    }
+
+    #[test]
+    fn byte_offsets_become_newline_counted_lines() {
+        let text = "cluster: demo\r\r\r\r\rnodes: 5\n";
+        assert_eq!(line_count(text), 1);
+        assert_eq!(line_at(text, text.find("nodes").unwrap()), 1);
+        assert_eq!(line_at(text, text.len()), 1);
+        assert_eq!(line_at("a\r\nb\r\n", 3), 2);
+        assert_eq!(line_at("a\nb", 99), 2);
+        assert_eq!(line_at("", 0), 1);
     }
 }

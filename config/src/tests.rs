@@ -294,3 +294,53 @@ fn a_pair_with_vms_needs_a_witness_for_each_node() {
     let idle = &idle[..idle.find("vms:").unwrap()];
     parse(idle, "f").expect("a pair without VMs needs no witness");
 }
+
+/// Every error but an empty file's carries a line, and that line is inside the file.
+fn assert_line_inside(text: &str) -> ConfigError {
+    let e = parse(text, "f").expect_err("should be rejected");
+    let lines = text.lines().count().max(1);
+    assert!(
+        e.line.is_some_and(|l| (1..=lines).contains(&l)),
+        "{e} (the file has {lines} lines)"
+    );
+    e
+}
+
+#[test]
+fn a_lone_cr_does_not_push_the_line_past_the_end() {
+    // Issue 10, defect 1: serde_yaml counts a lone CR as a line break (line 6 here).
+    let text = "cluster: demo\r\r\r\r\rnodes: 5\n";
+    assert_eq!(
+        hex_of(text),
+        "636c75737465723a2064656d6f0d0d0d0d0d6e6f6465733a20350a"
+    );
+    let e = assert_line_inside(text);
+    assert_eq!(e.line, Some(1), "{e}");
+    // CRLF files count one line per CRLF, as editors show them.
+    let crlf = GOOD
+        .replace('\n', "\r\n")
+        .replacen("vcpus: 2", "vcpus: two", 1);
+    assert_eq!(assert_line_inside(&crlf).line, Some(15));
+}
+
+fn hex_of(s: &str) -> String {
+    s.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn a_value_folded_across_lines_still_names_its_line() {
+    // Issue 10, defect 2: the value parses as "br 0", which is written nowhere in the file.
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/havms.yaml");
+    let example = std::fs::read_to_string(path).unwrap();
+    assert!(example.contains("bridge: br0"));
+    let text = example.replacen("bridge: br0", "bridge: \"br\n      0\"", 1);
+    let e = assert_line_inside(&text);
+    assert_eq!(e.line, Some(11), "{e}");
+    assert!(e.reason.contains("lan bridge interface `br 0`"), "{e}");
+    // Escaped values too: `\x61` is `a`, a second node `a`.
+    let e = assert_line_inside(&GOOD.replacen("  - name: b\n", "  - name: \"\\x61\"\n", 1));
+    assert!(e.reason.contains("used twice"), "{e}");
+    // A value that is not written at all is pointed at by its item.
+    let e = assert_line_inside(&GOOD.replacen("    vcpus: 2\n", "    vcpus: 0x0\n", 1));
+    assert_eq!(e.line, Some(15), "{e}");
+}

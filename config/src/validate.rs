@@ -1,5 +1,7 @@
 //! Checks that need the whole configuration: counts, uniqueness, references between sections and
-//! relations between timings. Each failure names the line of the value at fault.
+//! relations between timings. Each failure names the line of the value at fault; where the value
+//! is not written as it parsed (YAML folded or escaped it, or it is a default), the line of its
+//! key, else of the item it belongs to, else of its section: always a line of the file.
 
 use crate::error::ConfigError;
 use crate::locate::{line_of, line_of_after, line_of_key, line_of_key_after};
@@ -13,11 +15,12 @@ pub const MAX_DEVICES: usize = 16;
 
 /// Validates `cfg`, parsed from `text` of `file`.
 pub fn validate(cfg: &Config, text: &str, file: &str) -> Result<(), ConfigError> {
-    let err = |line: Option<usize>, reason: String| Err(ConfigError::new(file, line, reason));
+    let err = |line: usize, reason: String| Err(ConfigError::new(file, Some(line), reason));
+    let nodes_line = line_of_key(text, "nodes").unwrap_or(1);
 
     if cfg.nodes.len() != 2 {
         return err(
-            line_of_key(text, "nodes"),
+            nodes_line,
             format!(
                 "a cluster has exactly 2 nodes, this one has {}",
                 cfg.nodes.len()
@@ -25,46 +28,55 @@ pub fn validate(cfg: &Config, text: &str, file: &str) -> Result<(), ConfigError>
         );
     }
     let (a, b) = (&cfg.nodes[0], &cfg.nodes[1]);
+    // A node's own `name:` line (the first or second of that name), else the `nodes:` line.
+    let node_line = |i: usize| {
+        let node = &cfg.nodes[i];
+        let nth = usize::from(i == 1 && a.name == b.name);
+        line_of(text, "name", node.name.as_str(), nth).unwrap_or(nodes_line)
+    };
     if a.name == b.name {
         return err(
-            line_of(text, "name", a.name.as_str(), 1),
+            node_line(1),
             format!("node name `{}` is used twice", a.name),
         );
     }
     if a.preferred_role == b.preferred_role {
         return err(
-            line_of(text, "preferred_role", role_word(b.preferred_role), 1),
+            line_of(text, "preferred_role", role_word(b.preferred_role), 1)
+                .or_else(|| line_of_key_after(text, node_line(1), "preferred_role"))
+                .unwrap_or(node_line(1)),
             "one node must have `preferred_role: primary` and the other `preferred_role: secondary`".into(),
         );
     }
-    for node in &cfg.nodes {
+    for (i, node) in cfg.nodes.iter().enumerate() {
         // Both nodes usually use the same interface names: search from the node's own `name:` line.
-        let node_line = line_of(text, "name", node.name.as_str(), 0).unwrap_or(1);
+        let node_line = node_line(i);
         for (what, ifname) in [
             ("link", &node.link.interface),
             ("lan", &node.lan.interface),
             ("lan bridge", &node.lan.bridge),
         ] {
             if let Err(reason) = check_ifname(ifname) {
+                let key = if what == "lan bridge" {
+                    "bridge"
+                } else {
+                    "interface"
+                };
+                let section =
+                    line_of_key_after(text, node_line, what.split(' ').next().unwrap_or(what))
+                        .unwrap_or(node_line);
                 return err(
-                    line_of_after(
-                        text,
-                        node_line,
-                        if what == "lan bridge" {
-                            "bridge"
-                        } else {
-                            "interface"
-                        },
-                        ifname,
-                    ),
+                    line_of_after(text, node_line, key, ifname)
+                        .or_else(|| line_of_key_after(text, section, key))
+                        .unwrap_or(section),
                     format!("node {}: {what} interface {reason}", node.name),
                 );
             }
         }
         if node.link.interface == node.lan.interface {
+            let lan = line_of_key_after(text, node_line, "lan").unwrap_or(node_line);
             return err(
-                line_of_after(text, node_line, "lan", "")
-                    .and_then(|l| line_of_after(text, l, "interface", &node.lan.interface)),
+                line_of_after(text, lan, "interface", &node.lan.interface).unwrap_or(lan),
                 format!(
                     "node {}: link and LAN cannot share interface `{}`",
                     node.name, node.lan.interface
@@ -76,7 +88,8 @@ pub fn validate(cfg: &Config, text: &str, file: &str) -> Result<(), ConfigError>
         let shown = a.link.address.to_string();
         return err(
             line_of(text, "address", &b.link.address.to_string(), 1)
-                .or(line_of(text, "address", &shown, 0)),
+                .or(line_of(text, "address", &shown, 0))
+                .unwrap_or(node_line(1)),
             format!("both nodes have link address {}", a.link.address.addr),
         );
     }
@@ -84,7 +97,7 @@ pub fn validate(cfg: &Config, text: &str, file: &str) -> Result<(), ConfigError>
         || a.link.address.prefix_len != b.link.address.prefix_len
     {
         return err(
-            line_of(text, "address", &b.link.address.to_string(), 0),
+            line_of(text, "address", &b.link.address.to_string(), 0).unwrap_or(node_line(1)),
             format!(
                 "link addresses {} and {} are not in the same subnet",
                 a.link.address, b.link.address
@@ -96,7 +109,7 @@ pub fn validate(cfg: &Config, text: &str, file: &str) -> Result<(), ConfigError>
     {
         if la.addr == lb.addr {
             return err(
-                line_of(text, "address", &lb.to_string(), 1),
+                line_of(text, "address", &lb.to_string(), 1).unwrap_or(node_line(1)),
                 format!("both nodes have LAN address {}", la.addr),
             );
         }
@@ -106,11 +119,11 @@ pub fn validate(cfg: &Config, text: &str, file: &str) -> Result<(), ConfigError>
     // off": it could never take a VM over safely (nor fence one). Only a pair with VMs needs
     // one.
     if !cfg.vms.is_empty() {
-        for node in &cfg.nodes {
+        for (i, node) in cfg.nodes.iter().enumerate() {
             if cfg.witness_for(node.name.as_str()).is_none() {
-                let node_line = line_of(text, "name", node.name.as_str(), 0).unwrap_or(1);
+                let node_line = node_line(i);
                 return err(
-                    line_of_key_after(text, node_line, "lan").or(Some(node_line)),
+                    line_of_key_after(text, node_line, "lan").unwrap_or(node_line),
                     format!(
                         "node {}: no witness: its LAN has no static `gateway` and no top-level \
                          `witness:` is set; set `witness: <address>` to a host on the LAN that \
@@ -124,7 +137,11 @@ pub fn validate(cfg: &Config, text: &str, file: &str) -> Result<(), ConfigError>
     }
 
     let t = &cfg.timings;
-    let tline = |key: &str| line_of_key(text, key).or(line_of_key(text, "timings"));
+    let tline = |key: &str| {
+        line_of_key(text, key)
+            .or(line_of_key(text, "timings"))
+            .unwrap_or(1)
+    };
     if !(10..=10_000).contains(&t.heartbeat_ms) {
         return err(
             tline("heartbeat_ms"),
@@ -157,25 +174,29 @@ pub fn validate(cfg: &Config, text: &str, file: &str) -> Result<(), ConfigError>
         );
     }
 
+    let vms_line = line_of_key(text, "vms").unwrap_or(1);
     if cfg.vms.len() > MAX_VMS {
         return err(
-            line_of_key(text, "vms"),
+            vms_line,
             format!("{} VMs: a pair runs at most {MAX_VMS}", cfg.vms.len()),
         );
     }
     let mut vm_names = HashSet::new();
     let mut macs = HashSet::new();
     for vm in &cfg.vms {
-        let vm_line = line_of(text, "name", vm.name.as_str(), 0);
+        // The VM's `name:` line (after `vms:`: a node may have the same name), else `vms:`'s.
+        let vm_line = line_of_after(text, vms_line, "name", vm.name.as_str()).unwrap_or(vms_line);
         if !vm_names.insert(vm.name.clone()) {
             return err(
-                line_of(text, "name", vm.name.as_str(), 1).or(vm_line),
+                line_of_after(text, vm_line + 1, "name", vm.name.as_str()).unwrap_or(vm_line),
                 format!("VM name `{}` is used twice", vm.name),
             );
         }
         if cfg.node(vm.preferred_node.as_str()).is_none() {
             return err(
-                line_of(text, "preferred_node", vm.preferred_node.as_str(), 0),
+                line_of_after(text, vm_line, "preferred_node", vm.preferred_node.as_str())
+                    .or_else(|| line_of_key_after(text, vm_line, "preferred_node"))
+                    .unwrap_or(vm_line),
                 format!(
                     "VM {}: preferred_node `{}` is not one of the nodes ({}, {})",
                     vm.name, vm.preferred_node, a.name, b.name
@@ -184,13 +205,17 @@ pub fn validate(cfg: &Config, text: &str, file: &str) -> Result<(), ConfigError>
         }
         if !(1..=64).contains(&vm.vcpus) {
             return err(
-                line_of(text, "vcpus", &vm.vcpus.to_string(), 0).or(vm_line),
+                line_of_after(text, vm_line, "vcpus", &vm.vcpus.to_string())
+                    .or_else(|| line_of_key_after(text, vm_line, "vcpus"))
+                    .unwrap_or(vm_line),
                 format!("VM {}: vcpus {} must be 1 to 64", vm.name, vm.vcpus),
             );
         }
         if !(32..=1 << 20).contains(&vm.memory_mib) {
             return err(
-                line_of(text, "memory_mib", &vm.memory_mib.to_string(), 0).or(vm_line),
+                line_of_after(text, vm_line, "memory_mib", &vm.memory_mib.to_string())
+                    .or_else(|| line_of_key_after(text, vm_line, "memory_mib"))
+                    .unwrap_or(vm_line),
                 format!(
                     "VM {}: memory_mib {} must be 32 to 1048576",
                     vm.name, vm.memory_mib
@@ -204,16 +229,16 @@ pub fn validate(cfg: &Config, text: &str, file: &str) -> Result<(), ConfigError>
             if !path.is_absolute() {
                 let shown = path.display().to_string();
                 return err(
-                    line_of(text, key, &shown, 0).or(vm_line),
+                    line_of_after(text, vm_line, key, &shown)
+                        .or_else(|| line_of_key_after(text, vm_line, key))
+                        .unwrap_or(vm_line),
                     format!("VM {}: {key} `{shown}` must be an absolute path", vm.name),
                 );
             }
         }
         if vm.disks.len() + vm.nics.len() > MAX_DEVICES {
             return err(
-                vm_line
-                    .and_then(|l| line_of_after(text, l, "nics", ""))
-                    .or(vm_line),
+                line_of_key_after(text, vm_line, "nics").unwrap_or(vm_line),
                 format!(
                     "VM {}: {} disks and {} NICs: at most {MAX_DEVICES} devices in all",
                     vm.name,
@@ -228,7 +253,7 @@ pub fn validate(cfg: &Config, text: &str, file: &str) -> Result<(), ConfigError>
                 return err(
                     line_of(text, "mac", &shown, 1)
                         .or(line_of(text, "mac", &shown, 0))
-                        .or(vm_line),
+                        .unwrap_or(vm_line),
                     format!("VM {}: MAC {shown} is used by another NIC", vm.name),
                 );
             }
