@@ -49,13 +49,30 @@ pub enum MemoryError {
     },
     #[error("memory file {path} has {got} bytes, the VM has {want}")]
     SizeMismatch { path: String, got: u64, want: u64 },
+    #[error("{mib} MiB of guest memory: must be 1 to {MAX_MIB} MiB")]
+    BadSize { mib: u64 },
+}
+
+/// The most guest memory this engine maps, in MiB (the engine's own limit, `spec.rs`; the
+/// memory sizes in a snapshot or a replication Hello come from outside and are checked
+/// against it before anything is computed from them).
+pub const MAX_MIB: u64 = crate::spec::MAX_MEMORY_MIB;
+
+/// `mib` MiB in bytes, checked: 1 to [`MAX_MIB`] MiB. Every size computed from a memory size
+/// that came from a file or the wire goes through here first (`mib << 20` alone wraps: a
+/// state.json with 2^44 + 2 MiB would otherwise pass for a 2 MiB VM).
+pub fn bytes_of(mib: u64) -> Result<u64, MemoryError> {
+    if !(1..=MAX_MIB).contains(&mib) {
+        return Err(MemoryError::BadSize { mib });
+    }
+    Ok(mib << 20)
 }
 
 /// The (start, length) RAM ranges for `mib` MiB: one below the 32-bit MMIO gap, the rest above
 /// 4 GiB.
-pub fn ram_ranges(mib: u64) -> Vec<(GuestAddress, usize)> {
-    let size = mib << 20;
-    if size <= MMIO_GAP_START {
+pub fn ram_ranges(mib: u64) -> Result<Vec<(GuestAddress, usize)>, MemoryError> {
+    let size = bytes_of(mib)?;
+    Ok(if size <= MMIO_GAP_START {
         vec![(GuestAddress(0), size as usize)]
     } else {
         vec![
@@ -65,12 +82,12 @@ pub fn ram_ranges(mib: u64) -> Vec<(GuestAddress, usize)> {
                 (size - MMIO_GAP_START) as usize,
             ),
         ]
-    }
+    })
 }
 
 /// Allocates anonymous guest memory of `mib` MiB with a dirty bitmap per region.
 pub fn create(mib: u64) -> Result<GuestMem, MemoryError> {
-    GuestRegionCollection::from_ranges(&ram_ranges(mib))
+    GuestRegionCollection::from_ranges(&ram_ranges(mib)?)
         .map_err(|source| MemoryError::Allocate { mib, source })
 }
 
@@ -157,7 +174,7 @@ pub fn create_from_file(mib: u64, path: &Path) -> Result<GuestMem, MemoryError> 
     };
     let f = File::open(path).map_err(|e| io("opening", e))?;
     let got = f.metadata().map_err(|e| io("reading", e))?.len();
-    let want = mib << 20;
+    let want = bytes_of(mib)?;
     if got != want {
         return Err(MemoryError::SizeMismatch {
             path: p.clone(),
@@ -167,7 +184,7 @@ pub fn create_from_file(mib: u64, path: &Path) -> Result<GuestMem, MemoryError> 
     }
     let mut regions = Vec::new();
     let mut off = 0u64;
-    for (addr, size) in ram_ranges(mib) {
+    for (addr, size) in ram_ranges(mib)? {
         let fo = FileOffset::new(f.try_clone().map_err(|e| io("opening", e))?, off);
         let mapping = MmapRegionBuilder::new_with_bitmap(size, AtomicBitmap::with_len(size))
             .with_file_offset(fo)
@@ -263,12 +280,37 @@ mod tests {
 
     #[test]
     fn ranges_split_around_the_mmio_gap() {
-        assert_eq!(ram_ranges(256), vec![(GuestAddress(0), 256 << 20)]);
-        let r = ram_ranges(4096);
+        assert_eq!(ram_ranges(256).unwrap(), vec![(GuestAddress(0), 256 << 20)]);
+        let r = ram_ranges(4096).unwrap();
         assert_eq!(r.len(), 2);
         assert_eq!(r[0], (GuestAddress(0), MMIO_GAP_START as usize));
         assert_eq!(r[1].0, GuestAddress(FIRST_ADDR_PAST_32BITS));
         assert_eq!(r[0].1 + r[1].1, 4096 << 20);
+    }
+
+    #[test]
+    fn sizes_from_outside_are_checked_before_any_arithmetic() {
+        // Issue 10, defect 5: 2^44 + 2 MiB shifted by 20 wraps to 2 MiB.
+        let wraps = (1u64 << 44) + 2;
+        assert_eq!(wraps.wrapping_shl(20), 2 << 20);
+        for mib in [0, wraps, MAX_MIB + 1, u64::MAX] {
+            let e = bytes_of(mib).unwrap_err().to_string();
+            assert!(e.contains(&format!("must be 1 to {MAX_MIB} MiB")), "{e}");
+            assert!(ram_ranges(mib).is_err());
+            assert!(create(mib).is_err());
+        }
+        assert_eq!(bytes_of(MAX_MIB).unwrap(), MAX_MIB << 20);
+        // A 2 MiB memory.bin is not a (2^44 + 2) MiB VM's.
+        let dir = std::env::temp_dir().join(format!("havms-mem-wrap-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("memory.bin");
+        std::fs::write(&p, vec![0u8; 2 << 20]).unwrap();
+        assert!(matches!(
+            create_from_file(wraps, &p),
+            Err(MemoryError::BadSize { .. })
+        ));
+        create_from_file(2, &p).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -12,6 +12,11 @@
 //! The disks and NICs of the copy are this node's (`LocalDevices`, from its own config): the
 //! primary's state is rewritten with them when it is staged, and a state that does not fit them
 //! is refused there, long before a takeover would need them.
+//!
+//! What one epoch may stage is bounded, since a peer decides how many frames it sends: at most
+//! the VM's memory plus its disks' sizes (a real epoch holds each dirty page once and the disk
+//! ranges written in it), each disk change costing `DISK_OP_COST` besides its data, so a flood
+//! of discards is bounded too. The check comes before the bytes are copied.
 
 use std::path::{Path, PathBuf};
 
@@ -40,6 +45,13 @@ pub enum ReplicaError {
         what: &'static str,
         source: std::io::Error,
     },
+    #[error("epoch {epoch}: staging {adding} more bytes would hold {} in all, over the limit of {limit} (the VM's memory plus its disks' sizes)", staged + adding)]
+    StagingLimit {
+        epoch: u64,
+        staged: u64,
+        adding: u64,
+        limit: u64,
+    },
     #[error("nothing committed yet: no state to start from")]
     NothingCommitted,
     #[error("the copy is stale: the primary stopped protecting it and ran on ({0}); take over with force to run it anyway")]
@@ -66,18 +78,27 @@ pub struct DiskOp {
     pub data: Vec<u8>,
 }
 
+/// What one staged disk change costs against the staging limit besides its data: about its
+/// size in memory (and more than its frame's header), so a discard is not free.
+pub const DISK_OP_COST: u64 = 64;
+
 #[derive(Default)]
 struct Staging {
     epoch: u64,
     pages: PageDiff,
     disk: Vec<DiskOp>,
     state: Option<Snapshot>,
+    /// Bytes charged against the limit in this epoch.
+    bytes: u64,
 }
 
 /// A VM kept ready to take over.
 pub struct Replica {
     memory_mib: u64,
     total_pages: u64,
+    /// The disks' sizes as the Hello announced them (checked against this node's images);
+    /// None until known.
+    disk_sizes: Option<Vec<u64>>,
     mem: GuestMem,
     committed: Option<(u64, Snapshot)>,
     staging: Staging,
@@ -94,10 +115,12 @@ pub struct Replica {
 impl Replica {
     /// An empty replica of a VM with `memory_mib` MiB of memory (zeroed, not yet touched).
     pub fn new(memory_mib: u64) -> Result<Replica, ReplicaError> {
+        let bytes = memory::bytes_of(memory_mib)?;
         let mem = memory::create(memory_mib)?;
         Ok(Replica {
             memory_mib,
-            total_pages: (memory_mib << 20) / PAGE_SIZE as u64,
+            total_pages: bytes / PAGE_SIZE as u64,
+            disk_sizes: None,
             mem,
             committed: None,
             staging: Staging::default(),
@@ -113,6 +136,45 @@ impl Replica {
     pub fn with_local(mut self, local: LocalDevices) -> Replica {
         self.local = local;
         self
+    }
+
+    /// The size of each disk in bytes (the Hello's, which the server checked against this
+    /// node's images): the staging limit counts them, and disk changes are checked against them
+    /// as they are staged, before the images are opened at the first commit.
+    pub fn with_disk_sizes(mut self, sizes: &[u64]) -> Replica {
+        self.disk_sizes = Some(sizes.to_vec());
+        self
+    }
+
+    /// The most bytes one epoch may stage: the VM's memory plus its disks' sizes.
+    pub fn staging_limit(&self) -> u64 {
+        let disks = self.disk_sizes.iter().flatten();
+        disks.fold(self.total_pages * PAGE_SIZE as u64, |sum, &d| {
+            sum.saturating_add(d)
+        })
+    }
+
+    /// Bytes staged in the epoch being received.
+    pub fn staged_bytes(&self) -> u64 {
+        self.staging.bytes
+    }
+
+    /// Charges `adding` bytes to the epoch, or refuses them (nothing is staged then).
+    fn charge(&mut self, epoch: u64, adding: u64) -> Result<(), ReplicaError> {
+        let limit = self.staging_limit();
+        let staged = self.staging.bytes;
+        match staged.checked_add(adding) {
+            Some(total) if total <= limit => {
+                self.staging.bytes = total;
+                Ok(())
+            }
+            _ => Err(ReplicaError::StagingLimit {
+                epoch,
+                staged,
+                adding,
+                limit,
+            }),
+        }
     }
 
     /// Checks every staged state's CPU features against `cpuid` (this node's).
@@ -177,13 +239,10 @@ impl Replica {
             });
         }
         if self.committed.is_none() {
-            // The first copy: nothing to protect yet, straight into memory.
-            let diff = PageDiff {
-                pages: pages.to_vec(),
-                data: data.to_vec(),
-            };
-            increment::apply(&self.mem, &diff)?;
+            // The first copy: nothing to protect yet, straight into memory (nothing staged).
+            increment::apply_pages(&self.mem, pages, data)?;
         } else {
+            self.charge(epoch, data.len() as u64)?;
             self.staging.pages.pages.extend_from_slice(pages);
             self.staging.pages.data.extend_from_slice(data);
         }
@@ -209,14 +268,25 @@ impl Replica {
                 op.sector, op.len
             )));
         };
-        if let Some(d) = self.disks.get(op.disk as usize) {
-            if end > d.size() {
-                return Err(bad(format!(
-                    "disk {} change ends at byte {end}, the image has {}",
-                    op.disk,
-                    d.size()
-                )));
-            }
+        let size = match (&self.disk_sizes, self.disks.get(op.disk as usize)) {
+            (_, Some(d)) => Some(d.size()),
+            (Some(sizes), None) => match sizes.get(op.disk as usize) {
+                Some(&s) => Some(s),
+                None => {
+                    return Err(bad(format!(
+                        "a change of disk {}, the VM has {} disks",
+                        op.disk,
+                        sizes.len()
+                    )))
+                }
+            },
+            (None, None) => None,
+        };
+        if let Some(size) = size.filter(|&s| end > s) {
+            return Err(bad(format!(
+                "disk {} change ends at byte {end}, the image has {size}",
+                op.disk
+            )));
         }
         match op.kind {
             DiskChangeKind::Write if op.data.len() as u64 != op.len => {
@@ -231,6 +301,7 @@ impl Replica {
             }
             _ => {}
         }
+        self.charge(epoch, op.data.len() as u64 + DISK_OP_COST)?;
         self.staging.disk.push(op);
         Ok(())
     }

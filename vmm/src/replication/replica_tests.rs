@@ -288,3 +288,104 @@ fn a_replica_marked_broken_refuses_epochs() {
     );
     assert!(r.commit(3).is_err());
 }
+
+#[test]
+fn an_epoch_stages_at_most_memory_plus_disks() {
+    // Issue 10, defect 3: a peer could stage any number of Pages and Disk frames in one epoch.
+    let f = fixture();
+    let disk_size = 64 * 1024;
+    let mut r = two_epochs(&f).with_disk_sizes(&[disk_size]);
+    let limit = (MIB << 20) + disk_size;
+    assert_eq!(r.staging_limit(), limit);
+    // The whole of memory, page by page, then the whole disk, fits.
+    for p in 0..PAGES {
+        r.stage_pages(3, &[p], &page(1)).unwrap();
+    }
+    r.stage_disk(3, write_op(0, 1, 64)).unwrap();
+    assert_eq!(r.staged_bytes(), (MIB << 20) + 64 * 512 + DISK_OP_COST);
+    // The same pages again, once more than that, do not; nothing more is staged.
+    let mut refused = None;
+    for p in 0..PAGES {
+        if let Err(e) = r.stage_pages(3, &[p], &page(2)) {
+            refused = Some((p, e));
+            break;
+        }
+    }
+    let (at, e) = refused.expect("the limit never struck");
+    assert!(at < PAGES, "{at}");
+    let staged = r.staged_bytes();
+    assert!(
+        staged <= limit && staged + PAGE_SIZE as u64 > limit,
+        "{staged}"
+    );
+    let e = e.to_string();
+    assert!(
+        e.contains(&format!(
+            "over the limit of {limit} (the VM's memory plus its disks' sizes)"
+        )),
+        "{e}"
+    );
+    // An aborted epoch gives the budget back.
+    r.abort_epoch();
+    assert_eq!(r.staged_bytes(), 0);
+    r.stage_pages(3, &[1], &page(3)).unwrap();
+    r.stage_state(3, state(&f.disk)).unwrap();
+    r.commit(3).unwrap();
+    assert_eq!(page_of(&r, 1), page(3));
+}
+
+#[test]
+fn a_flood_of_discards_is_bounded_too() {
+    let f = fixture();
+    let mut r = two_epochs(&f).with_disk_sizes(&[64 * 1024]);
+    let discard = DiskOp {
+        disk: 0,
+        kind: DiskChangeKind::Discard,
+        sector: 0,
+        len: 512,
+        data: Vec::new(),
+    };
+    let most = r.staging_limit() / DISK_OP_COST;
+    for _ in 0..most {
+        r.stage_disk(3, discard.clone()).unwrap();
+    }
+    let e = r.stage_disk(3, discard).unwrap_err();
+    assert!(matches!(e, ReplicaError::StagingLimit { .. }), "{e}");
+}
+
+#[test]
+fn disk_changes_are_checked_against_the_hellos_sizes_before_the_images_open() {
+    let f = fixture();
+    // The full copy's epoch, before any image is open.
+    let mut r = replica(&f).with_disk_sizes(&[64 * 1024]);
+    let e = r
+        .stage_disk(1, write_op(128, 1, 1))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("ends at byte 66048, the image has 65536"), "{e}");
+    let other = DiskOp {
+        disk: 1,
+        ..write_op(0, 1, 1)
+    };
+    let e = r.stage_disk(1, other).unwrap_err().to_string();
+    assert!(e.contains("a change of disk 1, the VM has 1 disks"), "{e}");
+    r.stage_disk(1, write_op(127, 1, 1)).unwrap();
+}
+
+#[test]
+fn a_state_whose_memory_size_wraps_is_refused_when_decoded() {
+    // Issue 10, defect 5: memory_mib = 2^44 + 2 is 2 MiB once shifted by 20.
+    let f = fixture();
+    let mut s = state(&f.disk);
+    s.memory_mib = (1 << 44) + 2;
+    let bytes = s.to_bytes().unwrap();
+    let e = Snapshot::from_bytes(&bytes, Path::new("state.json"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("memory_mib") && e.contains("must be 1 to"),
+        "{e}"
+    );
+    s.memory_mib = MIB;
+    Snapshot::from_bytes(&s.to_bytes().unwrap(), Path::new("state.json")).unwrap();
+}

@@ -88,22 +88,66 @@ pub fn write(diff: &PageDiff, path: &Path) -> Result<(), IncrementError> {
         move |source| IncrementError::Io { what, path, source }
     };
     let mut w = BufWriter::with_capacity(1 << 20, File::create(path).map_err(io("creating"))?);
-    w.write_all(MAGIC).map_err(io("writing"))?;
-    w.write_all(&VERSION.to_le_bytes()).map_err(io("writing"))?;
-    w.write_all(&(PAGE_SIZE as u32).to_le_bytes())
-        .map_err(io("writing"))?;
-    w.write_all(&(diff.pages.len() as u64).to_le_bytes())
-        .map_err(io("writing"))?;
-    for p in &diff.pages {
-        w.write_all(&p.to_le_bytes()).map_err(io("writing"))?;
-    }
-    w.write_all(&diff.data).map_err(io("writing"))?;
+    write_to(diff, &mut w).map_err(io("writing"))?;
     w.flush().map_err(io("writing"))?;
     Ok(())
 }
 
+/// `diff` in memory.diff's encoding (tests, fuzzing seeds).
+pub fn encode(diff: &PageDiff) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + diff.pages.len() * 8 + diff.data.len());
+    // Writing to a Vec cannot fail.
+    let _ = write_to(diff, &mut out);
+    out
+}
+
+fn write_to<W: Write>(diff: &PageDiff, w: &mut W) -> std::io::Result<()> {
+    w.write_all(MAGIC)?;
+    w.write_all(&VERSION.to_le_bytes())?;
+    w.write_all(&(PAGE_SIZE as u32).to_le_bytes())?;
+    w.write_all(&(diff.pages.len() as u64).to_le_bytes())?;
+    for p in &diff.pages {
+        w.write_all(&p.to_le_bytes())?;
+    }
+    w.write_all(&diff.data)
+}
+
+/// The header's length: magic, version, page size, page count.
+const HEADER_LEN: usize = 24;
+/// What one page costs in the file: its number and its data.
+const BYTES_PER_PAGE: u64 = 8 + PAGE_SIZE as u64;
+
 /// Reads a diff written by `write`, checking it against a memory of `total_pages` pages.
 pub fn read(path: &Path, total_pages: u64) -> Result<PageDiff, IncrementError> {
+    let io = |source| IncrementError::Io {
+        what: "reading",
+        path: path.to_path_buf(),
+        source,
+    };
+    let f = File::open(path).map_err(io)?;
+    let len = f.metadata().map_err(io)?.len();
+    decode_from(BufReader::new(f), len, total_pages, path)
+}
+
+/// Decodes a diff held in memory (`read`'s checks, for tests and fuzzing).
+pub fn decode(bytes: &[u8], total_pages: u64) -> Result<PageDiff, IncrementError> {
+    decode_from(
+        bytes,
+        bytes.len() as u64,
+        total_pages,
+        Path::new("(memory.diff in memory)"),
+    )
+}
+
+/// Decodes `len` bytes of a diff from `r`. Every count is checked before anything is allocated
+/// from it: at most `total_pages` pages, and exactly as many as the `len` bytes hold (a
+/// 24-byte header announcing a VM's worth of pages is refused without allocating them).
+fn decode_from<R: Read>(
+    mut r: R,
+    len: u64,
+    total_pages: u64,
+    path: &Path,
+) -> Result<PageDiff, IncrementError> {
     let fmt = |msg: String| IncrementError::Format {
         path: path.to_path_buf(),
         msg,
@@ -113,16 +157,17 @@ pub fn read(path: &Path, total_pages: u64) -> Result<PageDiff, IncrementError> {
         path: path.to_path_buf(),
         source,
     };
-    let mut r = BufReader::new(File::open(path).map_err(io)?);
-    let mut head = [0u8; 24];
+    let mut head = [0u8; HEADER_LEN];
     r.read_exact(&mut head)
         .map_err(|_| fmt("truncated header".into()))?;
     if &head[0..8] != MAGIC {
         return Err(fmt("not a memory diff (bad magic)".into()));
     }
-    let version = u32::from_le_bytes([head[8], head[9], head[10], head[11]]);
-    let page = u32::from_le_bytes([head[12], head[13], head[14], head[15]]);
-    let count = u64::from_le_bytes(head[16..24].try_into().unwrap_or([0; 8]));
+    let word = |at: usize| u32::from_le_bytes([head[at], head[at + 1], head[at + 2], head[at + 3]]);
+    let (version, page) = (word(8), word(12));
+    let mut count_bytes = [0u8; 8];
+    count_bytes.copy_from_slice(&head[16..24]);
+    let count = u64::from_le_bytes(count_bytes);
     if version != VERSION || page as usize != PAGE_SIZE {
         return Err(fmt(format!(
             "version {version} page size {page} unsupported"
@@ -131,7 +176,27 @@ pub fn read(path: &Path, total_pages: u64) -> Result<PageDiff, IncrementError> {
     if count > total_pages {
         return Err(fmt(format!("{count} pages for a {total_pages}-page VM")));
     }
-    let mut pages = Vec::with_capacity(count as usize);
+    // count <= total_pages, which a checked memory size bounds far below u64::MAX / 4104.
+    let want = count
+        .checked_mul(BYTES_PER_PAGE)
+        .and_then(|b| b.checked_add(HEADER_LEN as u64));
+    match want {
+        Some(want) if want == len => {}
+        Some(want) if want > len => {
+            return Err(fmt(format!(
+                "truncated: {count} pages need {want} bytes, the file has {len}"
+            )))
+        }
+        Some(want) => {
+            return Err(fmt(format!(
+                "{} trailing bytes after the {count} pages",
+                len - want
+            )))
+        }
+        None => return Err(fmt(format!("{count} pages is beyond any file"))),
+    }
+    let count = count as usize;
+    let mut pages = Vec::with_capacity(count);
     let mut b = [0u8; 8];
     for _ in 0..count {
         r.read_exact(&mut b)
@@ -142,9 +207,10 @@ pub fn read(path: &Path, total_pages: u64) -> Result<PageDiff, IncrementError> {
         }
         pages.push(p);
     }
-    let mut data = vec![0u8; count as usize * PAGE_SIZE];
+    let mut data = vec![0u8; count * PAGE_SIZE];
     r.read_exact(&mut data)
         .map_err(|_| fmt("truncated page data".into()))?;
+    // The file may have grown since its size was taken.
     if r.read(&mut b).map_err(io)? != 0 {
         return Err(fmt("trailing bytes after the pages".into()));
     }
@@ -153,10 +219,21 @@ pub fn read(path: &Path, total_pages: u64) -> Result<PageDiff, IncrementError> {
 
 /// Writes the pages of `diff` into guest memory (restore; no vCPU runs).
 pub fn apply(mem: &GuestMem, diff: &PageDiff) -> Result<(), IncrementError> {
+    apply_pages(mem, &diff.pages, &diff.data)
+}
+
+/// [`apply`] from borrowed pages: `data` holds `pages.len()` pages, page `pages[i]` at
+/// `data[i * PAGE_SIZE..]`.
+pub fn apply_pages(mem: &GuestMem, pages: &[u64], data: &[u8]) -> Result<(), IncrementError> {
+    if data.len() != pages.len() * PAGE_SIZE {
+        return Err(IncrementError::Format {
+            path: "memory.diff".into(),
+            msg: format!("{} pages with {} bytes of data", pages.len(), data.len()),
+        });
+    }
     let regions: Vec<_> = mem.iter().collect();
-    for (i, &p) in diff.pages.iter().enumerate() {
+    for (&p, src) in pages.iter().zip(data.chunks_exact(PAGE_SIZE)) {
         let mut page = p;
-        let src = &diff.data[i * PAGE_SIZE..(i + 1) * PAGE_SIZE];
         let mut done = false;
         for region in &regions {
             let n = region.len() / PAGE_SIZE as u64;
@@ -278,6 +355,43 @@ mod tests {
         bytes.truncate(bytes.len() - 1);
         std::fs::write(&p, &bytes).unwrap();
         assert!(read(&p, 100).unwrap_err().to_string().contains("truncated"));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn counts_are_checked_against_the_size_before_allocating() {
+        // Issue 10, defect 6: 24 bytes announcing a 64 GiB VM's pages allocated count x 4 KiB
+        // before reading any of them.
+        let total = crate::memory::MAX_MIB << 8;
+        let mut head = encode(&PageDiff::default());
+        head[16..24].copy_from_slice(&total.to_le_bytes());
+        assert_eq!(head.len(), 24);
+        let e = decode(&head, total).unwrap_err().to_string();
+        assert!(e.contains("truncated: 16777216 pages need"), "{e}");
+        assert!(e.contains("the file has 24"), "{e}");
+        // The same through a file.
+        let d = tmp("count");
+        let p = d.join(DIFF_FILE);
+        std::fs::write(&p, &head).unwrap();
+        let e = read(&p, total).unwrap_err().to_string();
+        assert!(e.contains("the file has 24"), "{e}");
+        // Exact sizes decode; one byte more or less does not.
+        let diff = PageDiff {
+            pages: vec![3, 1],
+            data: vec![7; 2 * PAGE_SIZE],
+        };
+        let mut bytes = encode(&diff);
+        assert_eq!(decode(&bytes, 4).unwrap(), diff);
+        bytes.push(0);
+        assert!(decode(&bytes, 4)
+            .unwrap_err()
+            .to_string()
+            .contains("1 trailing bytes"));
+        bytes.truncate(bytes.len() - 2);
+        assert!(decode(&bytes, 4)
+            .unwrap_err()
+            .to_string()
+            .contains("truncated"));
         std::fs::remove_dir_all(&d).unwrap();
     }
 

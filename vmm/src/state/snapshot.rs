@@ -139,6 +139,13 @@ impl Snapshot {
                 got: s.version,
             });
         }
+        // Sizes computed from it later (memory.bin's, a replica's pages) must not wrap.
+        if let Err(e) = crate::memory::bytes_of(s.memory_mib) {
+            return Err(SnapshotError::Inconsistent {
+                path: p,
+                msg: format!("memory_mib: {e}"),
+            });
+        }
         if s.vcpus.len() != usize::from(s.cpus)
             || s.vcpus
                 .iter()

@@ -223,7 +223,7 @@ pub fn restore_memory(dir: &Path, memory_mib: u64) -> Result<GuestMem, VmError> 
     let chain = increment::chain(dir)?;
     let base = &chain[0];
     let mem = memory::create_from_file(memory_mib, &base.join(MEMORY_FILE))?;
-    let pages = (memory_mib << 20) / memory::PAGE_SIZE as u64;
+    let pages = memory::bytes_of(memory_mib)? / memory::PAGE_SIZE as u64;
     for d in &chain[1..] {
         let diff = increment::read(&d.join(increment::DIFF_FILE), pages)?;
         increment::apply(&mem, &diff)?;

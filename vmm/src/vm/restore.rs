@@ -34,7 +34,7 @@ fn restore_parts(
     console: Option<Console>,
 ) -> Result<Vm, VmError> {
     let t0 = Instant::now();
-    let expected = snap.memory_mib << 20;
+    let expected = memory::bytes_of(snap.memory_mib)?;
     let got = memory::total_size(&mem);
     if got != expected {
         return Err(VmError::Control(format!(

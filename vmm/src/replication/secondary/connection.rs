@@ -212,6 +212,7 @@ fn stream(
     let mut fresh = Some(
         Replica::new(hello.memory_bytes >> 20)?
             .with_local(s.cfg.local.clone())
+            .with_disk_sizes(&hello.disk_sizes)
             .with_host_cpuid(cpuid),
     );
     let stream_id = hello.stream_id;
