@@ -21,6 +21,29 @@ pub struct Node {
     console: Console,
     child: Option<Child>,
     qemu_log: PathBuf,
+    /// QEMU's HMP monitor socket, and where a stalled node's CPU state is written.
+    monitor: PathBuf,
+    monitor_log: PathBuf,
+}
+
+/// A console wait at least this long that times out dumps the node's CPU state (shorter waits
+/// are probes that expect to time out).
+const STALL_DUMP_MIN: Duration = Duration::from_secs(30);
+/// Samples of the CPU state taken on such a timeout, one second apart: does RIP move?
+const STALL_SAMPLES: usize = 3;
+/// USER_HZ: the unit of the times in /proc/PID/task/TID/stat (100 on Linux).
+const CLOCK_TICKS: f64 = 100.0;
+
+/// The state letter (R running, S sleeping, ...) and user+system CPU ticks of thread `tid` of
+/// process `pid`.
+fn thread_stat(pid: u32, tid: u32) -> Option<(char, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
+    // "tid (comm) S ppid ...": comm may hold spaces and parentheses; fields follow the last ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let state = fields.first()?.chars().next()?;
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((state, utime + stime))
 }
 
 impl Node {
@@ -36,6 +59,8 @@ impl Node {
             console: Console::new(name, &log_dir.join(format!("{name}.console.log")))?,
             child: None,
             qemu_log,
+            monitor: log_dir.join(format!("{name}.monitor.sock")),
+            monitor_log: log_dir.join(format!("{name}.monitor.log")),
         })
     }
 
@@ -57,7 +82,8 @@ impl Node {
         if self.child.is_some() {
             return Ok(());
         }
-        let args = qemu::command_line(&self.spec);
+        let mut args = qemu::command_line(&self.spec);
+        args.extend(qemu::monitor_args(&self.monitor));
         let shown = qemu::display(&args);
         log::info!("node {}: {shown}", self.name);
         let mut stderr = OpenOptions::new()
@@ -158,9 +184,24 @@ impl Node {
         }
     }
 
-    /// Waits for a console pattern; if QEMU ended, says how and adds the end of its stderr.
+    /// Waits for a console pattern; if QEMU ended, says how and adds the end of its stderr. A
+    /// long wait that times out adds where the node's vCPU was (see [`Node::stall_dump`]).
     pub fn wait_for(&mut self, pattern: &str, timeout: Duration) -> Result<Match> {
         match self.console.wait_for(pattern, timeout) {
+            Err(HarnessError::Timeout {
+                node,
+                pattern,
+                waited,
+                mut tail,
+            }) if waited >= STALL_DUMP_MIN => {
+                tail.push_str(&self.stall_dump());
+                Err(HarnessError::Timeout {
+                    node,
+                    pattern,
+                    waited,
+                    tail,
+                })
+            }
             Err(HarnessError::Exited {
                 node,
                 pattern,
@@ -189,6 +230,59 @@ impl Node {
             }
             other => other,
         }
+    }
+
+    /// Asks QEMU's monitor where the node's vCPU is, [`STALL_SAMPLES`] times a second apart,
+    /// and the host how much CPU time its vCPU thread used in between (a halted or blocked
+    /// vCPU uses none, a spinning one all it gets); appends the full answers to
+    /// `<name>.monitor.log` and returns one summary line per sample.
+    pub fn stall_dump(&mut self) -> String {
+        let mut summary = format!(
+            "\n  node {}'s vCPU (QEMU monitor; full dump in {}):",
+            self.name,
+            self.monitor_log.display()
+        );
+        let pid = self.child.as_ref().map(Child::id);
+        let mut log = String::new();
+        let mut last: Option<(Instant, u64)> = None;
+        for i in 1..=STALL_SAMPLES {
+            if i > 1 {
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            let answers =
+                match qemu::hmp(&self.monitor, qemu::STALL_QUERIES, Duration::from_secs(10)) {
+                    Ok(a) => a,
+                    Err(e) => {
+                        summary.push_str(&format!("\n    {i}: monitor: {e}"));
+                        break;
+                    }
+                };
+            let mut line = qemu::cpu_summary(&answers);
+            let thread = pid.zip(qemu::vcpu_threads(&answers).first().copied());
+            if let Some((state, ticks)) = thread.and_then(|(p, t)| thread_stat(p, t)) {
+                let now = Instant::now();
+                line.push_str(&format!("; vCPU thread {state}"));
+                if let Some((then, before)) = last {
+                    line.push_str(&format!(
+                        ", {:.2} s CPU in {:.2} s",
+                        ticks.saturating_sub(before) as f64 / CLOCK_TICKS,
+                        (now - then).as_secs_f64()
+                    ));
+                }
+                last = Some((now, ticks));
+            }
+            summary.push_str(&format!("\n    {i}: {line}"));
+            log.push_str(&format!("--- sample {i}\n{answers}"));
+        }
+        let written = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.monitor_log)
+            .and_then(|mut f| f.write_all(log.as_bytes()));
+        if let Err(e) = written {
+            log::warn!("writing {}: {e}", self.monitor_log.display());
+        }
+        summary
     }
 
     fn reaped(&mut self) {

@@ -107,7 +107,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             })?;
         }
         Cmd::Test => {
-            let tally = test::run()?;
+            let report = test::run()?;
+            let tally = report.tally;
+            if !report.failed.is_empty() {
+                println!("failed: {}", report.failed.join(", "));
+            }
             println!("summary: {} passed, {} failed", tally.passed, tally.failed);
             if tally.failed > 0 {
                 return Ok(ExitCode::FAILURE);

@@ -60,9 +60,18 @@ fn cargo_test() -> Result<(Tally, bool)> {
     Ok((parse_cargo_results(&text), status.success()))
 }
 
-pub fn run() -> Result<Tally> {
+/// What `cargo xtask test` ran: the counts, and the name of every stage that failed (printed
+/// last, so that the tail of a long CI log says which scenario to look at).
+#[derive(Debug, Default)]
+pub struct Report {
+    pub tally: Tally,
+    pub failed: Vec<String>,
+}
+
+pub fn run() -> Result<Report> {
     prereqs::ensure(&[Need::Build, Need::Image, Need::Qemu])?;
     let mut tally = Tally::default();
+    let mut failed = Vec::new();
 
     let start = Instant::now();
     log::info!("xtask: cargo test --workspace ...");
@@ -72,6 +81,9 @@ pub fn run() -> Result<Tally> {
     if !ok && unit.failed == 0 {
         // It did not get as far as running tests (a build error): one failure, not zero.
         tally.failed += 1;
+    }
+    if !ok {
+        failed.push("cargo test --workspace".to_string());
     }
     log::info!(
         "xtask: cargo test --workspace: {} passed, {} failed in {}",
@@ -85,6 +97,7 @@ pub fn run() -> Result<Tally> {
         Err(e) => {
             log::error!("xtask: image: {e:#}");
             tally.failed += 1;
+            failed.push("image".to_string());
             None
         }
     };
@@ -94,6 +107,7 @@ pub fn run() -> Result<Tally> {
         Err(e) => {
             log::error!("xtask: {e:#}");
             tally.failed += 1;
+            failed.push("list QEMU scenarios".to_string());
             Vec::new()
         }
     };
@@ -106,6 +120,7 @@ pub fn run() -> Result<Tally> {
         let Some(artifacts) = &artifacts else {
             log::error!("xtask: scenario {name}: not run (no image)");
             tally.failed += 1;
+            failed.push(format!("scenario {name} (not run)"));
             continue;
         };
         let result = step(&format!("scenario {name}"), || {
@@ -116,10 +131,11 @@ pub fn run() -> Result<Tally> {
             Err(e) => {
                 log::error!("xtask: {e:#}");
                 tally.failed += 1;
+                failed.push(format!("scenario {name}"));
             }
         }
     }
-    Ok(tally)
+    Ok(Report { tally, failed })
 }
 
 #[cfg(test)]

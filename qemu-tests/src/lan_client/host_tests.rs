@@ -16,6 +16,9 @@ const T: Duration = Duration::from_secs(10);
 fn talks_to_the_kernel_tcp_across_a_cut_and_names_a_reset() {
     let net = TestNet::new();
     let listener = net.in_ns(|| TcpListener::bind((SERVER_IP, 7100)).unwrap());
+    // The server resets only when told: a reset sent right after its last answer may arrive
+    // with that answer, and the client would see the connection closed before it checks it.
+    let (reset_now, reset_told) = std::sync::mpsc::channel::<()>();
     let server = std::thread::spawn(move || {
         let (mut s, _) = listener.accept().unwrap();
         let mut buf = [0u8; 64];
@@ -24,6 +27,7 @@ fn talks_to_the_kernel_tcp_across_a_cut_and_names_a_reset() {
             let line = String::from_utf8_lossy(&buf[..n]).to_uppercase();
             s.write_all(line.as_bytes()).unwrap();
         }
+        reset_told.recv().unwrap();
         // Linger 0: close() sends a reset.
         nix::sys::socket::setsockopt(
             &s,
@@ -61,6 +65,7 @@ fn talks_to_the_kernel_tcp_across_a_cut_and_names_a_reset() {
     assert!(t0.elapsed() < Duration::from_secs(15), "retransmitted late");
     assert_eq!(c.state(), "ESTABLISHED");
 
+    reset_now.send(()).unwrap();
     server.join().unwrap();
     let err = c.read_line(T, "waiting for more").unwrap_err();
     assert!(matches!(err, LanError::Reset { .. }), "{err}");
