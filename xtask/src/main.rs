@@ -1,9 +1,10 @@
 //! `cargo xtask`: the developer entry points. `prereqs` installs the host packages, `image`
 //! builds the boot artifacts in target/havms; `demo`, `qemu-test` and `bench` build them and
-//! hand over to the QEMU test binary; `test` runs everything and ends with
-//! `summary: N passed, N failed`.
+//! hand over to the QEMU test binary; `fuzz` runs the fuzz targets; `test` runs everything and
+//! ends with `summary: N passed, N failed`.
 
 mod build;
+mod fuzz;
 mod image;
 mod paths;
 mod prereqs;
@@ -49,6 +50,14 @@ enum Cmd {
         #[arg(required = true)]
         names: Vec<String>,
     },
+    /// Run the fuzz targets (fuzz/, libFuzzer) and print executions and coverage per target.
+    Fuzz {
+        /// One target (default: every one, in turn).
+        target: Option<String>,
+        /// How long each target runs.
+        #[arg(long, default_value_t = 1.0)]
+        minutes: f64,
+    },
     /// Build the image and run one benchmark (docs/performance.md).
     Bench {
         /// Benchmark name: `boot` (node boot phases) or `engine` (our VM engine against QEMU).
@@ -74,6 +83,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     prereqs::Need::Build,
                     prereqs::Need::Image,
                     prereqs::Need::Qemu,
+                    prereqs::Need::Fuzz,
                 ])
             })?;
         }
@@ -105,6 +115,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             step::step(&format!("benchmark {name}"), || {
                 qemu::checked("bench", &artifacts.dir, &[&name])
             })?;
+        }
+        Cmd::Fuzz { target, minutes } => {
+            if !fuzz::command(target.as_deref(), minutes)? {
+                return Ok(ExitCode::FAILURE);
+            }
         }
         Cmd::Test => {
             let report = test::run()?;

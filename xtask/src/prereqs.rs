@@ -26,6 +26,8 @@ pub enum Need {
     /// Booting nodes under QEMU (BIOS and UEFI firmware, disk images, busybox for fixtures);
     /// QEMU itself is [`QEMU_PACKAGE`], at least [`QEMU_MIN_MAJOR`].
     Qemu,
+    /// The fuzz targets: libfuzzer-sys compiles libFuzzer, which is C++.
+    Fuzz,
 }
 
 impl Need {
@@ -49,6 +51,7 @@ impl Need {
                 "e2fsprogs",
                 "dosfstools",
             ],
+            Need::Fuzz => &["g++"],
         }
     }
 
@@ -57,6 +60,7 @@ impl Need {
             Need::Build => "building the static node binaries",
             Need::Image => "building the boot image",
             Need::Qemu => "booting QEMU test nodes",
+            Need::Fuzz => "building the fuzz targets (libFuzzer)",
         }
     }
 }

@@ -1,5 +1,6 @@
-//! `cargo xtask test`: unit and host integration tests (`cargo test --workspace`), the image,
-//! then every QEMU scenario; ends with `summary: N passed, N failed`.
+//! `cargo xtask test`: unit and host integration tests (`cargo test --workspace`), every fuzz
+//! target for a minute (`fuzz.rs`), the image, then every QEMU scenario; ends with
+//! `summary: N passed, N failed`.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -9,7 +10,7 @@ use anyhow::{Context, Result};
 
 use crate::prereqs::{self, Need};
 use crate::step::{seconds, step};
-use crate::{image, paths, qemu};
+use crate::{fuzz, image, paths, qemu};
 
 /// Passed and failed counts across all stages.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -69,7 +70,7 @@ pub struct Report {
 }
 
 pub fn run() -> Result<Report> {
-    prereqs::ensure(&[Need::Build, Need::Image, Need::Qemu])?;
+    prereqs::ensure(&[Need::Build, Need::Image, Need::Qemu, Need::Fuzz])?;
     let mut tally = Tally::default();
     let mut failed = Vec::new();
 
@@ -91,6 +92,8 @@ pub fn run() -> Result<Report> {
         unit.failed,
         seconds(start)
     );
+
+    fuzz_stage(&mut tally, &mut failed);
 
     let artifacts = match image::run() {
         Ok(a) => Some(a),
@@ -136,6 +139,46 @@ pub fn run() -> Result<Report> {
         }
     }
     Ok(Report { tally, failed })
+}
+
+/// Every fuzz target for `fuzz::CI_SECONDS`: one pass or failure each, a failed one named
+/// `fuzz TARGET`. Installing cargo-fuzz or building the targets failing fails every target.
+fn fuzz_stage(tally: &mut Tally, failed: &mut Vec<String>) {
+    let start = Instant::now();
+    let targets = match fuzz::targets() {
+        Ok(t) => t,
+        Err(e) => {
+            log::error!("xtask: fuzz targets: {e:#}");
+            tally.failed += 1;
+            failed.push("fuzz (no targets)".to_string());
+            return;
+        }
+    };
+    log::info!(
+        "xtask: {} fuzz targets, {} s each: {}",
+        targets.len(),
+        fuzz::CI_SECONDS,
+        targets.join(" ")
+    );
+    match fuzz::run_all(&targets, fuzz::CI_SECONDS) {
+        Ok(runs) => {
+            print!("{}", fuzz::table(&runs));
+            for run in runs {
+                if run.outcome.passed() {
+                    tally.passed += 1;
+                } else {
+                    tally.failed += 1;
+                    failed.push(format!("fuzz {}", run.target));
+                }
+            }
+        }
+        Err(e) => {
+            log::error!("xtask: fuzz: {e:#}");
+            tally.failed += targets.len() as u64;
+            failed.extend(targets.iter().map(|t| format!("fuzz {t} (not run)")));
+        }
+    }
+    log::info!("xtask: fuzz targets done in {}", seconds(start));
 }
 
 #[cfg(test)]
