@@ -18,9 +18,12 @@ pub mod state;
 pub mod stream;
 pub mod wire;
 
+/// A harness: called with each input libFuzzer makes; a panic is a finding.
+pub type Harness = fn(&[u8]);
+
 /// Every target: its name (the binary in fuzz_targets/, the folder in fuzz/seeds/) and its
 /// harness.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Harness)] = &[
     ("wire_frame", wire::wire_frame),
     ("replica_stream", stream::replica_stream),
     ("config", config::config),

@@ -45,7 +45,9 @@ pub fn run(data: &[u8]) -> u64 {
         .map(|i| dir.join(format!("disk{i}.img")))
         .collect();
     for path in &local {
-        std::fs::write(path, vec![0u8; DISK_SIZE as usize]).expect("scratch disk image");
+        // Emptied and made sparse again: reads as zeros, as the model starts.
+        let f = std::fs::File::create(path).expect("scratch disk image");
+        f.set_len(DISK_SIZE).expect("scratch disk image size");
     }
     secondary(&stream.bytes, &local[..stream.local_disks])
 }
@@ -117,10 +119,11 @@ pub fn primary(steps: &[script::Step]) -> Sent {
                 let pages: Vec<u64> = (0..n)
                     .map(|i| u64::from(*first) + i * u64::from(*stride))
                     .collect();
-                data = pages
-                    .iter()
-                    .flat_map(|&p| page_bytes(*fill, p))
-                    .collect::<Vec<u8>>();
+                let mut bytes = Vec::with_capacity(pages.len() * PAGE_SIZE);
+                for &p in &pages {
+                    page_bytes(&mut bytes, *fill, p);
+                }
+                data = bytes;
                 Frame::Pages(wire::Pages {
                     pages: Cow::Owned(pages),
                     data: Cow::Borrowed(&data),
@@ -241,11 +244,11 @@ pub fn primary(steps: &[script::Step]) -> Sent {
     }
 }
 
-/// Page `p` filled with `fill`, its number in its first bytes (so pages differ).
-fn page_bytes(fill: u8, p: u64) -> Vec<u8> {
-    let mut page = vec![fill; PAGE_SIZE];
-    page[..8].copy_from_slice(&p.to_le_bytes());
-    page
+/// Appends page `p` filled with `fill`, its number in its first bytes (so pages differ).
+fn page_bytes(out: &mut Vec<u8>, fill: u8, p: u64) {
+    let start = out.len();
+    out.resize(start + PAGE_SIZE, fill);
+    out[start..start + 8].copy_from_slice(&p.to_le_bytes());
 }
 
 /// A state.json of a VM with no vCPU (nothing runs from it), as the primary encodes it.

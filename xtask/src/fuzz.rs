@@ -18,9 +18,11 @@ use crate::prereqs::{self, Need};
 
 /// How long `cargo xtask test` runs each target.
 pub const CI_SECONDS: u64 = 60;
-/// libFuzzer's `-rss_limit_mb`: the harnesses map at most a 2 MiB replica and parse inputs of
-/// a few KiB, so a run over this is an allocation some input does not bound.
-pub const RSS_LIMIT_MB: u64 = 1024;
+/// libFuzzer's `-rss_limit_mb` (its default): the harnesses map at most a 2 MiB replica and
+/// parse inputs of a few KiB, but AddressSanitizer's quarantine of freed memory alone holds
+/// 256 MiB and a run sits at about 500 MiB; far over that is an allocation an input does not
+/// bound.
+pub const RSS_LIMIT_MB: u64 = 2048;
 /// libFuzzer's `-malloc_limit_mb`: a single allocation over this is reported as a crash (an
 /// allocation sized from an input before the input was checked).
 pub const MALLOC_LIMIT_MB: u64 = 256;
