@@ -12,6 +12,7 @@ mod cmd;
 pub mod elfcheck;
 pub mod error;
 pub mod fetch;
+pub mod grub;
 pub mod initramfs;
 pub mod iso;
 pub mod layout;
@@ -19,6 +20,7 @@ pub mod modinfo;
 pub mod modlist;
 pub mod modules;
 pub mod progress;
+pub mod tools;
 pub mod tree;
 
 pub use error::{Error, Result};

@@ -12,6 +12,9 @@ pub struct KernelArgs {
     pub log: String,
     /// `module.param=value` pairs, module names normalised (`-` -> `_`).
     pub module_params: Vec<(String, String)>,
+    /// `havms.install` (the ISO's "Install HAVmS" entry): the installer runs on the first
+    /// console instead of the menu.
+    pub install: bool,
 }
 
 pub const DEFAULT_LOG: &str = "info";
@@ -67,6 +70,10 @@ pub fn parse(cmdline: &str) -> KernelArgs {
         ..KernelArgs::default()
     };
     for arg in split(cmdline) {
+        if arg == "havms.install" {
+            out.install = true;
+            continue;
+        }
         let Some((key, value)) = arg.split_once('=') else {
             continue;
         };
@@ -106,6 +113,8 @@ mod tests {
              havms.consoles=ttyS1 havms.log=debug kvm.ignore_msrs=1 kvm-amd.nested=1",
         );
         assert_eq!(a.extra_modules, vec!["foo", "bar-baz"]);
+        assert!(!a.install);
+        assert!(parse("quiet havms.install").install);
         assert_eq!(a.consoles, Some(vec!["ttyS1".to_string()]));
         assert_eq!(a.log, "debug");
         assert_eq!(

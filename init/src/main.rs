@@ -40,6 +40,8 @@ const HAVMSD: &str = "/usr/bin/havmsd";
 /// The service name of havmsd in the supervisor (and in its log lines).
 const HAVMSD_SERVICE: &str = "havmsd";
 const HAVMS_CLI: &str = "/usr/bin/havms";
+/// Runs instead of the first console's menu when the kernel line says `havms.install`.
+const INSTALLER: &str = "/usr/bin/havms-installer";
 /// The main loop wakes at least this often even with nothing to do.
 const IDLE: Duration = Duration::from_secs(10);
 
@@ -159,14 +161,26 @@ fn service_specs(args: &KernelArgs) -> Vec<Spec> {
         env: env.clone(),
     }];
     let consoles = args.consoles.clone().unwrap_or_else(default_consoles);
-    for tty in consoles {
-        specs.push(Spec {
-            name: format!("console {tty}"),
-            program: HAVMS_CLI.into(),
-            args: vec!["console".into()],
-            io: Io::Tty(tty),
-            env: env.clone(),
-        });
+    for (i, tty) in consoles.into_iter().enumerate() {
+        // One installer (on the serial console by default): two asking at once would race.
+        let spec = if args.install && i == 0 {
+            Spec {
+                name: format!("installer {tty}"),
+                program: INSTALLER.into(),
+                args: Vec::new(),
+                io: Io::Tty(tty),
+                env: env.clone(),
+            }
+        } else {
+            Spec {
+                name: format!("console {tty}"),
+                program: HAVMS_CLI.into(),
+                args: vec!["console".into()],
+                io: Io::Tty(tty),
+                env: env.clone(),
+            }
+        };
+        specs.push(spec);
     }
     specs
 }
@@ -348,5 +362,10 @@ mod tests {
         }
         // An empty list means no console menu at all.
         assert_eq!(service_specs(&cmdline::parse("havms.consoles=")).len(), 1);
+        // The install entry: the installer on the first console, the menu on the others.
+        let specs = service_specs(&cmdline::parse("havms.consoles=ttyS0,tty1 havms.install"));
+        let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, vec!["havmsd", "installer ttyS0", "console tty1"]);
+        assert_eq!(specs[1].program.to_str(), Some(INSTALLER));
     }
 }

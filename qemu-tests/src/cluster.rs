@@ -128,34 +128,46 @@ impl Cluster {
             size_mib: opts.data_size_mib,
         }
         .create(&self.work_dir.join(format!("{}.data.img", opts.name)))?;
-        let lan = self.net.lan.attach(&opts.name)?;
-        let link = self.net.link.attach(&opts.name)?;
         let spec = MachineSpec {
             memory_mib: opts.memory_mib,
             boot,
             disk: Some(disk),
-            nics: vec![
-                Nic {
-                    id: "lan".into(),
-                    mac: qemu::mac(opts.number, 1),
-                    pci_addr: qemu::LAN_PCI_SLOT,
-                    hub: lan.hub,
-                    local: lan.local,
-                },
-                Nic {
-                    id: "link".into(),
-                    mac: qemu::mac(opts.number, 2),
-                    pci_addr: qemu::LINK_PCI_SLOT,
-                    hub: link.hub,
-                    local: link.local,
-                },
-            ],
+            extra_disks: Vec::new(),
+            nics: self.nics(&opts.name, opts.number)?,
             no_reboot: opts.no_reboot,
         };
         let node = Node::new(&opts.name, opts.number, spec, &self.log_dir)?;
+        Ok(self.push(node))
+    }
+
+    /// The two NICs of node `name` (number `number`), wired to the LAN and the link: eth0
+    /// and eth1 in the node.
+    pub fn nics(&self, name: &str, number: u8) -> Result<Vec<Nic>> {
+        let lan = self.net.lan.attach(name)?;
+        let link = self.net.link.attach(name)?;
+        Ok(vec![
+            Nic {
+                id: "lan".into(),
+                mac: qemu::mac(number, 1),
+                pci_addr: qemu::LAN_PCI_SLOT,
+                hub: lan.hub,
+                local: lan.local,
+            },
+            Nic {
+                id: "link".into(),
+                mac: qemu::mac(number, 2),
+                pci_addr: qemu::LINK_PCI_SLOT,
+                hub: link.hub,
+                local: link.local,
+            },
+        ])
+    }
+
+    /// Adds a node a scenario built itself (its own disks, say), stopped.
+    pub fn push(&mut self, node: Node) -> &mut Node {
         self.nodes.push(node);
         let last = self.nodes.len() - 1;
-        Ok(&mut self.nodes[last])
+        &mut self.nodes[last]
     }
 
     /// Starts every node that is not running.

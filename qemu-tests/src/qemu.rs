@@ -42,6 +42,9 @@ pub enum Boot {
     IsoBios { iso: PathBuf },
     /// The installer ISO through OVMF (UEFI).
     IsoUefi { iso: PathBuf, firmware: Uefi },
+    /// An installed node: the data disk (`disk`, then the PC's whole disk) first in the boot
+    /// order, through SeaBIOS (`None`) or OVMF.
+    Disk { firmware: Option<Uefi> },
 }
 
 /// Where the UEFI firmware comes from.
@@ -118,6 +121,8 @@ pub struct MachineSpec {
     pub boot: Boot,
     /// The data disk (raw ext4 image), attached as virtio-blk: /dev/vda.
     pub disk: Option<PathBuf>,
+    /// More raw disks after it (virtio-blk, /dev/vdb, ...): the installer's answers stick.
+    pub extra_disks: Vec<PathBuf>,
     pub nics: Vec<Nic>,
     /// Exit QEMU instead of rebooting the guest (a reboot then shows up as an exit).
     pub no_reboot: bool,
@@ -161,19 +166,13 @@ pub fn command_line(spec: &MachineSpec) -> Vec<OsString> {
         }
         Boot::IsoBios { iso } => a.push_cdrom(iso),
         Boot::IsoUefi { iso, firmware } => {
-            match firmware {
-                Uefi::Pflash { code, vars } => {
-                    a.push("-drive");
-                    a.push_joined("if=pflash,format=raw,unit=0,readonly=on,file=", code);
-                    a.push("-drive");
-                    a.push_joined("if=pflash,format=raw,unit=1,file=", vars);
-                }
-                Uefi::Bios(image) => {
-                    a.push("-bios");
-                    a.push_path(image);
-                }
-            }
+            a.push_firmware(firmware);
             a.push_cdrom(iso);
+        }
+        Boot::Disk { firmware } => {
+            if let Some(f) = firmware {
+                a.push_firmware(f);
+            }
         }
     }
     for nic in &spec.nics {
@@ -192,8 +191,22 @@ pub fn command_line(spec: &MachineSpec) -> Vec<OsString> {
         a.push("-drive");
         a.push_joined("if=none,id=data,format=raw,file=", disk);
         a.push("-device");
+        let boot = if matches!(spec.boot, Boot::Disk { .. }) {
+            ",bootindex=0"
+        } else {
+            ""
+        };
         a.push(&format!(
-            "virtio-blk-pci,drive=data,addr={DISK_PCI_SLOT:#x}"
+            "virtio-blk-pci,drive=data,addr={DISK_PCI_SLOT:#x}{boot}"
+        ));
+    }
+    for (i, disk) in spec.extra_disks.iter().enumerate() {
+        a.push("-drive");
+        a.push_joined(&format!("if=none,id=extra{i},format=raw,file="), disk);
+        a.push("-device");
+        a.push(&format!(
+            "virtio-blk-pci,drive=extra{i},addr={:#x}",
+            usize::from(DISK_PCI_SLOT) + 1 + i
         ));
     }
     a.0
@@ -357,6 +370,21 @@ impl Args {
         s.push(p.as_os_str());
         self.0.push(s);
     }
+    fn push_firmware(&mut self, firmware: &Uefi) {
+        match firmware {
+            Uefi::Pflash { code, vars } => {
+                self.push("-drive");
+                self.push_joined("if=pflash,format=raw,unit=0,readonly=on,file=", code);
+                self.push("-drive");
+                self.push_joined("if=pflash,format=raw,unit=1,file=", vars);
+            }
+            Uefi::Bios(image) => {
+                self.push("-bios");
+                self.push_path(image);
+            }
+        }
+    }
+
     /// The ISO on the IDE CD drive, first in the boot order for both SeaBIOS and OVMF.
     fn push_cdrom(&mut self, iso: &Path) {
         self.push("-drive");
@@ -377,6 +405,7 @@ mod tests {
             memory_mib: DEFAULT_MEMORY_MIB,
             boot,
             disk: Some("/w/a.data.img".into()),
+            extra_disks: Vec::new(),
             nics: vec![
                 Nic {
                     id: "lan".into(),
@@ -467,6 +496,33 @@ mod tests {
         assert!(
             combined.contains("-bios /usr/share/ovmf/OVMF.fd"),
             "{combined}"
+        );
+    }
+
+    #[test]
+    fn an_installed_node_boots_its_disk_and_the_answers_stick_follows() {
+        let bios = joined(&MachineSpec {
+            extra_disks: vec!["/w/a.answers.img".into()],
+            ..spec(Boot::Disk { firmware: None })
+        });
+        assert!(
+            bios.contains("-drive if=none,id=data,format=raw,file=/w/a.data.img -device virtio-blk-pci,drive=data,addr=0x5,bootindex=0 \
+             -drive if=none,id=extra0,format=raw,file=/w/a.answers.img -device virtio-blk-pci,drive=extra0,addr=0x6"),
+            "{bios}"
+        );
+        assert!(!bios.contains("-kernel") && !bios.contains("cdrom") && !bios.contains("-bios"));
+        let uefi = joined(&spec(Boot::Disk {
+            firmware: Some(Uefi::Bios(OVMF_COMBINED.into())),
+        }));
+        assert!(uefi.contains("-bios /usr/share/ovmf/OVMF.fd"), "{uefi}");
+        assert!(uefi.contains("addr=0x5,bootindex=0"), "{uefi}");
+        // Booting the ISO, the data disk is not in the boot order.
+        let iso = joined(&spec(Boot::IsoBios {
+            iso: "/a/havms.iso".into(),
+        }));
+        assert!(
+            iso.contains("addr=0x5 ") || iso.ends_with("addr=0x5"),
+            "{iso}"
         );
     }
 

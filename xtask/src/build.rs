@@ -1,5 +1,5 @@
-//! Builds the node's binaries (havms-init, havmsd, havms, and the VM engine's havms-vm and
-//! havms-remote) statically linked, since the initramfs has no dynamic loader: release profile,
+//! Builds the node's binaries (havms-init, havmsd, havms, the VM engine's havms-vm and
+//! havms-remote, and havms-installer) statically linked, since the initramfs has no dynamic loader: release profile,
 //! gnu target with crt-static. The test guest's workload `havms-ledger` (qemu-tests/ledger) is
 //! built the same way in the same cargo run, for the same reason, and copied to
 //! `target/havms/havms-ledger`, where the QEMU harness packs it into the guest initramfs.
@@ -24,6 +24,8 @@ pub struct NodeBinaries {
     /// The VM engine as a command (tests drive it from the node's shell).
     pub havms_vm: PathBuf,
     pub havms_remote: PathBuf,
+    /// Runs from the ISO's "Install HAVmS" entry.
+    pub installer: PathBuf,
 }
 
 /// `cargo build --release` of the node crates, then checks each binary is static.
@@ -40,6 +42,8 @@ pub fn node_binaries() -> Result<NodeBinaries> {
             "havms-vmm",
             "-p",
             "havms-ledger",
+            "-p",
+            "havms-installer",
         ])
         .args(["--bin", "havms-init", "--bin", "havmsd", "--bin", "havms"])
         .args([
@@ -49,6 +53,8 @@ pub fn node_binaries() -> Result<NodeBinaries> {
             "havms-remote",
             "--bin",
             "havms-ledger",
+            "--bin",
+            "havms-installer",
         ])
         // CARGO_ENCODED_RUSTFLAGS would win over RUSTFLAGS if something exported it.
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
@@ -58,8 +64,8 @@ pub fn node_binaries() -> Result<NodeBinaries> {
         .context("cannot run cargo build for the node binaries")?;
     if !status.success() {
         bail!(
-            "cargo build of havms-init, havms-supervisor, havms-vmm and havms-ledger failed \
-             ({status})"
+            "cargo build of havms-init, havms-supervisor, havms-vmm, havms-ledger and \
+             havms-installer failed ({status})"
         );
     }
     let dir = paths::target_dir().join(TARGET).join("release");
@@ -69,6 +75,7 @@ pub fn node_binaries() -> Result<NodeBinaries> {
         havms: dir.join("havms"),
         havms_vm: dir.join("havms-vm"),
         havms_remote: dir.join("havms-remote"),
+        installer: dir.join("havms-installer"),
     };
     let built_ledger = dir.join("havms-ledger");
     for bin in [
@@ -77,6 +84,7 @@ pub fn node_binaries() -> Result<NodeBinaries> {
         &bins.havms,
         &bins.havms_vm,
         &bins.havms_remote,
+        &bins.installer,
         &built_ledger,
     ] {
         havms_image::elfcheck::check_static_file(bin)

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use havms_image::{artifacts, fetch, initramfs, iso, layout};
+use havms_image::{artifacts, fetch, grub, initramfs, iso, layout, tools, tree};
 
 use crate::prereqs::{self, Need};
 use crate::step::step;
@@ -38,11 +38,25 @@ pub fn run() -> Result<Artifacts> {
         Ok(fetch::busybox(&fetcher.fetch(fetch::BUSYBOX_PACKAGE)?)?)
     })?;
 
+    let debian_tools = step(
+        "fetch Debian's mkfs tools (dosfstools, e2fsprogs, libraries)",
+        || {
+            tools::PACKAGES
+                .iter()
+                .map(|(package, _)| Ok(fetcher.fetch(package)?))
+                .collect::<Result<Vec<_>>>()
+        },
+    )?;
+    let grub_images = step(
+        "make GRUB for the installed disk (grub-mkimage, BIOS + UEFI)",
+        || Ok(grub::make_images(&dir.join("grub"))?),
+    )?;
+
     let image_dir = root.join("image");
     let modules_list = image_dir.join("modules.list");
     let udhcpc_script = image_dir.join("udhcpc.script");
     let node = step("assemble the initramfs tree", || {
-        let node = layout::node_tree(&layout::NodeInputs {
+        let mut node = layout::node_tree(&layout::NodeInputs {
             init: &bins.init,
             havmsd: &bins.havmsd,
             havms: &bins.havms,
@@ -53,6 +67,7 @@ pub fn run() -> Result<Artifacts> {
             modules_list: &modules_list,
             udhcpc_script: &udhcpc_script,
         })?;
+        add_installer(&mut node.tree, &bins.installer, &grub_images, &debian_tools)?;
         log::info!(
             "xtask: {} entries: {} kernel modules, {} built in ({}), {} busybox applets",
             node.tree.len(),
@@ -112,4 +127,34 @@ pub fn run() -> Result<Artifacts> {
     }
     println!("{}", dir.join("SHA256SUMS").display());
     Ok(out)
+}
+
+/// The installer and what it needs: its binary, GRUB's images, Debian's mkfs tools
+/// (docs/node-runtime.md, "What the image holds").
+fn add_installer(
+    tree: &mut tree::Tree,
+    installer: &std::path::Path,
+    grub_images: &grub::GrubImages,
+    debian_tools: &[fetch::Fetched],
+) -> Result<()> {
+    havms_image::elfcheck::check_static_file(installer)?;
+    tree.add_file(
+        "/usr/bin/havms-installer",
+        0o755,
+        tree::Contents::Path(installer.to_path_buf()),
+    )?;
+    for (name, path) in [
+        ("boot.img", &grub_images.boot_img),
+        ("core.img", &grub_images.core_img),
+        ("BOOTX64.EFI", &grub_images.efi),
+    ] {
+        tree.add_file(
+            &format!("/usr/share/havms/grub/{name}"),
+            0o644,
+            tree::Contents::Path(path.clone()),
+        )?;
+    }
+    let added = tools::add_to(tree, debian_tools)?;
+    log::info!("xtask: installer, GRUB images and {added} files of Debian's mkfs tools");
+    Ok(())
 }

@@ -4,6 +4,7 @@
 //! ends with `summary: N passed, N failed`.
 
 mod build;
+mod buildroot;
 mod fuzz;
 mod image;
 mod paths;
@@ -58,6 +59,9 @@ enum Cmd {
         #[arg(long, default_value_t = 1.0)]
         minutes: f64,
     },
+    /// Check the Buildroot tree (buildroot/) against Buildroot without downloads:
+    /// defconfig, savedefconfig round trip, check-package, show-info (docs/buildroot.md).
+    BuildrootCheck,
     /// Build the image and run one benchmark (docs/performance.md).
     Bench {
         /// Benchmark name: `boot` (node boot phases) or `engine` (our VM engine against QEMU).
@@ -89,6 +93,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Image => {
             image::run()?;
+        }
+        Cmd::BuildrootCheck => {
+            step::step("buildroot tree", buildroot::run_checks)?;
         }
         Cmd::Demo { extra } => {
             prereqs::ensure(&[prereqs::Need::Qemu])?;

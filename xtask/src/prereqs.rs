@@ -23,6 +23,9 @@ pub enum Need {
     Build,
     /// Unpacking packages and making the hybrid ISO.
     Image,
+    /// Checking the Buildroot tree against Buildroot's own tools (kconfig is built with gcc,
+    /// `utils/check-package` is Python with libmagic, flake8 and shellcheck).
+    Buildroot,
     /// Booting nodes under QEMU (BIOS and UEFI firmware, disk images, busybox for fixtures);
     /// QEMU itself is [`QEMU_PACKAGE`], at least [`QEMU_MIN_MAJOR`].
     Qemu,
@@ -43,6 +46,16 @@ impl Need {
                 "mtools",
                 "dosfstools",
             ],
+            Need::Buildroot => &[
+                "make",
+                "gcc",
+                "perl",
+                "rsync",
+                "git",
+                "python3-magic",
+                "flake8",
+                "shellcheck",
+            ],
             Need::Qemu => &[
                 "seabios",
                 "ovmf",
@@ -59,6 +72,7 @@ impl Need {
         match self {
             Need::Build => "building the static node binaries",
             Need::Image => "building the boot image",
+            Need::Buildroot => "checking the Buildroot tree",
             Need::Qemu => "booting QEMU test nodes",
             Need::Fuzz => "building the fuzz targets (libFuzzer)",
         }

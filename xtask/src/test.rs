@@ -1,6 +1,6 @@
 //! `cargo xtask test`: unit and host integration tests (`cargo test --workspace`), every fuzz
-//! target for a minute (`fuzz.rs`), the image, then every QEMU scenario; ends with
-//! `summary: N passed, N failed`.
+//! target for a minute (`fuzz.rs`), the Buildroot tree's checks (`buildroot.rs`), the image,
+//! then every QEMU scenario; ends with `summary: N passed, N failed`.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 
 use crate::prereqs::{self, Need};
 use crate::step::{seconds, step};
-use crate::{fuzz, image, paths, qemu};
+use crate::{buildroot, fuzz, image, paths, qemu};
 
 /// Passed and failed counts across all stages.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -70,7 +70,13 @@ pub struct Report {
 }
 
 pub fn run() -> Result<Report> {
-    prereqs::ensure(&[Need::Build, Need::Image, Need::Qemu, Need::Fuzz])?;
+    prereqs::ensure(&[
+        Need::Build,
+        Need::Image,
+        Need::Qemu,
+        Need::Fuzz,
+        Need::Buildroot,
+    ])?;
     let mut tally = Tally::default();
     let mut failed = Vec::new();
 
@@ -94,6 +100,14 @@ pub fn run() -> Result<Report> {
     );
 
     fuzz_stage(&mut tally, &mut failed);
+    match step("buildroot tree", buildroot::run_checks) {
+        Ok(()) => tally.passed += 1,
+        Err(e) => {
+            log::error!("xtask: buildroot tree: {e:#}");
+            tally.failed += 1;
+            failed.push("buildroot tree".to_string());
+        }
+    }
 
     let artifacts = match image::run() {
         Ok(a) => Some(a),

@@ -24,6 +24,7 @@ mod ha_failover;
 mod ha_faults;
 mod ha_pairs;
 mod ha_start;
+mod install;
 mod pair;
 mod pid1;
 
@@ -209,12 +210,37 @@ pub fn all() -> Vec<Scenario> {
     ]
 }
 
+/// Scenarios that run only when named: not yet reliable enough for `cargo xtask test` (CI
+/// runs [`all`]); each moves there once it has passed repeatedly.
+pub fn pending() -> Vec<Scenario> {
+    vec![
+        Scenario {
+            name: "install-unattended",
+            about: "two blank disks installed from the ISO with answer files; both boot from disk \
+                alone and see each other over the link and the LAN",
+            run: install::unattended,
+        },
+        Scenario {
+            name: "install-interactive",
+            about:
+                "the questions on the console: a wrong answer asked again, a no leaves the disk \
+                unchanged, then yes; the node boots from its disk",
+            run: install::interactive,
+        },
+        Scenario {
+            name: "install-uefi",
+            about: "install-unattended under OVMF: the ISO's and then the disk's EFI GRUB",
+            run: install::uefi,
+        },
+    ]
+}
+
 /// The scenarios named (all when none); `boot` selects every `boot-*` scenario.
 pub fn select(names: &[String]) -> Result<Vec<Scenario>> {
-    let all = all();
     if names.is_empty() {
-        return Ok(all);
+        return Ok(all());
     }
+    let all: Vec<Scenario> = all().into_iter().chain(pending()).collect();
     let mut out: Vec<Scenario> = Vec::new();
     for name in names {
         let group = format!("{name}-");
