@@ -204,9 +204,12 @@ pub fn command_line(spec: &MachineSpec) -> Vec<OsString> {
         a.push("-drive");
         a.push_joined(&format!("if=none,id=extra{i},format=raw,file="), disk);
         a.push("-device");
+        // In the boot order (after the CD or the disk) although nothing boots from it: OVMF
+        // connects only the devices the boot order names, and GRUB must see the answers stick.
         a.push(&format!(
-            "virtio-blk-pci,drive=extra{i},addr={:#x}",
-            usize::from(DISK_PCI_SLOT) + 1 + i
+            "virtio-blk-pci,drive=extra{i},addr={:#x},bootindex={}",
+            usize::from(DISK_PCI_SLOT) + 1 + i,
+            2 + i
         ));
     }
     a.0
@@ -507,7 +510,7 @@ mod tests {
         });
         assert!(
             bios.contains("-drive if=none,id=data,format=raw,file=/w/a.data.img -device virtio-blk-pci,drive=data,addr=0x5,bootindex=0 \
-             -drive if=none,id=extra0,format=raw,file=/w/a.answers.img -device virtio-blk-pci,drive=extra0,addr=0x6"),
+             -drive if=none,id=extra0,format=raw,file=/w/a.answers.img -device virtio-blk-pci,drive=extra0,addr=0x6,bootindex=2"),
             "{bios}"
         );
         assert!(!bios.contains("-kernel") && !bios.contains("cdrom") && !bios.contains("-bios"));
