@@ -118,7 +118,7 @@ pub fn list(sys_block: &Path, dev: &Path, excluded: &dyn Fn(&Disk) -> bool) -> V
             let sectors: u64 = read_trim(&sys.join("size"))?.parse().ok()?;
             let disk = Disk {
                 path: dev.join(&name),
-                bytes: sectors * 512,
+                bytes: sectors.saturating_mul(512),
                 model: model(&sys, &name),
                 name,
             };

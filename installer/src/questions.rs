@@ -121,7 +121,8 @@ fn parse_ip(s: &str) -> Result<Ipv4Addr, String> {
 /// The n-th host of `c`'s subnet (1 = .1 in a /24), as the default for an address question.
 fn host(c: &Cidr, n: u32) -> Cidr {
     Cidr {
-        addr: Ipv4Addr::from(u32::from(c.network()) + n),
+        // Saturating: a /32 at the top of the space makes a silly default, never a panic.
+        addr: Ipv4Addr::from(u32::from(c.network()).saturating_add(n)),
         prefix_len: c.prefix_len,
     }
 }
@@ -302,7 +303,11 @@ pub fn ask<R: BufRead, W: Write>(
         // The other node's address next to ours: .11 and .12.
         (_, Some(ours)) => {
             let n = u32::from(ours.addr);
-            let other = if node == NodeId::A { n + 1 } else { n - 1 };
+            let other = if node == NodeId::A {
+                n.saturating_add(1)
+            } else {
+                n.saturating_sub(1)
+            };
             Cidr {
                 addr: Ipv4Addr::from(other),
                 prefix_len: ours.prefix_len,

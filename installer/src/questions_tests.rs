@@ -160,3 +160,13 @@ fn one_nic_is_not_enough() {
     let e = ask(&mut con, &m, None).unwrap_err().to_string();
     assert!(e.contains("needs two NICs"), "{e}");
 }
+
+#[test]
+fn defaults_at_the_top_of_the_address_space_do_not_overflow() {
+    let top: Cidr = "255.255.255.254/32".parse().unwrap();
+    assert_eq!(host(&top, 2).addr, Ipv4Addr::BROADCAST);
+    assert_eq!(
+        host(&"10.99.0.7/24".parse().unwrap(), 2).to_string(),
+        "10.99.0.2/24"
+    );
+}
