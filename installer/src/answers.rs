@@ -139,6 +139,11 @@ pub struct Answers {
     pub witness: Option<Ipv4Addr>,
     #[serde(default)]
     pub after: After,
+    /// An answer file must say `reinstall: true` to erase a disk that already holds HAVmS (a
+    /// forgotten answers stick must not wipe an installed node). The questions' confirmation
+    /// says so instead.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reinstall: bool,
 }
 
 /// The cluster name when the answers do not give one.

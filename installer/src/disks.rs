@@ -98,6 +98,40 @@ pub fn is_iso9660(path: &Path) -> bool {
         && &buf[1..6] == b"CD001"
 }
 
+/// The ext2/3/4 label of a device's first 2 KiB, if it is an ext file system.
+pub fn ext_label(buf: &[u8]) -> Option<String> {
+    let sb = buf.get(1024..1024 + 136)?;
+    if sb[56..58] != [0x53, 0xEF] {
+        return None;
+    }
+    let label = &sb[120..136];
+    let end = label.iter().position(|&b| b == 0).unwrap_or(label.len());
+    Some(String::from_utf8_lossy(&label[..end]).into_owned())
+}
+
+/// The partition of `disk` (under `sys_block`/NAME/) whose ext label is `label`, if any.
+pub fn partition_labelled(
+    sys_block: &Path,
+    dev: &Path,
+    disk: &Disk,
+    label: &str,
+) -> Option<PathBuf> {
+    let dir = std::fs::read_dir(sys_block.join(&disk.name)).ok()?;
+    let mut parts: Vec<PathBuf> = dir
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("partition").exists())
+        .map(|e| dev.join(e.file_name()))
+        .collect();
+    parts.sort();
+    parts.into_iter().find(|p| {
+        let mut buf = vec![0u8; 2048];
+        File::open(p)
+            .and_then(|mut f| f.read_exact(&mut buf))
+            .is_ok()
+            && ext_label(&buf).as_deref() == Some(label)
+    })
+}
+
 /// Every disk in `sys_block` (`/sys/block`) with device nodes under `dev`, except names that
 /// are never disks, empty ones (a card reader without a card), and those `excluded` says are
 /// the boot medium.
@@ -168,6 +202,41 @@ mod tests {
         );
         assert_eq!(disks[1].model, "virtio disk");
         assert_eq!(human_bytes(disks[1].bytes), "4.3 GB");
+    }
+
+    #[test]
+    fn an_installed_disk_is_recognised_by_its_data_partition() {
+        let t = tempfile::tempdir().unwrap();
+        fake_disk(t.path(), "sda", 1000, Some("SSD"));
+        let disk = list(&t.path().join("sys"), &t.path().join("dev"), &|_| false).remove(0);
+        let none = partition_labelled(
+            &t.path().join("sys"),
+            &t.path().join("dev"),
+            &disk,
+            "HAVMS-DATA",
+        );
+        assert_eq!(none, None);
+        for (n, label) in [(1, "HAVMS-EFI"), (5, "HAVMS-DATA")] {
+            let name = format!("sda{n}");
+            std::fs::create_dir_all(t.path().join("sys/sda").join(&name)).unwrap();
+            std::fs::write(
+                t.path().join("sys/sda").join(&name).join("partition"),
+                format!("{n}\n"),
+            )
+            .unwrap();
+            let mut sb = vec![0u8; 4096];
+            sb[1024 + 56..1024 + 58].copy_from_slice(&[0x53, 0xEF]);
+            sb[1024 + 120..1024 + 120 + label.len()].copy_from_slice(label.as_bytes());
+            std::fs::write(t.path().join("dev").join(&name), sb).unwrap();
+        }
+        let found = partition_labelled(
+            &t.path().join("sys"),
+            &t.path().join("dev"),
+            &disk,
+            "HAVMS-DATA",
+        );
+        assert_eq!(found, Some(t.path().join("dev/sda5")));
+        assert_eq!(ext_label(&[0u8; 100]), None);
     }
 
     #[test]

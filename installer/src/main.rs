@@ -143,6 +143,24 @@ fn plan_for(
             )
         })?;
     let layout = layout::plan(disk.bytes).map_err(|e| at("disk", format!("{}: {e}", a.disk)))?;
+    // Only an answer file needs to say so: the questions' confirmation names the disk.
+    if text.is_some() && !a.reinstall {
+        if let Some(data) = disks::partition_labelled(
+            Path::new(SYS_BLOCK),
+            Path::new("/dev"),
+            &disk,
+            layout::DATA_LABEL,
+        ) {
+            return Err(at(
+                "disk",
+                format!(
+                    "{} already holds HAVmS ({} is HAVMS-DATA); add `reinstall: true` to erase it",
+                    a.disk,
+                    data.display()
+                ),
+            ));
+        }
+    }
     let files = cluster::node_files(a)?;
     let system = match &cli.system {
         Some(dir) => source::system_in(dir)?,

@@ -358,6 +358,9 @@ pub fn ask<R: BufRead, W: Write>(
         // The gateway is the witness by default: the file needs no line for it then.
         witness: Some(witness).filter(|w| Some(*w) != gateway),
         after: prev.map_or(After::Reboot, |p| p.after),
+        // The confirmation below is the say-so here; an answer file made from these answers
+        // (install-answers.yaml) must say it itself.
+        reinstall: false,
     })
 }
 
