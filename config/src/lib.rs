@@ -14,8 +14,8 @@ mod validate;
 
 pub use error::ConfigError;
 pub use schema::{
-    Config, DiskConfig, LanAddressing, LanConfig, LinkConfig, NicConfig, NodeConfig, Role, Timings,
-    VmConfig,
+    Config, DiskConfig, Failback, LanAddressing, LanConfig, LinkConfig, NicConfig, NodeConfig,
+    Role, Timings, VmConfig,
 };
 pub use types::{Cidr, MacAddr, Name};
 

@@ -190,6 +190,9 @@ pub struct Timings {
     pub fence_ms: u64,
     /// Checkpoint interval of replication.
     pub epoch_ms: u64,
+    /// How long a VM away from its home node stays protected there before it fails back
+    /// (`failback: auto`): the returning node proves itself first.
+    pub failback_delay_ms: u64,
 }
 
 impl Default for Timings {
@@ -199,6 +202,7 @@ impl Default for Timings {
             dead_after_ms: 500,
             fence_ms: 2000,
             epoch_ms: 50,
+            failback_delay_ms: 10_000,
         }
     }
 }
@@ -224,6 +228,19 @@ pub struct VmConfig {
     pub preferred_node: Name,
     #[serde(default = "yes")]
     pub autostart: bool,
+    /// Whether the VM moves back to its home node by itself once that node is back and in
+    /// sync (`auto`), or stays where it runs, protected, until `havms switchover` (`manual`).
+    #[serde(default)]
+    pub failback: Failback,
+}
+
+/// A VM's failback policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Failback {
+    #[default]
+    Auto,
+    Manual,
 }
 
 fn one() -> u32 {

@@ -173,6 +173,17 @@ pub fn validate(cfg: &Config, text: &str, file: &str) -> Result<(), ConfigError>
             format!("epoch_ms {} must be 5 to 10000", t.epoch_ms),
         );
     }
+    const DAY_MS: u64 = 24 * 3600 * 1000;
+    if t.failback_delay_ms > DAY_MS {
+        return err(
+            tline("failback_delay_ms"),
+            format!(
+                "failback_delay_ms {} is over a day ({DAY_MS}); use `failback: manual` on the \
+                 VM to keep it where it runs",
+                t.failback_delay_ms
+            ),
+        );
+    }
 
     let vms_line = line_of_key(text, "vms").unwrap_or(1);
     if cfg.vms.len() > MAX_VMS {

@@ -107,6 +107,12 @@ fn frames() -> Vec<(&'static str, Frame<'static>)> {
                 reason: "powered off".into(),
             },
         ),
+        (
+            "handover",
+            Frame::Handover {
+                reason: "failback".into(),
+            },
+        ),
     ]
 }
 
@@ -292,6 +298,10 @@ fn api_requests() -> Vec<Seed> {
         Request::Takeover { force: true },
         Request::MarkStale {
             reason: "peer said so".into(),
+            force: false,
+        },
+        Request::Handover {
+            reason: "failback".into(),
         },
         Request::Subscribe,
         Request::Verify { epoch: 12 },
@@ -362,12 +372,14 @@ fn heartbeats() -> Vec<Seed> {
         name: name.into(),
         role,
         want_stale: false,
+        switchover: false,
         port: 7500,
         stream_id: 0xfeed,
         epoch: 1234,
         intent: Intent {
             run: true,
             version: 99,
+            pin: None,
         },
     };
     let hb = |vms| Heartbeat {
@@ -382,6 +394,9 @@ fn heartbeats() -> Vec<Seed> {
     };
     let mut stale = report("db", VmRole::Replica(ReplicaState::Stale));
     stale.want_stale = true;
+    // A VM placed on node b by `havms switchover`, the request still fresh.
+    stale.intent.pin = Some("b".into());
+    stale.switchover = true;
     let vms = vec![
         report("web", VmRole::Primary(PrimaryState::Protected)),
         stale,

@@ -421,7 +421,8 @@ pub fn secondary(bytes: &[u8], local: &[PathBuf]) -> u64 {
                 }
                 model.check(&r, local, &format!("after the commit of epoch {epoch}"));
             }
-            Step::Hello | Step::Abort(_) | Step::End(_) => break,
+            // A Handover ends the stream like Abort and End (the copy is then taken over).
+            Step::Hello | Step::Abort(_) | Step::End(_) | Step::Handover(_) => break,
         }
     }
     // Whatever ended the stream, an unfinished epoch is dropped.

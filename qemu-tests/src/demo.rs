@@ -5,9 +5,11 @@
 //! and a client on the LAN (outside both nodes) appends to the guest's ledger and reports once a
 //! second. Then the person at the terminal has the consoles: every line typed goes to the
 //! selected node's shell (`@a` / `@b` on a line of its own selects); `@failover` kills node a's
-//! QEMU, and b takes the VM over by itself while the client's connection goes on. Without a
-//! terminal on stdin the demo plays `@failover` itself after 20 s of appends and ends 30 s
-//! later with the client's verdict.
+//! QEMU, and b takes the VM over by itself while the client's connection goes on; `@repair`
+//! boots node a again: it rejoins as the replica and, once in sync, web fails back to it by
+//! itself (a planned switchover); `havms switchover web` moves it by hand. Without a terminal
+//! on stdin the demo plays it all itself: `@failover` after 20 s of appends, `@repair` 30 s
+//! later, waits for web to be back on a, and ends with the client's verdict.
 
 use std::io::{BufRead, IsTerminal};
 use std::net::Ipv4Addr;
@@ -18,7 +20,8 @@ use crate::artifacts::Artifacts;
 use crate::error::{HarnessError, Result};
 use crate::ha::{self, TestVm};
 use crate::lan_client::{LanHost, LedgerClient};
-use crate::scenarios::{Ctx, STEP};
+use crate::scenarios::{Ctx, BOOT_KERNEL, STEP};
+use crate::shell::Shell;
 
 const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 99);
 
@@ -61,17 +64,21 @@ pub fn run(artifacts: &Artifacts, seconds: Option<u64>) -> Result<()> {
     println!(
         "qemu-tests demo: web is protected ({:.0} s); a client on the LAN (192.168.77.99) \
          appends to its ledger. You are in node a's shell: `havms vm list`, `havms status`, \
-         `havms vm console web` (Ctrl-] back). `@b` / `@a` on a line switch nodes; `@failover` \
-         kills node a (watch b take over by itself); ctrl-c stops both.",
+         `havms vm console web` (Ctrl-] back), `havms switchover web`. `@b` / `@a` on a line \
+         switch nodes; `@failover` kills node a (watch b take over by itself); `@repair` boots \
+         it again (watch web come back to it by itself); ctrl-c stops both.",
         started.elapsed().as_secs_f64()
     );
 
     // Without a person at the terminal (CI, `< /dev/null`, a pipe) the demo plays the failover
-    // itself: 20 s of appends, then `@failover`, then 30 s for b to take over and the client to
-    // go on, then the verdict.
+    // and the failback itself: 20 s of appends, `@failover`, 30 s for b to take over and the
+    // client to go on, `@repair`, then (below) the wait for web to be back on a, the verdict.
     let scripted = !std::io::stdin().is_terminal();
     let input = if scripted {
-        println!("qemu-tests demo: no terminal on stdin: playing `@failover` in 20 s by itself");
+        println!(
+            "qemu-tests demo: no terminal on stdin: playing `@failover` in 20 s and `@repair` \
+             30 s later by itself"
+        );
         scripted_input()
     } else {
         spawn_stdin_reader()
@@ -80,8 +87,23 @@ pub fn run(artifacts: &Artifacts, seconds: Option<u64>) -> Result<()> {
     let mut input_open = true;
     let mut last_report = Instant::now();
     let mut killed: Option<Instant> = None;
+    let mut repaired = false;
     loop {
-        if scripted && killed.is_some_and(|k| k.elapsed() >= Duration::from_secs(30)) {
+        if scripted && repaired {
+            println!(
+                "qemu-tests demo: waiting for web to fail back to a by itself (nothing typed)"
+            );
+            let mut a = Shell::resume(cluster.node("a")?);
+            ha::shell::define(&mut a)?;
+            let out = a.ok(
+                &ha::shell::wait("web", "primary", "protected", 400),
+                Duration::from_secs(460),
+            )?;
+            if out.contains("VM-WAIT-TIMEOUT") {
+                println!("qemu-tests demo: web did not come back to a");
+            } else {
+                println!("qemu-tests demo: web runs on a again, protected towards b");
+            }
             break;
         }
         if seconds.is_some_and(|s| started.elapsed() >= Duration::from_secs(s)) {
@@ -92,6 +114,18 @@ pub fn run(artifacts: &Artifacts, seconds: Option<u64>) -> Result<()> {
                 Ok(line) if line.trim() == "@a" || line.trim() == "@b" => {
                     target = line.trim()[1..].to_string();
                     println!("qemu-tests demo: typing to node {target}");
+                }
+                Ok(line) if line.trim() == "@repair" => {
+                    println!(
+                        "qemu-tests demo: node a boots again; it rejoins as web's replica and \
+                         web fails back to it once in sync"
+                    );
+                    let node = cluster.node("a")?;
+                    node.start()?;
+                    // Its shell, so that what is typed next goes there.
+                    ha::shell::define(&mut Shell::from_menu(node, BOOT_KERNEL)?)?;
+                    target = "a".into();
+                    repaired = true;
                 }
                 Ok(line) if line.trim() == "@failover" => {
                     println!("qemu-tests demo: killing node a (its QEMU); b decides alone");
@@ -156,6 +190,8 @@ fn scripted_input() -> Receiver<String> {
     std::thread::spawn(move || {
         std::thread::sleep(Duration::from_secs(20));
         let _ = tx.send("@failover".to_string());
+        std::thread::sleep(Duration::from_secs(30));
+        let _ = tx.send("@repair".to_string());
         // Keeps the channel open until the demo ends.
         std::thread::sleep(Duration::from_secs(3600));
     });

@@ -30,6 +30,8 @@ pub enum Request {
     VmStart { name: String },
     /// Stop the VM wherever it runs (its replica is told it ended, never taken over).
     VmStop { name: String },
+    /// Move the protected VM to the other node with nothing lost, and keep it there.
+    Switchover { name: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -41,6 +41,12 @@ pub enum StreamState {
     Stopped,
     /// Failed before any output was held (connect refused, Hello refused): output flows.
     Failed,
+    /// A planned switchover under way: the last checkpoint (guest paused for good) is sent,
+    /// then Handover; the peer's CloseAck makes it `HandedOver`, a failure `Held` (with the
+    /// guest paused: `release` resumes it).
+    HandingOver,
+    /// The peer took the VM over from the last checkpoint: this engine ends.
+    HandedOver,
 }
 
 impl StreamState {
@@ -52,6 +58,7 @@ impl StreamState {
                 | StreamState::Syncing
                 | StreamState::Protected
                 | StreamState::Ending
+                | StreamState::HandingOver
         )
     }
 }
@@ -73,6 +80,10 @@ pub enum ReplicaState {
     Broken,
     /// Taken over: the VM runs from it.
     TakenOver,
+    /// The primary handed the VM over (a planned switchover): it paused the guest for good
+    /// after the last committed epoch, so this copy is the VM; take it over at once. Never
+    /// marked stale without `force`.
+    HandedOver,
 }
 
 /// One event.

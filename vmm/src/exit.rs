@@ -16,13 +16,19 @@ pub enum ExitReason {
     Shutdown,
     /// Something failed; the message says what.
     Error(String),
+    /// A planned switchover: the peer holds the last checkpoint and resumes the VM from it
+    /// (the message says to whom, at which epoch). The guest did not end: it moved.
+    HandedOver(String),
 }
 
 impl ExitReason {
     /// Process exit code for `havms-vm`: guest-initiated and requested ends are clean.
     pub fn exit_code(&self) -> i32 {
         match self {
-            ExitReason::PowerOff | ExitReason::Reset | ExitReason::Shutdown => 0,
+            ExitReason::PowerOff
+            | ExitReason::Reset
+            | ExitReason::Shutdown
+            | ExitReason::HandedOver(_) => 0,
             ExitReason::Error(_) => 1,
         }
     }
@@ -35,6 +41,7 @@ impl std::fmt::Display for ExitReason {
             ExitReason::Reset => write!(f, "guest reset"),
             ExitReason::Shutdown => write!(f, "shut down on request"),
             ExitReason::Error(e) => write!(f, "error: {e}"),
+            ExitReason::HandedOver(to) => write!(f, "handed over {to}"),
         }
     }
 }

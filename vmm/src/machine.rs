@@ -19,7 +19,7 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::console::Console;
 use crate::events::{Event, Events, StreamState};
@@ -313,6 +313,64 @@ impl Machine {
         Ok(st)
     }
 
+    /// A planned switchover of a protected VM: the last checkpoint leaves the guest paused, the
+    /// peer acks it and takes the Handover, and the machine ends (`ExitReason::HandedOver`;
+    /// the peer resumes the VM). A failure leaves the stream held with the guest paused: the
+    /// supervisor settles it (`release` resumes the guest). Refused unless protected.
+    pub fn handover(&self, reason: &str) -> Result<ProtectStatus, VmError> {
+        // The stream stays in its slot throughout: `info` shows it handing over, a `protect`
+        // (a restarted havmsd adopting this engine) is refused, a guest reset finds it.
+        {
+            let p = lock(&self.shared.protection);
+            let Some(p) = p.as_ref() else {
+                return Err(VmError::Control("this VM is not protected".into()));
+            };
+            p.begin_handover(reason).map_err(VmError::Control)?;
+        }
+        let deadline = Instant::now() + HANDOVER_WAIT;
+        let st = loop {
+            let done = {
+                let p = lock(&self.shared.protection);
+                match p.as_ref() {
+                    Some(p) if p.thread_done() => Some(p.status()),
+                    Some(_) => None,
+                    // Taken by a guest reset or the machine's end meanwhile.
+                    None => {
+                        return Err(VmError::Control(
+                            "the switchover was overtaken by the guest's reset or end".into(),
+                        ))
+                    }
+                }
+            };
+            if let Some(st) = done {
+                break st;
+            }
+            if Instant::now() >= deadline {
+                return Err(VmError::Control(format!(
+                    "the switchover did not finish within {HANDOVER_WAIT:?}"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        if st.state == StreamState::HandedOver {
+            let to = format!("to {} at epoch {}", st.peer, st.acked);
+            log::info!("switchover: the VM is handed over {to}; this engine ends");
+            drop(lock(&self.shared.protection).take());
+            let mut cur = lock(&self.shared.current);
+            cur.stopping = true;
+            if let Some(vm) = &cur.vm {
+                vm.end_handed_over(to);
+            }
+        } else {
+            log::error!(
+                "switchover: {}; the guest stays paused and its output held until the \
+                 supervisor decides",
+                st.error.clone().unwrap_or_default()
+            );
+        }
+        Ok(st)
+    }
+
     /// Hashes memory and disks in the checkpoint of `epoch` (a check of the replication; see
     /// `replication::verify`). The epoch that will be hashed.
     pub fn verify_at(&self, epoch: u64) -> Result<u64, VmError> {
@@ -496,6 +554,10 @@ impl Machine {
         Ok(vm)
     }
 }
+
+/// The longest a switchover may take: the last epoch's ack and the Handover's answer, each
+/// bounded by the stream's own timeouts, with room to spare.
+const HANDOVER_WAIT: Duration = Duration::from_secs(60);
 
 /// `Machine::from_replica` failed: the replica and the console are handed back.
 pub struct FromReplicaError {

@@ -1,12 +1,11 @@
 //! Host prerequisites: the Debian packages each entry point needs. Missing ones are installed
 //! with apt when we are root (saying what and why), else the error gives the command to run.
 //!
-//! The test nodes' emulator is special: the nodes run nested KVM on QEMU's TCG emulation of AMD
-//! SVM, which has years of fixes in QEMU 10 over Debian 12's 7.2 (docs/testing.md, "Node
-//! stalls", says what it does not fix), so on Debian 12 `qemu-system-x86` comes from
-//! bookworm-backports (`apt-get install -t bookworm-backports`), whose apt source is added if no
-//! source has it. Everything else stays from bookworm (seabios is upgraded because QEMU 10
-//! needs a newer one).
+//! The test nodes' emulator: the nodes run nested KVM on QEMU's TCG emulation of AMD SVM.
+//! Debian 12's own QEMU (7.2) is the default. `HAVMS_NODE_QEMU=backports` asks for QEMU 10
+//! from bookworm-backports instead (`apt-get install -t bookworm-backports`, whose apt source
+//! is added if no source has it; seabios comes along): its SVM emulation has years of fixes,
+//! but here nested guests booted markedly slower under it (docs/testing.md, "Node stalls").
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt;
@@ -27,7 +26,7 @@ pub enum Need {
     /// `utils/check-package` is Python with libmagic, flake8 and shellcheck).
     Buildroot,
     /// Booting nodes under QEMU (BIOS and UEFI firmware, disk images, busybox for fixtures);
-    /// QEMU itself is [`QEMU_PACKAGE`], at least [`QEMU_MIN_MAJOR`].
+    /// QEMU itself is [`QEMU_PACKAGE`] (with `HAVMS_NODE_QEMU=backports`: at least [`QEMU_MIN_MAJOR`]).
     Qemu,
     /// The fuzz targets: libfuzzer-sys compiles libFuzzer, which is C++.
     Fuzz,
@@ -57,6 +56,7 @@ impl Need {
                 "shellcheck",
             ],
             Need::Qemu => &[
+                QEMU_PACKAGE,
                 "seabios",
                 "ovmf",
                 "busybox-static",
@@ -166,8 +166,8 @@ fn apt_update(force: bool) -> Result<()> {
     Ok(())
 }
 
-/// Makes sure every package of `needs` is installed, and with [`Need::Qemu`] a QEMU of at
-/// least [`QEMU_MIN_MAJOR`].
+/// Makes sure every package of `needs` is installed, and with [`Need::Qemu`] and
+/// `HAVMS_NODE_QEMU=backports` a QEMU of at least [`QEMU_MIN_MAJOR`].
 pub fn ensure(needs: &[Need]) -> Result<()> {
     let mut missing = BTreeSet::new();
     let mut purposes = Vec::new();
@@ -186,10 +186,15 @@ pub fn ensure(needs: &[Need]) -> Result<()> {
     if !missing.is_empty() {
         install(&missing.into_iter().collect::<Vec<_>>(), &purposes)?;
     }
-    if needs.contains(&Need::Qemu) {
+    if needs.contains(&Need::Qemu) && backports_wanted() {
         ensure_qemu()?;
     }
     Ok(())
+}
+
+/// `HAVMS_NODE_QEMU=backports`: the nodes run on QEMU 10 from bookworm-backports.
+fn backports_wanted() -> bool {
+    std::env::var("HAVMS_NODE_QEMU").is_ok_and(|v| v == "backports")
 }
 
 fn install(list: &[&str], purposes: &[&str]) -> Result<()> {

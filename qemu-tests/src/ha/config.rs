@@ -82,7 +82,11 @@ pub fn yaml(vms: &[TestVm], marker: &str) -> String {
 
 /// `yaml` with `epoch_ms` instead of the test config's 50.
 pub fn yaml_with_epoch(vms: &[TestVm], marker: &str, epoch_ms: u64) -> String {
-    let base = pair_yaml().replace("epoch_ms: 50", &format!("epoch_ms: {epoch_ms}"));
+    // A returning node proves itself for 3 s before a VM fails back to it (10 s by default).
+    let base = pair_yaml().replace(
+        "epoch_ms: 50",
+        &format!("epoch_ms: {epoch_ms}, failback_delay_ms: 3000"),
+    );
     let mut out = base.replace("vms: []\n", "vms:\n");
     for v in vms {
         out.push_str(&v.yaml(marker));
@@ -100,6 +104,7 @@ mod tests {
         let cfg = havms_config::parse(&y, "ha.yaml").unwrap();
         assert_eq!(cfg.vms.len(), 1);
         assert_eq!(cfg.vms[0].preferred_node, "a");
+        assert_eq!(cfg.timings.failback_delay_ms, 3000);
         assert!(cfg.vms[0]
             .cmdline
             .contains("guest=protected marker=M-1 ip=192.168.77.50/24"));

@@ -20,6 +20,7 @@ mod engine_restore;
 mod engine_rootfs;
 mod engine_serial;
 mod failover_link;
+mod ha_failback;
 mod ha_failover;
 mod ha_faults;
 mod ha_pairs;
@@ -183,6 +184,12 @@ pub fn all() -> Vec<Scenario> {
             about: "SIGKILL havmsd on the primary, then the secondary: the new one adopts the \
                     engine, the VM stays protected, nothing fails over",
             run: ha_pairs::supervisor_restart,
+        },
+        Scenario {
+            name: "failback",
+            about: "a dies, b takes over; a returns and gets web back by itself (switchover); \
+                    `havms switchover` there and back; a dies again: 0 lost, one connection",
+            run: ha_failback::run,
         },
         Scenario {
             name: "ha-two-vms",

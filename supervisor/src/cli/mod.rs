@@ -65,6 +65,11 @@ pub enum Command {
         #[command(subcommand)]
         action: VmAction,
     },
+    /// Move a protected VM to the other node with nothing lost (a planned switchover: the
+    /// last checkpoint, then the peer resumes it), and keep it there: it counts as placed on
+    /// that node, and failback brings it back there after a failover. Refused with the reason
+    /// when the peer's copy is not in sync. Run it again to move the VM back.
+    Switchover { name: String },
     /// The serial console menu (init runs it on each console).
     Console,
     /// Connect to a VM's serial console socket (`havms-vm --serial socket=PATH`).
@@ -149,6 +154,7 @@ pub fn run(args: Args) -> Result<i32> {
             VmAction::Stop { name } => vm::run_intent(&src, &name, false),
             VmAction::Console { name, vms_dir } => vm::run_console(&src, &vms_dir, &name),
         },
+        Command::Switchover { name } => vm::run_switchover(&src, &name),
         Command::Console => crate::console::run(&src),
         Command::Attach {
             path,

@@ -67,6 +67,17 @@ pub fn run_intent(src: &Sources, name: &str, start: bool) -> Result<i32> {
     }
 }
 
+/// `havms switchover NAME`.
+pub fn run_switchover(src: &Sources, name: &str) -> Result<i32> {
+    match ask(src, &Request::Switchover { name: name.into() })? {
+        Response::Done { message } => {
+            println!("{message}");
+            Ok(0)
+        }
+        other => bail!("havmsd answered {other:?}"),
+    }
+}
+
 /// The console socket of `name` on this node, or why there is none to attach to.
 pub fn console_socket(src: &Sources, vms_dir: &Path, name: &str) -> Result<std::path::PathBuf> {
     let vms = list(src)?;

@@ -27,6 +27,8 @@ pub trait Actions {
     fn shell(&mut self) -> io::Result<()>;
     /// Attaches the terminal to VM `name`'s serial console until Ctrl-].
     fn vm_console(&mut self, name: &str) -> io::Result<()>;
+    /// Asks havmsd for a switchover of VM `name` (`havms switchover`): its answer, or why not.
+    fn switchover(&mut self, name: &str) -> Result<String, String>;
     /// Asks init to reboot or power off.
     fn power(&mut self, p: Power) -> io::Result<()>;
     /// Puts the terminal back into a sane state after a child ran on it.
@@ -125,6 +127,23 @@ impl<R: Read, W: Write, A: Actions> Menu<R, W, A> {
             };
             if name.is_empty() {
                 return Ok(Next::Menu(None));
+            }
+            if let Some(vm) = name.strip_prefix("s ").map(str::trim) {
+                // A switchover pauses the guest for a moment: confirm first.
+                self.show(&format!(
+                    "Switch {vm} over to the other node? {ARE_YOU_SURE}"
+                ))?;
+                match self.input.read_line()? {
+                    None => return Ok(Next::Exit),
+                    Some(Line::Text(t)) if is_yes(&t) => {}
+                    Some(_) => {
+                        return Ok(Next::Menu(Some(format!("Switchover of {vm}: not done"))))
+                    }
+                }
+                let answer = match self.actions.switchover(vm) {
+                    Ok(m) | Err(m) => m,
+                };
+                return Ok(Next::Menu(Some(answer)));
             }
             let Some(v) = s.vms.iter().find(|v| v.name == name) else {
                 return Ok(Next::Menu(Some(format!("No VM '{name}'"))));
@@ -291,6 +310,14 @@ mod tests {
             self.calls.push(format!("console {name}"));
             Ok(())
         }
+        fn switchover(&mut self, name: &str) -> Result<String, String> {
+            self.calls.push(format!("switchover {name}"));
+            if name == "web" {
+                Ok("vm web: switchover to b requested".into())
+            } else {
+                Err(format!("no VM {name} in the config (VMs: web, db)"))
+            }
+        }
 
         fn shell(&mut self) -> io::Result<()> {
             self.calls.push("shell".into());
@@ -316,6 +343,16 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("No VM 'nope'"), "{out}");
+    }
+
+    #[test]
+    fn the_vms_screen_switches_a_vm_over_after_a_yes() {
+        let (out, calls) = drive("2\ns web\nn\n2\ns web\ny\n2\ns x\ny\n");
+        assert!(out.contains("Switch web over to the other node?"), "{out}");
+        assert!(out.contains("Switchover of web: not done"), "{out}");
+        assert!(out.contains("vm web: switchover to b requested"), "{out}");
+        assert!(out.contains("no VM x in the config"), "{out}");
+        assert_eq!(calls, vec!["switchover web", "switchover x"]);
     }
 
     fn drive(input: &str) -> (String, Vec<String>) {

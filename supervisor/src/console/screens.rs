@@ -12,7 +12,8 @@ pub const ROWS: usize = 24;
 pub const PROMPT: &str = "Enter an option: ";
 pub const PRESS_ENTER: &str = "Press Enter to return";
 pub const PING_PROMPT: &str = "Ping which address? (empty to return) ";
-pub const CONSOLE_PROMPT: &str = "Console of which VM? (empty to return) ";
+pub const CONSOLE_PROMPT: &str =
+    "VM name for its console, 's NAME' to switch it over to the other node (empty to return) ";
 
 /// The numbered entries, in order.
 pub const ENTRIES: [&str; 7] = [

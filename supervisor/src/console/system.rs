@@ -80,6 +80,17 @@ impl Actions for Real {
         run_child(Command::new(me).args(["vm", "console", name]))
     }
 
+    fn switchover(&mut self, name: &str) -> Result<String, String> {
+        let req = crate::protocol::Request::Switchover { name: name.into() };
+        let mut c = crate::client::Client::connect(&self.src.socket, STATUS_TIMEOUT)
+            .map_err(|e| format!("havmsd: {e}"))?;
+        match c.request(&req) {
+            Ok(crate::protocol::Response::Done { message }) => Ok(message),
+            Ok(other) => Err(format!("havmsd answered {other:?}")),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
     fn power(&mut self, p: Power) -> io::Result<()> {
         power::request(p).map_err(|e| io::Error::other(format!("{e:#}")))
     }

@@ -167,6 +167,9 @@ fn handle(shared: &Shared, req: Request) -> Response {
         Request::VmStop { name } => {
             done(shared.vm_request(crate::vms::service::VmRequest::Stop(name)))
         }
+        Request::Switchover { name } => {
+            done(shared.vm_request(crate::vms::service::VmRequest::Switchover(name)))
+        }
     }
 }
 

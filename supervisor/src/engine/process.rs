@@ -89,6 +89,8 @@ pub enum Ending {
     Shutdown,
     /// A replica that was shut down before any takeover.
     ReplicaDone,
+    /// A planned switchover: the peer resumed the VM from this engine's last checkpoint.
+    HandedOver,
     /// Anything else: an error, a signal, no word at all (kill -9).
     Crash,
 }
@@ -99,6 +101,7 @@ pub fn ending(report: Option<&ExitReport>) -> Ending {
         Some(r) if r.reason.starts_with("guest powered off") => Ending::PowerOff,
         Some(r) if r.reason.starts_with("shut down on request") => Ending::Shutdown,
         Some(r) if r.reason.starts_with("replica shut down") => Ending::ReplicaDone,
+        Some(r) if r.reason.starts_with("handed over") => Ending::HandedOver,
         _ => Ending::Crash,
     }
 }
@@ -156,6 +159,12 @@ mod tests {
         );
         std::fs::write(d.exit(), "{\"reason\":\"guest powered off\",\"code\":0}\n").unwrap();
         assert_eq!(ending(exit_report(&d).as_ref()), Ending::PowerOff);
+        std::fs::write(
+            d.exit(),
+            "{\"reason\":\"handed over to 10.99.0.1:4000 at epoch 812\",\"code\":0}\n",
+        )
+        .unwrap();
+        assert_eq!(ending(exit_report(&d).as_ref()), Ending::HandedOver);
         std::fs::write(
             d.exit(),
             "{\"reason\":\"error: vCPU 0: KVM_RUN: EFAULT\",\"code\":1}",

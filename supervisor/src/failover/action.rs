@@ -26,6 +26,9 @@ pub enum Action {
     AskStale,
     /// Stop the VM deliberately (the operator's intent): its replica is told it ended.
     Stop,
+    /// A planned switchover to the peer: last checkpoint with the guest paused, Handover, the
+    /// peer resumes it; this engine ends.
+    HandOver,
 }
 
 /// The facts that decided a failover, release or fence.
@@ -99,6 +102,15 @@ pub enum Rule {
     RestartAfterCrash,
     /// The operator stopped the VM (or the guest powered off).
     Stopped,
+    /// Back to its home node, protected there long enough (`failback: auto`).
+    FailBack,
+    /// The operator asked for it (`havms switchover`).
+    Switchover,
+    /// The primary handed the VM over at a switchover: this copy is the VM now.
+    HandedOver,
+    /// A switchover failed half way and the peer went silent: it may run the VM now, so this
+    /// paused copy goes.
+    SwitchoverUnsure(Evidence),
 }
 
 impl fmt::Display for Rule {
@@ -128,6 +140,13 @@ impl fmt::Display for Rule {
                 write!(f, "its engine died here and the peer cannot take it over")
             }
             Rule::Stopped => write!(f, "the operator stopped it"),
+            Rule::FailBack => write!(f, "its home node is back and in sync (failback: auto)"),
+            Rule::Switchover => write!(f, "the operator asked for a switchover"),
+            Rule::HandedOver => write!(f, "its primary handed it over (switchover)"),
+            Rule::SwitchoverUnsure(e) => write!(
+                f,
+                "a switchover failed half way and the peer is silent: it may run it ({e})"
+            ),
         }
     }
 }
@@ -152,6 +171,7 @@ impl fmt::Display for Decision {
             Action::MarkStale => "mark its copy stale".to_string(),
             Action::AskStale => "ask the peer to mark its copy stale".to_string(),
             Action::Stop => "stop it".to_string(),
+            Action::HandOver => "hand it over to the peer (switchover)".to_string(),
         };
         write!(f, "vm {}: {what}: {}", self.vm, self.rule)
     }

@@ -18,7 +18,15 @@
 //!  replica ready --(its primary asks)--> mark stale
 //!  crashed (our engine died) --(the peer took over)--> replica
 //!                            --(the peer cannot take over)--> start again here
+//!  primary protected, away from home --(home node's replica in sync, link and acks fresh,
+//!                    protected for failback_delay | the operator asked)--> hand over
+//!  replica handed over --> take over at once (its primary paused the guest for good)
 //! ```
+//!
+//! A switchover moves a VM with nothing lost: the primary's last checkpoint leaves the guest
+//! paused, the peer acks it and takes the Handover, resumes the guest and this engine ends.
+//! It is started only when it can finish quickly: the link and the acks heard within half of
+//! `dead_after`, so a switchover never races a failover.
 //!
 //! Two rules keep a VM from ever running twice with both copies seen: output is held from the
 //! moment a stream fails until the peer has confirmed, after seeing the request, that its copy
@@ -38,6 +46,12 @@ use std::time::Duration;
 pub const PROTECT_RETRY: Duration = Duration::from_secs(2);
 /// How long a takeover that failed waits before the next try.
 pub const TAKEOVER_RETRY: Duration = Duration::from_secs(5);
+/// How long a node that has not heard its peer since it started waits before it boots a VM
+/// preferred on the peer: PCs of a pair powered on together boot seconds apart (firmware, disks),
+/// and a VM started on the wrong node costs a full copy and a switchover back.
+pub const PREFERRED_NODE_GRACE: Duration = Duration::from_secs(30);
+/// How long a switchover that failed waits before the next try.
+pub const HANDOVER_RETRY: Duration = Duration::from_secs(30);
 
 /// The peer's word that it holds no copy it could start: a replica that is not ready, an
 /// engine that cannot start, or none at all. Starting (an adopted engine not read yet) and
@@ -128,6 +142,8 @@ fn primary(
             Stream::Held | Stream::Connecting | Stream::Ending => {
                 Some((Action::Fence, Rule::PeerTookOver))
             }
+            // It ends by itself, handed over.
+            Stream::HandingOver | Stream::HandedOver => None,
             // Both run it unprotected (the partition a ping witness cannot settle): the copy on
             // the VM's preferred node stays; the other is killed (its disk stays as it is). A
             // peer whose copy is held, or still connecting, fences itself instead.
@@ -148,6 +164,17 @@ fn primary(
                     return Some((Action::Release, Rule::PeerConfirmedStale));
                 }
             }
+            if v.handover_unsure {
+                // The peer takes a Handover over at once, witness or not: its silence proves
+                // nothing here, only its word (above) lets the guest resume.
+                if silent {
+                    return Some((Action::Fence, Rule::SwitchoverUnsure(evidence(f, None))));
+                }
+                return v
+                    .want_stale_from
+                    .is_none()
+                    .then_some((Action::AskStale, Rule::StreamFailed));
+            }
             if silent && witness {
                 return Some((Action::Release, Rule::PeerDead(evidence(f, None))));
             }
@@ -163,6 +190,11 @@ fn primary(
             // The acks count as a sign of life too: a peer whose havmsd restarts stops its
             // heartbeats, not its replica.
             let ack_silent = f.since(last_ack.unwrap_or(since));
+            if stream == Stream::Protected {
+                if let Some(moved) = fail_back(f, v, since, ack_silent) {
+                    return Some(moved);
+                }
+            }
             if silent && witness && ack_silent >= f.timings.dead_after {
                 return Some((
                     Action::Release,
@@ -175,7 +207,7 @@ fn primary(
             }
             None
         }
-        Stream::Ending => None,
+        Stream::Ending | Stream::HandingOver | Stream::HandedOver => None,
         Stream::Unprotected => {
             let report = f.peer.report.as_ref()?;
             let peer_vm = report.vm(&v.name)?;
@@ -194,12 +226,75 @@ fn primary(
     }
 }
 
+/// A protected primary away from its home node moves there when it can finish quickly and
+/// safely: the peer is up, heard on the link and acking within half of `dead_after`, its copy
+/// is ready and of this very stream, and the VM was protected for `failback_delay` (not when
+/// the operator asked), with no switchover failed in the last `HANDOVER_RETRY`.
+fn fail_back(
+    f: &Facts,
+    v: &VmFacts,
+    protected_since: std::time::Instant,
+    ack_silent: Duration,
+) -> Option<(Action, Rule)> {
+    if v.preferred_here || !(v.switchover_asked || v.failback_auto) {
+        return None;
+    }
+    let fresh = f.timings.dead_after / 2;
+    let link_fresh = f.peer.link_last.is_some_and(|t| f.since(t) < fresh);
+    if !f.peer.up || !link_fresh || ack_silent >= fresh {
+        return None;
+    }
+    let Engine::Primary { stream_id, .. } = &v.engine else {
+        return None;
+    };
+    let peer_vm = f.peer.report.as_ref()?.vm(&v.name)?;
+    let in_sync = peer_vm.role == VmRole::Replica(ReplicaState::Ready)
+        && peer_vm.stream_id == *stream_id
+        && *stream_id != 0;
+    let delay = if v.switchover_asked {
+        Duration::ZERO
+    } else {
+        f.timings.failback_delay
+    };
+    let settled = f.since(protected_since) >= delay;
+    let retry_ok = v
+        .last_handover_failure
+        .is_none_or(|t| f.since(t) >= HANDOVER_RETRY);
+    if !(in_sync && settled && retry_ok) {
+        return None;
+    }
+    let rule = if v.switchover_asked {
+        Rule::Switchover
+    } else {
+        Rule::FailBack
+    };
+    Some((Action::HandOver, rule))
+}
+
 fn replica(
     f: &Facts,
     v: &VmFacts,
     copy: ReplicaState,
     last_commit: std::time::Instant,
 ) -> Option<(Action, Rule)> {
+    // Its primary paused the guest for good and handed it over: this copy is the VM, and
+    // waiting would only lengthen the switchover.
+    if copy == ReplicaState::HandedOver {
+        // (Its primary resuming on its own is not possible: it waits for this copy to be
+        // marked stale, which a handed-over copy refuses. Should it say so anyway, two guests
+        // must not come of it.)
+        let resumed = f.peer.up
+            && matches!(
+                peer_role(f, v),
+                Some(VmRole::Primary(
+                    PrimaryState::Unprotected | PrimaryState::Protected
+                ))
+            );
+        let retry_ok = v
+            .last_takeover_failure
+            .is_none_or(|t| f.since(t) >= TAKEOVER_RETRY);
+        return (!resumed && retry_ok).then_some((Action::TakeOver, Rule::HandedOver));
+    }
     let report = f.peer.report.as_ref();
     let peer_vm = report.and_then(|r| r.vm(&v.name));
     if copy == ReplicaState::Ready && peer_vm.is_some_and(|p| p.want_stale) && f.peer.up {
@@ -251,6 +346,7 @@ fn replica(
                         | PrimaryState::Syncing
                         | PrimaryState::Held
                         | PrimaryState::Ending
+                        | PrimaryState::HandingOver
                 ))
         );
         if silent && f.witness_answers() && stream_silent >= f.timings.dead_after && was_primary {
@@ -320,7 +416,7 @@ fn none(f: &Facts, v: &VmFacts) -> Option<(Action, Rule)> {
             Some(VmRole::Crashed) => None,
             // The peer holds a current copy (its primary went away): it resumes it, which
             // beats booting the VM afresh here; this node follows as its replica.
-            Some(VmRole::Replica(ReplicaState::Ready)) => None,
+            Some(VmRole::Replica(ReplicaState::Ready | ReplicaState::HandedOver)) => None,
             Some(VmRole::Failed) => Some((Action::StartPrimary, Rule::PeerCannotRunIt)),
             _ if v.preferred_here => Some((Action::StartPrimary, Rule::PreferredHere)),
             // The preferred node will run it: be ready.
@@ -329,11 +425,13 @@ fn none(f: &Facts, v: &VmFacts) -> Option<(Action, Rule)> {
     }
     // Alone: start only when the peer has been silent since this node started, for long
     // enough that its heartbeats would have arrived, and the witness says this node is not
-    // the isolated one. A VM preferred elsewhere waits longer (its node may just be slower to
-    // boot).
+    // the isolated one. A VM preferred elsewhere waits longer: its node may just be slower to
+    // boot (`PREFERRED_NODE_GRACE` when it was never heard, three `dead_after` when it was).
     let listened = f.since(f.started_at);
     let grace = if v.preferred_here {
         f.timings.dead_after
+    } else if f.peer.last_seen().is_none() {
+        PREFERRED_NODE_GRACE.max(f.timings.dead_after * 3)
     } else {
         f.timings.dead_after * 3
     };

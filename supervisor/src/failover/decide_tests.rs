@@ -32,6 +32,7 @@ impl World {
                     dead_after: ms(500),
                     fence: ms(2000),
                     epoch: ms(50),
+                    failback_delay: ms(3000),
                 },
                 started_at: t0,
                 boot_id: BOOT,
@@ -55,6 +56,10 @@ impl World {
                 vms: vec![VmFacts {
                     name: "web".into(),
                     preferred_here: true,
+                    failback_auto: true,
+                    switchover_asked: false,
+                    last_handover_failure: None,
+                    handover_unsure: false,
                     run: true,
                     busy: false,
                     engine: Engine::None,
@@ -89,12 +94,14 @@ impl World {
             name: "web".into(),
             role,
             want_stale,
+            switchover: false,
             port,
             stream_id: 5,
             epoch: 40,
             intent: Intent {
                 run: true,
                 version: 0,
+                pin: None,
             },
         }];
         self
@@ -207,12 +214,13 @@ fn alone_at_boot_a_node_waits_and_needs_the_witness() {
     assert_eq!(w.action(), None, "isolated: never starts a VM alone");
     w.witness_silent_for(10);
     w.vm().preferred_here = false;
+    w.f.started_at = w.f.now - ms(1600);
     assert_eq!(
         w.action(),
         None,
-        "preferred elsewhere: waits three times longer"
+        "preferred elsewhere, its node never heard: it may just boot slower"
     );
-    w.f.started_at = w.f.now - ms(1600);
+    w.f.started_at = w.f.now - PREFERRED_NODE_GRACE;
     assert!(matches!(
         w.one(),
         Some((Action::StartPrimary, Rule::PreferredNodeDown(_)))
@@ -567,3 +575,7 @@ fn every_decision_reads_as_a_log_line() {
     );
     let _ = World::new().at(0);
 }
+
+#[cfg(test)]
+#[path = "failback_tests.rs"]
+mod failback;

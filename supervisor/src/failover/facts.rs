@@ -16,6 +16,9 @@ pub struct Timings {
     /// its peer could take over.
     pub fence: Duration,
     pub epoch: Duration,
+    /// How long a VM away from its home node stays protected there before it fails back
+    /// (a node that just returned proves itself first).
+    pub failback_delay: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +55,10 @@ pub enum Stream {
     Ending,
     /// The stream failed; the engine holds the output.
     Held,
+    /// A planned switchover is under way (the guest paused for good at its last checkpoint).
+    HandingOver,
+    /// The peer took the VM over at a switchover; the engine here ends.
+    HandedOver,
 }
 
 /// This node's engine for one VM.
@@ -92,8 +99,20 @@ pub enum Engine {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmFacts {
     pub name: String,
-    /// This node is the VM's `preferred_node`.
+    /// This node is the VM's home: where the operator placed it (`havms switchover`), else its
+    /// `preferred_node`.
     pub preferred_here: bool,
+    /// `failback: auto`: a VM away from home moves back by itself once protected.
+    pub failback_auto: bool,
+    /// The operator asked for a switchover just now (`havms switchover`, here or on the peer):
+    /// move it at once, whatever `failback` says.
+    pub switchover_asked: bool,
+    /// The last switchover that failed, to wait a while before the next.
+    pub last_handover_failure: Option<Instant>,
+    /// A switchover failed half way and the stream is still held: the peer may have taken the
+    /// Handover and run the VM (it does so without waiting for any silence), so this copy must
+    /// never resume on the peer's silence.
+    pub handover_unsure: bool,
     /// The operator's intent, merged with the peer's (newest wins): run it.
     pub run: bool,
     /// An action on this VM is being carried out: decide nothing new for it.

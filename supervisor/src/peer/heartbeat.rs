@@ -25,7 +25,7 @@ use thiserror::Error;
 /// First bytes of every heartbeat.
 pub const HEARTBEAT_MAGIC: [u8; 4] = *b"HVHB";
 /// Bumped on any incompatible change of the layout (2: echo and VM reports).
-pub const HEARTBEAT_VERSION: u8 = 2;
+pub const HEARTBEAT_VERSION: u8 = 3;
 /// Longest cluster or node name carried; the config allows 32.
 pub const MAX_NAME_LEN: usize = 64;
 
@@ -169,16 +169,23 @@ impl Reader<'_> {
     }
 
     fn name(&mut self, field: &'static str) -> Result<String, DecodeError> {
+        self.optional_name(field)?
+            .ok_or(DecodeError::EmptyName(field))
+    }
+
+    fn optional_name(&mut self, field: &'static str) -> Result<Option<String>, DecodeError> {
         let [len] = self.array::<1>(field)?;
         let len = usize::from(len);
         if len == 0 {
-            return Err(DecodeError::EmptyName(field));
+            return Ok(None);
         }
         if len > MAX_NAME_LEN {
             return Err(DecodeError::NameTooLong { field, len });
         }
         let bytes = self.take(field, len)?;
-        String::from_utf8(bytes.to_vec()).map_err(|_| DecodeError::NotUtf8(field))
+        String::from_utf8(bytes.to_vec())
+            .map(Some)
+            .map_err(|_| DecodeError::NotUtf8(field))
     }
 }
 
@@ -194,6 +201,9 @@ impl report::Fields for Reader<'_> {
     }
     fn name(&mut self, field: &'static str) -> Result<String, DecodeError> {
         Reader::name(self, field)
+    }
+    fn optional_name(&mut self, field: &'static str) -> Result<Option<String>, DecodeError> {
+        Reader::optional_name(self, field)
     }
 }
 
@@ -225,24 +235,28 @@ mod tests {
                     name: "web".into(),
                     role: VmRole::Primary(PrimaryState::Held),
                     want_stale: true,
+                    switchover: false,
                     port: 0,
                     stream_id: 99,
                     epoch: 1234,
                     intent: Intent {
                         run: true,
                         version: 0,
+                        pin: None,
                     },
                 },
                 VmReport {
                     name: "db".into(),
                     role: VmRole::Replica(ReplicaState::Ready),
                     want_stale: false,
+                    switchover: true,
                     port: 40123,
                     stream_id: 7,
                     epoch: 55,
                     intent: Intent {
                         run: false,
                         version: 1_700_000_000_000,
+                        pin: Some("b".into()),
                     },
                 },
             ],

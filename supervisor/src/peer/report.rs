@@ -7,13 +7,18 @@
 //! name        1 + n   length-prefixed UTF-8 (n <= 64)
 //! role        1       0 none, 1 starting, 2 primary, 3 replica, 4 crashed, 5 failed
 //! state       1       primary: 0 unprotected, 1 connecting, 2 syncing, 3 protected, 4 ending,
-//!                     5 held; replica: 0 empty, 1 ready, 2 stale, 3 broken, 4 taken over
+//!                     5 held, 6 handing over, 7 handed over; replica: 0 empty, 1 ready,
+//!                     2 stale, 3 broken, 4 taken over, 5 handed over (take it over now)
 //! flags       1       bit 0: want stale (this primary's stream failed: mark your copy stale),
-//!                     bit 1: intent run (the operator wants the VM running)
+//!                     bit 1: intent run (the operator wants the VM running),
+//!                     bit 2: switchover asked (`havms switchover` here just now: the node
+//!                     that runs the VM moves it to the node of `pin`)
 //! port        2       the replica's listening port on the link (0: none)
 //! stream_id   8       primary: its stream; replica: the stream its copy came from
 //! epoch       8       primary: the last epoch acked; replica: its committed epoch
-//! intent      8       version of the run/stop intent (last writer wins)
+//! intent      8       version of the run/stop/placement intent (last writer wins)
+//! pin         1 + n   the node the operator placed the VM on (`havms switchover`, maintenance),
+//!                     length-prefixed; 0 bytes: none, the VM belongs on its preferred node
 //! ```
 
 use super::heartbeat::{DecodeError, MAX_NAME_LEN};
@@ -25,6 +30,7 @@ pub const MAX_VMS: usize = 64;
 
 const FLAG_WANT_STALE: u8 = 1;
 const FLAG_INTENT_RUN: u8 = 2;
+const FLAG_SWITCHOVER: u8 = 4;
 
 /// Where a primary's replication stands, as a peer needs to know it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,6 +44,10 @@ pub enum PrimaryState {
     Ending,
     /// The stream failed; output held until this node decides.
     Held,
+    /// A planned switchover: the last checkpoint is on its way, the guest paused for good.
+    HandingOver,
+    /// The peer holds the VM now (its engine here ends).
+    HandedOver,
 }
 
 /// This node's engine for a VM.
@@ -54,12 +64,16 @@ pub enum VmRole {
     Failed,
 }
 
-/// The operator's word on a VM: run it or not. The newer version wins on both nodes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// The operator's word on a VM: run it or not, and where. The newer version wins on both
+/// nodes (one register: a stop keeps the placement, a switchover keeps the run).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Intent {
     pub run: bool,
     /// 0: the config's `autostart`; else milliseconds since the epoch when it was set.
     pub version: u64,
+    /// The node the operator placed it on (None: its preferred node).
+    #[serde(default)]
+    pub pin: Option<String>,
 }
 
 /// One VM as this node sees it.
@@ -68,6 +82,9 @@ pub struct VmReport {
     pub name: String,
     pub role: VmRole,
     pub want_stale: bool,
+    /// The operator asked this node for a switchover of the VM just now.
+    #[serde(default)]
+    pub switchover: bool,
     pub port: u16,
     pub stream_id: u64,
     pub epoch: u64,
@@ -82,6 +99,8 @@ fn role_bytes(r: VmRole) -> (u8, u8) {
         PrimaryState::Protected => 3,
         PrimaryState::Ending => 4,
         PrimaryState::Held => 5,
+        PrimaryState::HandingOver => 6,
+        PrimaryState::HandedOver => 7,
     };
     let q = |s: ReplicaState| match s {
         ReplicaState::Empty => 0,
@@ -89,6 +108,7 @@ fn role_bytes(r: VmRole) -> (u8, u8) {
         ReplicaState::Stale => 2,
         ReplicaState::Broken => 3,
         ReplicaState::TakenOver => 4,
+        ReplicaState::HandedOver => 5,
     };
     match r {
         VmRole::None => (0, 0),
@@ -115,6 +135,8 @@ fn role_of(role: u8, state: u8) -> Result<VmRole, DecodeError> {
             3 => PrimaryState::Protected,
             4 => PrimaryState::Ending,
             5 => PrimaryState::Held,
+            6 => PrimaryState::HandingOver,
+            7 => PrimaryState::HandedOver,
             _ => return Err(bad()),
         }),
         (3, s) => VmRole::Replica(match s {
@@ -123,6 +145,7 @@ fn role_of(role: u8, state: u8) -> Result<VmRole, DecodeError> {
             2 => ReplicaState::Stale,
             3 => ReplicaState::Broken,
             4 => ReplicaState::TakenOver,
+            5 => ReplicaState::HandedOver,
             _ => return Err(bad()),
         }),
         (4, 0) => VmRole::Crashed,
@@ -153,11 +176,24 @@ pub fn encode(out: &mut Vec<u8>, reports: &[VmReport]) -> Result<(), String> {
         if r.intent.run {
             flags |= FLAG_INTENT_RUN;
         }
+        if r.switchover {
+            flags |= FLAG_SWITCHOVER;
+        }
         out.push(flags);
         out.extend_from_slice(&r.port.to_be_bytes());
         out.extend_from_slice(&r.stream_id.to_be_bytes());
         out.extend_from_slice(&r.epoch.to_be_bytes());
         out.extend_from_slice(&r.intent.version.to_be_bytes());
+        let pin = r.intent.pin.as_deref().unwrap_or("");
+        if pin.len() > MAX_NAME_LEN {
+            return Err(format!(
+                "VM {} pinned to a {}-byte node name",
+                r.name,
+                pin.len()
+            ));
+        }
+        out.push(pin.len() as u8);
+        out.extend_from_slice(pin.as_bytes());
     }
     Ok(())
 }
@@ -168,6 +204,8 @@ pub trait Fields {
     fn u16(&mut self, field: &'static str) -> Result<u16, DecodeError>;
     fn u64(&mut self, field: &'static str) -> Result<u64, DecodeError>;
     fn name(&mut self, field: &'static str) -> Result<String, DecodeError>;
+    /// A length-prefixed name that may be empty (None).
+    fn optional_name(&mut self, field: &'static str) -> Result<Option<String>, DecodeError>;
 }
 
 /// Reads the reports `encode` wrote.
@@ -186,7 +224,7 @@ pub fn decode(r: &mut impl Fields) -> Result<Vec<VmReport>, DecodeError> {
         let state = r.byte("vm state")?;
         let role = role_of(role, state)?;
         let flags = r.byte("vm flags")?;
-        if flags & !(FLAG_WANT_STALE | FLAG_INTENT_RUN) != 0 {
+        if flags & !(FLAG_WANT_STALE | FLAG_INTENT_RUN | FLAG_SWITCHOVER) != 0 {
             return Err(DecodeError::BadField {
                 field: "vm flags",
                 value: u64::from(flags),
@@ -196,12 +234,14 @@ pub fn decode(r: &mut impl Fields) -> Result<Vec<VmReport>, DecodeError> {
             name,
             role,
             want_stale: flags & FLAG_WANT_STALE != 0,
+            switchover: flags & FLAG_SWITCHOVER != 0,
             port: r.u16("vm port")?,
             stream_id: r.u64("vm stream id")?,
             epoch: r.u64("vm epoch")?,
             intent: Intent {
                 run: flags & FLAG_INTENT_RUN != 0,
                 version: r.u64("vm intent version")?,
+                pin: r.optional_name("vm pin")?,
             },
         });
     }

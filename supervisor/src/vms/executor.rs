@@ -69,6 +69,9 @@ pub struct Job {
 
 /// How long an API call may take (a takeover builds a VM; a protect waits for the Hello).
 const API_TIMEOUT: Duration = Duration::from_secs(30);
+/// A switchover's API call: the last epoch's ack and the Handover's CloseAck, each bounded by
+/// the stream's ack timeout, and the engine's end.
+const HANDOVER_TIMEOUT: Duration = Duration::from_secs(70);
 
 fn api(job: &Job, req: &Request) -> Result<Response, String> {
     let r = call_timeout(&job.dir.api(), req, API_TIMEOUT)
@@ -162,6 +165,42 @@ fn start(job: &Job, role: Role) -> Result<std::process::Child, String> {
         .map_err(|e| format!("vm {}: starting {}: {e}", job.vm.name, job.engine.display()))
 }
 
+/// The switchover's API call. The engine ends right after it handed the VM over, and may be
+/// gone before its answer is written: then its exit report says how it went.
+fn hand_over(job: &Job) -> Result<Outcome, String> {
+    let req = Request::Handover {
+        reason: format!("switchover of {}", job.vm.name),
+    };
+    let answer = call_timeout(&job.dir.api(), &req, HANDOVER_TIMEOUT);
+    let handed_over = |r: &Response| {
+        r.stream
+            .as_ref()
+            .is_some_and(|s| s.state == havms_vmm::events::StreamState::HandedOver)
+    };
+    match answer {
+        Ok(r) if r.ok && handed_over(&r) => Ok(Outcome::Done),
+        Ok(r) if r.ok => Err(format!(
+            "the switchover did not complete: {}",
+            r.stream
+                .and_then(|s| s.error)
+                .unwrap_or_else(|| "no reason given".into())
+        )),
+        Ok(r) => Err(r.error.unwrap_or_else(|| "refused".into())),
+        Err(e) => {
+            let t0 = Instant::now();
+            while t0.elapsed() < Duration::from_secs(3) {
+                if process::ending(process::exit_report(&job.dir).as_ref())
+                    == process::Ending::HandedOver
+                {
+                    return Ok(Outcome::Done);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(format!("engine API {}: {e}", job.dir.api().display()))
+        }
+    }
+}
+
 fn act(action: &Action, job: &Job) -> Result<Outcome, String> {
     match action {
         Action::Protect { port } => {
@@ -183,6 +222,8 @@ fn act(action: &Action, job: &Job) -> Result<Outcome, String> {
             job,
             &Request::MarkStale {
                 reason: "its primary's stream failed (the primary asked)".into(),
+                // A copy its primary handed over is the VM: the answer must be no.
+                force: false,
             },
         )
         .map(|_| Outcome::Done),
@@ -214,6 +255,7 @@ fn act(action: &Action, job: &Job) -> Result<Outcome, String> {
             }
         }
         Action::Stop => api(job, &Request::Shutdown).map(|_| Outcome::Done),
+        Action::HandOver => hand_over(job),
         // Bookkeeping only, done by the service itself.
         Action::AskStale | Action::StartPrimary | Action::StartReplica => Ok(Outcome::Done),
     }

@@ -1,8 +1,9 @@
-//! The operator's word on each VM, run or stopped, kept the same on both nodes: each intent
+//! The operator's word on each VM, run or stopped and where (a `havms switchover` or
+//! maintenance placement, none = its preferred node), kept the same on both nodes: each intent
 //! has a version (0 = the config's `autostart`; else the time it was set, in ms since the
 //! epoch) and the newer one wins wherever it is seen, ours or the peer's (a last-writer-wins
-//! register per VM). Persisted on the data partition, so a rebooted node still knows that a
-//! VM was stopped.
+//! register per VM). Persisted on the data partition (written to a temporary file, synced,
+//! renamed), so a rebooted node still knows that a VM was stopped or placed.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -12,6 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::peer::report::Intent;
 
+/// How far ahead of this node's clock a peer's intent version may be (clock skew).
+const MAX_AHEAD_MS: u64 = 24 * 3600 * 1000;
+
 /// Where the intents are kept on the node.
 pub const INTENTS_FILE: &str = "/var/lib/havms/state/intents.json";
 
@@ -19,6 +23,8 @@ pub const INTENTS_FILE: &str = "/var/lib/havms/state/intents.json";
 struct Saved {
     run: bool,
     version: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pin: Option<String>,
 }
 
 /// The intents this node knows, newest wins.
@@ -49,6 +55,7 @@ impl Intents {
                             Intent {
                                 run: v.run,
                                 version: v.version,
+                                pin: v.pin,
                             },
                         )
                     })
@@ -68,27 +75,53 @@ impl Intents {
 
     /// The intent in force for `vm` (`autostart` when nothing newer was set).
     pub fn get(&self, vm: &str, autostart: bool) -> Intent {
-        self.set.get(vm).copied().unwrap_or(Intent {
+        self.set.get(vm).cloned().unwrap_or(Intent {
             run: autostart,
             version: 0,
+            pin: None,
         })
     }
 
-    /// The operator (or the guest, by powering off) sets `vm` running or stopped.
+    /// The operator (or the guest, by powering off) sets `vm` running or stopped; where it
+    /// was placed stays.
     pub fn set(&mut self, vm: &str, run: bool) -> Intent {
-        let version = now_version().max(self.set.get(vm).map_or(0, |i| i.version + 1));
-        let i = Intent { run, version };
-        self.set.insert(vm.to_string(), i);
+        let pin = self.set.get(vm).and_then(|i| i.pin.clone());
+        self.put(vm, run, pin)
+    }
+
+    /// The operator places `vm` on `node` (None: back to its preferred node); whether it runs
+    /// stays (`autostart` when nothing was set).
+    pub fn place(&mut self, vm: &str, autostart: bool, node: Option<String>) -> Intent {
+        let run = self.get(vm, autostart).run;
+        self.put(vm, run, node)
+    }
+
+    fn put(&mut self, vm: &str, run: bool, pin: Option<String>) -> Intent {
+        let version =
+            now_version().max(self.set.get(vm).map_or(0, |i| i.version.saturating_add(1)));
+        let i = Intent { run, version, pin };
+        self.set.insert(vm.to_string(), i.clone());
         self.save();
         i
     }
 
-    /// The peer's intent for `vm`: taken if newer. Returns whether ours changed.
+    /// The peer's intent for `vm`: taken if newer (at the same version the greater content,
+    /// so both nodes settle on the same one). A version more than a day ahead of this node's
+    /// clock is refused: it would win against every later word of the operator.
     pub fn merge(&mut self, vm: &str, theirs: Intent) -> bool {
-        let newer = self
-            .set
-            .get(vm)
-            .is_none_or(|ours| theirs.version > ours.version);
+        if theirs.version > now_version().saturating_add(MAX_AHEAD_MS) {
+            log::warn!(
+                "vm {vm}: the peer's intent version {} is over a day ahead of this node's clock; \
+                 ignored",
+                theirs.version
+            );
+            return false;
+        }
+        let newer = self.set.get(vm).is_none_or(|ours| {
+            theirs.version > ours.version
+                || (theirs.version == ours.version
+                    && (theirs.run, &theirs.pin) > (ours.run, &ours.pin))
+        });
         if newer && theirs.version > 0 {
             self.set.insert(vm.to_string(), theirs);
             self.save();
@@ -107,6 +140,7 @@ impl Intents {
                     Saved {
                         run: i.run,
                         version: i.version,
+                        pin: i.pin.clone(),
                     },
                 )
             })
@@ -119,12 +153,20 @@ impl Intents {
             }
         };
         let tmp = self.path.with_extension("tmp");
-        let written = self
-            .path
-            .parent()
+        // Synced before the rename and the directory after it: a power cut leaves the old
+        // file or the new one, never an empty one.
+        let write_synced = |path: &Path| -> std::io::Result<()> {
+            use std::io::Write;
+            let mut f = std::fs::File::create(path)?;
+            f.write_all(text.as_bytes())?;
+            f.sync_all()
+        };
+        let parent = self.path.parent();
+        let written = parent
             .map_or(Ok(()), std::fs::create_dir_all)
-            .and_then(|_| std::fs::write(&tmp, text))
-            .and_then(|_| std::fs::rename(&tmp, &self.path));
+            .and_then(|_| write_synced(&tmp))
+            .and_then(|_| std::fs::rename(&tmp, &self.path))
+            .and_then(|_| parent.map_or(Ok(()), |d| std::fs::File::open(d)?.sync_all()));
         if let Err(e) = written {
             log::error!("saving VM intents to {}: {e}", self.path.display());
         }
@@ -145,7 +187,8 @@ mod tests {
             i.get("web", true),
             Intent {
                 run: true,
-                version: 0
+                version: 0,
+                pin: None
             }
         );
         let stopped = i.set("web", false);
@@ -155,7 +198,8 @@ mod tests {
             "web",
             Intent {
                 run: true,
-                version: stopped.version - 1
+                version: stopped.version - 1,
+                pin: None
             }
         ));
         assert!(!i.get("web", true).run);
@@ -164,7 +208,8 @@ mod tests {
                 "web",
                 Intent {
                     run: true,
-                    version: 0
+                    version: 0,
+                    pin: None
                 }
             ),
             "autostart is no word"
@@ -173,7 +218,8 @@ mod tests {
             "web",
             Intent {
                 run: true,
-                version: stopped.version + 5
+                version: stopped.version + 5,
+                pin: None
             }
         ));
         assert!(i.get("web", false).run);
@@ -184,6 +230,32 @@ mod tests {
         let again = Intents::load(&path);
         assert_eq!(again.get("db", true), b);
         assert!(again.get("web", false).run);
+        // A placement keeps the run; a stop keeps the placement; both survive a restart.
+        let mut i = again;
+        let placed = i.place("db", true, Some("b".into()));
+        assert!(!placed.run && placed.version > b.version);
+        let started = i.set("db", true);
+        assert_eq!(started.pin.as_deref(), Some("b"));
+        let again = Intents::load(&path);
+        assert_eq!(again.get("db", false), started);
+        // Same version, other content: both nodes settle on the same (the greater) one.
+        let mut i = again;
+        let tie = Intent {
+            run: true,
+            version: started.version,
+            pin: Some("c".into()),
+        };
+        assert!(i.merge("db", tie.clone()));
+        assert!(!i.merge("db", started.clone()), "the lesser of a tie loses");
+        assert_eq!(i.get("db", false), tie);
+        // A version from far in the future is no word; a set after u64::MAX does not wrap.
+        let far = Intent {
+            run: false,
+            version: u64::MAX,
+            pin: None,
+        };
+        assert!(!i.merge("db", far));
+        assert_eq!(i.get("db", false), tie);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

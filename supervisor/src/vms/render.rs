@@ -3,7 +3,7 @@
 use super::slot::{Local, Role, Slot};
 use super::status::VmStatus;
 use crate::failover::Stream;
-use crate::peer::report::{PrimaryState, VmReport, VmRole};
+use crate::peer::report::{Intent, PrimaryState, VmReport, VmRole};
 use havms_vmm::events::ReplicaState;
 
 fn replica_word(s: ReplicaState) -> &'static str {
@@ -13,20 +13,30 @@ fn replica_word(s: ReplicaState) -> &'static str {
         ReplicaState::Stale => "stale",
         ReplicaState::Broken => "broken",
         ReplicaState::TakenOver => "taken-over",
+        ReplicaState::HandedOver => "handed-over",
     }
 }
 
-/// The status of `slot` on node `me`; `theirs` is the peer's report of the same VM.
+/// The status of `slot` on node `me` with the operator's `intent` for it; `theirs` is the
+/// peer's report of the same VM.
 pub fn status_of(
     slot: &Slot,
-    run: bool,
+    intent: &Intent,
     me: &str,
     peer: Option<&str>,
     theirs: Option<&VmReport>,
 ) -> VmStatus {
+    let run = intent.run;
+    let home = intent
+        .pin
+        .clone()
+        .unwrap_or_else(|| slot.cfg.preferred_node.to_string());
     let mut v = VmStatus {
         name: slot.name().to_string(),
         preferred_node: slot.cfg.preferred_node.to_string(),
+        placed_on: intent.pin.clone(),
+        home_node: home.clone(),
+        failback_manual: slot.cfg.failback == havms_config::Failback::Manual,
         run,
         last_failover: slot.last_failover.clone(),
         last_error: slot.last_error.clone(),
@@ -43,7 +53,7 @@ pub fn status_of(
             v.state = if !run { "stopped" } else { "waiting" }.into();
             if run && !peer_runs {
                 v.detail = Some(match peer {
-                    Some(p) if slot.cfg.preferred_node != me => format!("for node {p}"),
+                    Some(p) if home != me => format!("for node {p}"),
                     _ => "to start".into(),
                 });
             }
@@ -92,6 +102,8 @@ pub fn status_of(
                         Stream::Protected => "protected",
                         Stream::Ending => "ending",
                         Stream::Held => "held",
+                        Stream::HandingOver => "switching-over",
+                        Stream::HandedOver => "handed-over",
                     }
                     .into();
                     if r.info.is_none() {

@@ -27,7 +27,9 @@ use crate::engine::spec::RunDir;
 use crate::engine::watch::{self, WatchReport, Watched};
 use crate::failover::WitnessFacts;
 use crate::failover::{self, Action, Decision, Facts, PeerFacts, Stream, Timings, VmFacts};
+use crate::peer::report::{PrimaryState, VmRole};
 use crate::peer::tracker::Path as NetPath;
+use havms_vmm::events::ReplicaState;
 
 // The service's two halves besides its loop: what the engines' ends and the executor's
 // outcomes do to the slots, and how the facts are gathered and decisions carried out.
@@ -48,6 +50,8 @@ const FENCE_EXIT_WAIT: Duration = Duration::from_secs(5);
 pub enum VmRequest {
     Start(String),
     Stop(String),
+    /// `havms switchover NAME`.
+    Switchover(String),
 }
 
 /// A request and where its answer goes.
@@ -258,21 +262,26 @@ impl Service {
         any
     }
 
+    fn unknown_vm(&self, name: &str) -> String {
+        let known: Vec<&str> = self.slots.keys().map(String::as_str).collect();
+        format!(
+            "no VM {name} in the config (VMs: {})",
+            if known.is_empty() {
+                "none".into()
+            } else {
+                known.join(", ")
+            }
+        )
+    }
+
     fn on_control(&mut self, req: &VmRequest) -> Result<String, String> {
         let (name, run) = match req {
             VmRequest::Start(n) => (n, true),
             VmRequest::Stop(n) => (n, false),
+            VmRequest::Switchover(n) => return self.switchover(n),
         };
         let Some(slot) = self.slots.get(name) else {
-            let known: Vec<&str> = self.slots.keys().map(String::as_str).collect();
-            return Err(format!(
-                "no VM {name} in the config (VMs: {})",
-                if known.is_empty() {
-                    "none".into()
-                } else {
-                    known.join(", ")
-                }
-            ));
+            return Err(self.unknown_vm(name));
         };
         if run {
             if let Local::Failed { why, .. } = &slot.local {
@@ -299,6 +308,62 @@ impl Service {
             } else {
                 "stop requested"
             }
+        ))
+    }
+
+    /// `havms switchover NAME`: placed on the other node than the one running it, and moved
+    /// there at once by the node that runs it (this one, or the peer told in the heartbeats).
+    /// Refused unless the VM runs protected with the other node's copy in sync.
+    fn switchover(&mut self, name: &str) -> Result<String, String> {
+        let me = self.me().ok_or("this node has no name yet")?;
+        let peer_report = self.shared.with_tracker(|t| t.report().cloned()).flatten();
+        let peer_name = self
+            .shared
+            .with_tracker(|t| t.peer().to_string())
+            .ok_or("this node has no peer in the config")?;
+        let Some(slot) = self.slots.get(name) else {
+            return Err(self.unknown_vm(name));
+        };
+        let theirs = peer_report.as_ref().and_then(|r| r.vm(name));
+        let here = slot
+            .running()
+            .map(|r| (r.role, r.stream, r.stream_id, r.copy));
+        let target = match (here, theirs) {
+            (Some((Role::Primary, Stream::Protected, id, _)), Some(t))
+                if t.role == VmRole::Replica(ReplicaState::Ready) && t.stream_id == id =>
+            {
+                peer_name.clone()
+            }
+            (Some((Role::Replica, _, id, ReplicaState::Ready)), Some(t))
+                if t.role == VmRole::Primary(PrimaryState::Protected) && t.stream_id == id =>
+            {
+                me.clone()
+            }
+            (Some((Role::Primary, stream, ..)), _) => {
+                return Err(format!(
+                    "vm {name} runs here but is not protected with {peer_name}'s copy in sync                      (stream {stream:?}): a switchover would lose what {peer_name} does not hold;                      wait until `havms status` says protected"
+                ))
+            }
+            _ => {
+                return Err(format!(
+                    "vm {name} is not running protected on either node (here: {}; {peer_name}:                      {}): nothing to switch over",
+                    here.map_or("no engine".into(), |h| format!("{:?}", h.0)),
+                    theirs.map_or("no word".into(), |t| format!("{:?}", t.role))
+                ))
+            }
+        };
+        let autostart = slot.cfg.autostart;
+        let intent = self.intents.place(name, autostart, Some(target.clone()));
+        if let Some(s) = self.slots.get_mut(name) {
+            s.switchover_asked_at = Some(Instant::now());
+            s.last_handover_failure = None;
+        }
+        log::warn!(
+            "vm {name}: the operator asked for a switchover to {target} (intent version {})",
+            intent.version
+        );
+        Ok(format!(
+            "vm {name}: switchover to {target} requested; it stays there (`havms switchover              {name}` again moves it back)"
         ))
     }
 
@@ -338,7 +403,7 @@ impl Service {
                 let theirs = peer_report.as_ref().and_then(|r| r.vm(s.name()));
                 super::render::status_of(
                     s,
-                    self.intents.get(s.name(), s.cfg.autostart).run,
+                    &self.intents.get(s.name(), s.cfg.autostart),
                     &me,
                     peer_name.as_deref(),
                     theirs,

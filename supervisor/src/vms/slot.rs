@@ -14,6 +14,10 @@ use havms_vmm::VmInfo;
 use crate::failover::{Engine, Stream};
 use crate::peer::report::{Intent, PrimaryState, VmReport, VmRole};
 
+/// How long an operator's `havms switchover` stays a request to move the VM at once (the
+/// peer's replica may still be syncing); after it the placement is followed by `failback`.
+pub const SWITCHOVER_ASKED: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// The role an engine runs in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -197,6 +201,8 @@ fn stream_of(s: StreamState) -> Stream {
         StreamState::Protected => Stream::Protected,
         StreamState::Ending => Stream::Ending,
         StreamState::Held => Stream::Held,
+        StreamState::HandingOver => Stream::HandingOver,
+        StreamState::HandedOver => Stream::HandedOver,
         StreamState::Stopped | StreamState::Failed => Stream::Unprotected,
     }
 }
@@ -221,6 +227,9 @@ pub struct FailoverRecord {
     /// From the peer's last heartbeat to the VM running here.
     pub took_ms: Option<u64>,
     pub from_epoch: u64,
+    /// A planned switchover (the primary handed it over), not a failover.
+    #[serde(default)]
+    pub planned: bool,
 }
 
 /// One VM on this node.
@@ -249,6 +258,12 @@ pub struct Slot {
     /// When this node last killed the engine as a fence: until its end is seen, deciding
     /// again must not kill (and log) it again.
     pub fenced_at: Option<Instant>,
+    /// When the operator last asked for a switchover (here, or on the peer and merged).
+    pub switchover_asked_at: Option<Instant>,
+    /// The last switchover that failed.
+    pub last_handover_failure: Option<Instant>,
+    /// It failed half way (the stream held, the guest paused): see `VmFacts::handover_unsure`.
+    pub handover_unsure: bool,
 }
 
 impl Slot {
@@ -269,6 +284,9 @@ impl Slot {
             takeover_failures: 0,
             orphan: false,
             fenced_at: None,
+            switchover_asked_at: None,
+            last_handover_failure: None,
+            handover_unsure: false,
         }
     }
 
@@ -320,6 +338,12 @@ impl Slot {
         }
     }
 
+    /// Whether the operator asked this node for a switchover within `window` of `now`.
+    pub fn switchover_asked(&self, now: Instant, window: std::time::Duration) -> bool {
+        self.switchover_asked_at
+            .is_some_and(|t| now.saturating_duration_since(t) < window)
+    }
+
     /// What the peer is told.
     pub fn report(&self, intent: Intent) -> VmReport {
         // An engine being started is reported in the role it starts in (the peer must know a
@@ -345,6 +369,8 @@ impl Slot {
                         Stream::Protected => PrimaryState::Protected,
                         Stream::Ending => PrimaryState::Ending,
                         Stream::Held => PrimaryState::Held,
+                        Stream::HandingOver => PrimaryState::HandingOver,
+                        Stream::HandedOver => PrimaryState::HandedOver,
                     }),
                     0,
                     r.stream_id,
@@ -363,6 +389,7 @@ impl Slot {
             role,
             want_stale: self.want_stale_from.is_some()
                 && matches!(self.running(), Some(r) if r.stream == Stream::Held),
+            switchover: self.switchover_asked(Instant::now(), SWITCHOVER_ASKED),
             port,
             stream_id,
             epoch,
@@ -416,15 +443,16 @@ mod tests {
         let run = Intent {
             run: true,
             version: 0,
+            pin: None,
         };
         assert_eq!(
-            s.report(run).role,
+            s.report(run.clone()).role,
             VmRole::Primary(PrimaryState::Unprotected),
             "a primary being started says so"
         );
         s.running_mut().unwrap().adopted = true;
         assert_eq!(
-            s.report(run).role,
+            s.report(run.clone()).role,
             VmRole::Starting,
             "an adopted engine's role is not known before its info"
         );
@@ -472,6 +500,7 @@ mod tests {
         let rep = s.report(Intent {
             run: true,
             version: 0,
+            pin: None,
         });
         assert_eq!(rep.role, VmRole::Primary(PrimaryState::Held));
         assert!(rep.want_stale);
@@ -498,7 +527,8 @@ mod tests {
         assert!(
             !s.report(Intent {
                 run: true,
-                version: 0
+                version: 0,
+                pin: None,
             })
             .want_stale
         );

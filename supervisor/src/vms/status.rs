@@ -21,6 +21,15 @@ pub struct VmStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runs_on: Option<String>,
     pub preferred_node: String,
+    /// Where the operator placed it (`havms switchover`), if anywhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placed_on: Option<String>,
+    /// Where it belongs: `placed_on`, else `preferred_node`.
+    #[serde(default)]
+    pub home_node: String,
+    /// `failback: manual`: it stays where it runs until `havms switchover`.
+    #[serde(default)]
+    pub failback_manual: bool,
     /// The operator's intent (both nodes agree on the newest).
     pub run: bool,
     pub epoch: u64,
@@ -83,10 +92,42 @@ impl VmStatus {
             let took = f.took_ms.map_or(String::new(), |t| {
                 format!(", {t} ms after the peer's last heartbeat")
             });
+            let what = if f.planned {
+                "last switchover"
+            } else {
+                "last failover"
+            };
             out.push(format!(
-                "last failover: here from epoch {}{took}: {}",
+                "{what}: here from epoch {}{took}: {}",
                 f.from_epoch, f.rule
             ));
+        }
+        if let Some(on) = self
+            .placed_on
+            .as_ref()
+            .filter(|on| **on != self.preferred_node)
+        {
+            out.push(format!(
+                "placed on {on} by `havms switchover` (its preferred node is {})",
+                self.preferred_node
+            ));
+        }
+        let away = self
+            .runs_on
+            .as_ref()
+            .is_some_and(|on| !self.home_node.is_empty() && *on != self.home_node);
+        if away && self.role == "primary" && self.run {
+            out.push(if self.failback_manual {
+                format!(
+                    "away from {} (failback: manual): `havms switchover {}` moves it back",
+                    self.home_node, self.name
+                )
+            } else {
+                format!(
+                    "away from {}: goes back by itself once {} is in sync (failback: auto)",
+                    self.home_node, self.home_node
+                )
+            });
         }
         if let Some(e) = &self.last_error {
             out.push(format!("error: {e}"));

@@ -45,14 +45,22 @@ pub fn handle<T: ApiTarget + ?Sized>(target: &T, req: &Request) -> Response {
         }
         Request::Unprotect => target.unprotect().map(stream_answer),
         Request::Release => target.release().map(stream_answer),
+        Request::Handover { reason } => {
+            let reason = if reason.is_empty() {
+                "switchover on request"
+            } else {
+                reason
+            };
+            target.handover(reason).map(stream_answer)
+        }
         Request::Takeover { force } => target.takeover(*force).map(|_| Response::ok()),
-        Request::MarkStale { reason } => {
+        Request::MarkStale { reason, force } => {
             let reason = if reason.is_empty() {
                 "marked stale on request"
             } else {
                 reason
             };
-            target.mark_stale(reason).map(|_| Response::ok())
+            target.mark_stale(reason, *force).map(|_| Response::ok())
         }
         Request::Verify { epoch } => target.verify(*epoch).map(|e| Response {
             ok: true,

@@ -30,6 +30,10 @@ pub trait ApiTarget: Send + Sync + 'static {
     fn release(&self) -> Result<ProtectStatus, VmError> {
         Err(VmError::Control("this VM is not protected".into()))
     }
+    /// A planned switchover to the peer (see `Machine::handover`).
+    fn handover(&self, _reason: &str) -> Result<ProtectStatus, VmError> {
+        Err(VmError::Control("this VM is not protected".into()))
+    }
     /// Failover: a replica starts its VM from the last committed epoch (`force`: even a copy
     /// its primary said it stopped protecting).
     fn takeover(&self, _force: bool) -> Result<(), VmError> {
@@ -41,8 +45,8 @@ pub trait ApiTarget: Send + Sync + 'static {
     fn verify(&self, _epoch: u64) -> Result<u64, VmError> {
         Err(VmError::Control("not replicating".into()))
     }
-    /// A replica's copy must not be taken over.
-    fn mark_stale(&self, _reason: &str) -> Result<(), VmError> {
+    /// A replica's copy must not be taken over (`force`: even one its primary handed over).
+    fn mark_stale(&self, _reason: &str, _force: bool) -> Result<(), VmError> {
         Err(VmError::Control(
             "not a replica (havms-vm --replica-listen)".into(),
         ))
@@ -82,6 +86,9 @@ impl ApiTarget for Machine {
     }
     fn release(&self) -> Result<ProtectStatus, VmError> {
         Machine::release(self)
+    }
+    fn handover(&self, reason: &str) -> Result<ProtectStatus, VmError> {
+        Machine::handover(self, reason)
     }
     fn verify(&self, epoch: u64) -> Result<u64, VmError> {
         Machine::verify_at(self, epoch)

@@ -58,6 +58,14 @@ pub enum Request {
     /// After a failed stream (its output held): let the output flow. The supervisor's call
     /// once the peer cannot take over (it confirmed its copy is stale, or it is dead).
     Release,
+    /// On a protected primary: a planned switchover (the last checkpoint leaves the guest
+    /// paused; once the peer acked it and took the Handover this engine ends and the peer
+    /// resumes the VM). Answered when it is done or failed (`stream.state`: handed_over, or
+    /// held with the guest paused).
+    Handover {
+        #[serde(default)]
+        reason: String,
+    },
     /// On a replica: start the VM from its last committed epoch (failover).
     Takeover {
         /// Even when the primary said it stopped protecting (the copy is behind).
@@ -69,6 +77,9 @@ pub enum Request {
     MarkStale {
         #[serde(default)]
         reason: String,
+        /// Even a copy its primary handed over (refused otherwise: that copy is the VM).
+        #[serde(default)]
+        force: bool,
     },
     /// Turn this connection into a stream of events (one JSON line each).
     Subscribe,
@@ -170,7 +181,8 @@ mod tests {
         assert_eq!(
             m,
             Request::MarkStale {
-                reason: String::new()
+                reason: String::new(),
+                force: false,
             }
         );
         let e = Response::err("nope");

@@ -78,7 +78,16 @@ enum Cmd {
     /// it as replication.verify).
     Verify { epoch: u64 },
     /// On a replica: never take this copy over (its primary stopped protecting it).
-    MarkStale { reason: Option<String> },
+    MarkStale {
+        reason: Option<String>,
+        /// Even a copy its primary handed over (`handover`): that copy is the VM.
+        #[arg(long)]
+        force: bool,
+    },
+    /// On a protected primary: a planned switchover. The last checkpoint leaves the guest
+    /// paused for good; once the peer acked it and took the Handover, this engine exits and
+    /// the peer's supervisor (or `takeover`) resumes the VM there.
+    Handover { reason: Option<String> },
     /// Print the engine's events (one JSON line each) as they come.
     Events {
         /// Stop after this many events.
@@ -152,8 +161,12 @@ fn run(args: Args) -> Result<()> {
         Cmd::Release => Request::Release,
         Cmd::Verify { epoch } => Request::Verify { epoch },
         Cmd::Takeover { force } => Request::Takeover { force },
-        Cmd::MarkStale { reason } => Request::MarkStale {
+        Cmd::MarkStale { reason, force } => Request::MarkStale {
             reason: reason.unwrap_or_default(),
+            force,
+        },
+        Cmd::Handover { reason } => Request::Handover {
+            reason: reason.unwrap_or_else(|| "havms-remote handover".into()),
         },
     };
     let resp = call(&args.api_socket, &req)

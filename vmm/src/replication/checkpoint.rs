@@ -234,6 +234,28 @@ impl Checkpointer {
         Ok(cap)
     }
 
+    /// The last checkpoint of a planned switchover: like `checkpoint`, but the guest stays
+    /// paused (the peer resumes it from this epoch). A failed capture resumes it.
+    pub fn final_checkpoint(&mut self) -> Result<EpochCapture, CheckpointError> {
+        let t0 = Instant::now();
+        let was_running = self.vm.info().state == "running";
+        if was_running {
+            self.vm.pause()?;
+        }
+        match self.capture_paused() {
+            Ok(mut cap) => {
+                cap.pause = t0.elapsed();
+                Ok(cap)
+            }
+            Err(e) => {
+                if was_running {
+                    let _ = self.vm.resume();
+                }
+                Err(e)
+            }
+        }
+    }
+
     fn capture_paused(&mut self) -> Result<EpochCapture, CheckpointError> {
         let (mut snap, pages) = self.vm.capture_increment()?;
         // Frames the gates still hold are not replicated: if this node dies they are lost like

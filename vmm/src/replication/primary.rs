@@ -15,7 +15,16 @@
 //!                                                             |
 //!  ending <---- end(Abort | End) (unprotect, guest reset, VM ended)
 //!   +-- CloseAck --> stopped (output released)    +-- no CloseAck --> held
+//!
+//!  protected --hand_over--> handing over: the last checkpoint leaves the guest paused,
+//!   |                        its Ack releases its output, then Handover
+//!   +-- CloseAck --> handed over (the engine ends; the peer resumes the VM)
+//!   +-- no Ack or no CloseAck --> held, guest paused (`release` resumes it)
 //! ```
+//!
+//! A switchover that fails after the Handover went out is ambiguous: the peer may have taken
+//! it (then it refuses to mark its copy stale, and runs the VM) or not. The guest stays paused
+//! and held, and the supervisor settles it as for any held stream.
 //!
 //! The engine never releases held output by itself after a failure: the peer may hold a
 //! committed copy it is about to take over, and output beyond it would be seen by the world
@@ -168,6 +177,9 @@ enum StopKind {
     End(String),
     /// Just cut the connection (the supervisor releases: the peer is dead).
     Cut,
+    /// A planned switchover: a last checkpoint with the guest left paused, its Ack, then
+    /// Handover and the peer's CloseAck.
+    Handover(String),
 }
 
 #[derive(Default)]
@@ -198,10 +210,53 @@ struct Shared {
     /// The peer's CloseAck (after our Abort or End).
     close_acked: Mutex<bool>,
     close_cv: Condvar,
+    /// A switchover paused the guest and did not complete: `release` resumes it.
+    handover_paused: AtomicBool,
     events: Events,
 }
 
 impl Shared {
+    fn new(state: StreamState, peer: &str, stream_id: u64, events: Events) -> Shared {
+        Shared {
+            status: Mutex::new(ProtectStatus {
+                state,
+                peer: peer.to_string(),
+                stream_id,
+                epoch: 0,
+                acked: 0,
+                lag_epochs: 0,
+                lag_ms: 0,
+                last_ack_ms_ago: None,
+                last_pause_us: 0,
+                max_pause_us: 0,
+                pause_p50_us: 0,
+                pause_p99_us: 0,
+                full_copy_pages: 0,
+                full_copy_ms: 0,
+                sync_scanned_bytes: 0,
+                sync_total_bytes: 0,
+                bytes_sent: 0,
+                epochs_sent: 0,
+                bytes_per_epoch: 0,
+                error: None,
+                verify: None,
+            }),
+            counters: Mutex::default(),
+            acked: AtomicU64::new(0),
+            scanned: AtomicU64::new(0),
+            committed_sent: AtomicU64::new(0),
+            conn: Mutex::new(None),
+            stop: Mutex::new(None),
+            stopping: AtomicBool::new(false),
+            ack_error: Mutex::new(None),
+            verify_at: Mutex::new(None),
+            close_acked: Mutex::new(false),
+            close_cv: Condvar::new(),
+            handover_paused: AtomicBool::new(false),
+            events,
+        }
+    }
+
     fn set_state(&self, state: StreamState, error: Option<String>) {
         let ev = {
             let mut st = lock(&self.status);
@@ -235,43 +290,12 @@ pub struct Protection {
 impl Protection {
     /// Starts protecting `vm` towards `peer` (`host:port`).
     pub fn start(vm: Vm, peer: &str, cfg: ProtectConfig) -> Protection {
-        let shared = Arc::new(Shared {
-            status: Mutex::new(ProtectStatus {
-                state: StreamState::Connecting,
-                peer: peer.to_string(),
-                stream_id: cfg.stream_id,
-                epoch: 0,
-                acked: 0,
-                lag_epochs: 0,
-                lag_ms: 0,
-                last_ack_ms_ago: None,
-                last_pause_us: 0,
-                max_pause_us: 0,
-                pause_p50_us: 0,
-                pause_p99_us: 0,
-                full_copy_pages: 0,
-                full_copy_ms: 0,
-                sync_scanned_bytes: 0,
-                sync_total_bytes: 0,
-                bytes_sent: 0,
-                epochs_sent: 0,
-                bytes_per_epoch: 0,
-                error: None,
-                verify: None,
-            }),
-            counters: Mutex::default(),
-            acked: AtomicU64::new(0),
-            scanned: AtomicU64::new(0),
-            committed_sent: AtomicU64::new(0),
-            conn: Mutex::new(None),
-            stop: Mutex::new(None),
-            stopping: AtomicBool::new(false),
-            ack_error: Mutex::new(None),
-            verify_at: Mutex::new(None),
-            close_acked: Mutex::new(false),
-            close_cv: Condvar::new(),
-            events: cfg.events.clone(),
-        });
+        let shared = Arc::new(Shared::new(
+            StreamState::Connecting,
+            peer,
+            cfg.stream_id,
+            cfg.events.clone(),
+        ));
         shared.set_state(StreamState::Connecting, None);
         let s = Arc::clone(&shared);
         let peer = peer.to_string();
@@ -312,43 +336,7 @@ impl Protection {
             net.start_gating(1);
         }
         let p = Protection {
-            shared: Arc::new(Shared {
-                status: Mutex::new(ProtectStatus {
-                    state: StreamState::Held,
-                    peer: peer.to_string(),
-                    stream_id: 0,
-                    epoch: 0,
-                    acked: 0,
-                    lag_epochs: 0,
-                    lag_ms: 0,
-                    last_ack_ms_ago: None,
-                    last_pause_us: 0,
-                    max_pause_us: 0,
-                    pause_p50_us: 0,
-                    pause_p99_us: 0,
-                    full_copy_pages: 0,
-                    full_copy_ms: 0,
-                    sync_scanned_bytes: 0,
-                    sync_total_bytes: 0,
-                    bytes_sent: 0,
-                    epochs_sent: 0,
-                    bytes_per_epoch: 0,
-                    error: None,
-                    verify: None,
-                }),
-                counters: Mutex::default(),
-                acked: AtomicU64::new(0),
-                scanned: AtomicU64::new(0),
-                committed_sent: AtomicU64::new(0),
-                conn: Mutex::new(None),
-                stop: Mutex::new(None),
-                stopping: AtomicBool::new(false),
-                ack_error: Mutex::new(None),
-                verify_at: Mutex::new(None),
-                close_acked: Mutex::new(false),
-                close_cv: Condvar::new(),
-                events,
-            }),
+            shared: Arc::new(Shared::new(StreamState::Held, peer, 0, events)),
             vm,
             thread: None,
         };
@@ -414,11 +402,47 @@ impl Protection {
         self.status()
     }
 
+    /// Starts a planned switchover (only from `Protected`): the stream thread takes the last
+    /// checkpoint with the guest left paused, waits for its ack and sends Handover; `state()`
+    /// then becomes `HandedOver` (end the VM) or `Held` (the guest paused until `release`).
+    /// Returns at once; the Protection stays where it is meanwhile (its status says
+    /// `HandingOver`, a new `protect` is refused). A stream in another state is left alone and
+    /// Err says which.
+    pub fn begin_handover(&self, reason: &str) -> Result<(), String> {
+        let state = self.state();
+        if state != StreamState::Protected || !self.is_active() {
+            return Err(format!(
+                "the stream is {state:?}, not protected: a switchover needs the peer in sync"
+            ));
+        }
+        {
+            let mut stop = lock(&self.shared.stop);
+            if stop.is_some() {
+                return Err("the stream is being stopped".into());
+            }
+            *stop = Some(StopKind::Handover(reason.to_string()));
+        }
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Whether the stream thread has ended (after `begin_handover`: the switchover is over,
+    /// one way or the other).
+    pub fn thread_done(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+
     /// The supervisor's decision: the output may flow (the peer confirmed its copy is stale,
-    /// or it is dead). A stream still running is cut first, without telling the peer.
+    /// or it is dead). A stream still running is cut first, without telling the peer. A guest
+    /// a failed switchover left paused runs again.
     pub fn release(mut self) -> ProtectStatus {
         self.finish(StopKind::Cut);
         checkpoint::release(&self.vm);
+        if self.shared.handover_paused.swap(false, Ordering::SeqCst) {
+            if let Err(e) = self.vm.resume() {
+                log::error!("replication: resuming the guest a switchover paused: {e}");
+            }
+        }
         let held = lock(&self.shared.status).state == StreamState::Held;
         if held || self.state().is_active() {
             self.shared.set_state(StreamState::Stopped, None);

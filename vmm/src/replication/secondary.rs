@@ -9,8 +9,16 @@
 //!   empty --first commit of a stream--> ready --Abort / new Hello / mark_stale--> stale
 //!     ^                                   |  \                                       |
 //!     +---------- End (the VM ended) -----+   +-- takeover --> taken over            |
+//!     |                                   |                      ^                   |
+//!     |                                   +-- Handover --> handed over               |
 //!     +-------------------------------------- first commit of a new stream <---------+
 //! ```
+//!
+//! Handover (a planned switchover) comes right after an acked Commit: the primary paused the
+//! guest for good, so the copy is the VM now. It is answered with CloseAck, new connections
+//! are refused, and `mark_stale` is refused unless forced (the old primary's supervisor may
+//! not have heard the CloseAck and asks "did you mark it stale?": the answer must be no, or
+//! both would give the VM up).
 //!
 //! A new connection's Hello starts a fresh replica (a full copy follows) and marks the copy
 //! held so far stale: from then on the primary shows the world output of a new stream that
@@ -115,6 +123,8 @@ enum ConnError {
     Abort(String),
     #[error("the VM ended on the primary: {0}")]
     End(String),
+    #[error("the primary handed the VM over: {0}")]
+    Handover(String),
     #[error("{0}")]
     Refused(String),
 }
@@ -126,6 +136,8 @@ struct Copy {
     stream_id: u64,
     stale: Option<String>,
     taken_over: bool,
+    /// Why the primary handed the VM over (Handover): the copy is the VM until taken over.
+    handed_over: Option<String>,
 }
 
 struct Shared {
@@ -153,6 +165,7 @@ impl Shared {
             _ if c.taken_over => ReplicaState::TakenOver,
             None => ReplicaState::Empty,
             Some(r) if r.is_broken() => ReplicaState::Broken,
+            Some(_) if c.handed_over.is_some() => ReplicaState::HandedOver,
             Some(_) if c.stale.is_some() => ReplicaState::Stale,
             Some(_) => ReplicaState::Ready,
         }
@@ -178,8 +191,18 @@ impl Shared {
         self.cfg.events.publish(ev);
     }
 
-    fn mark_stale(&self, why: &str) -> bool {
+    /// Marks the copy stale; false if it was already, or holds nothing, or was handed over
+    /// and `force` is not set (see `ReplicaServer::mark_stale`).
+    fn mark_stale(&self, why: &str, force: bool) -> bool {
         let mut c = lock(&self.copy);
+        if let Some(handed) = &c.handed_over {
+            if !force {
+                log::warn!("replica: not marking the handed-over copy stale ({why}): {handed}");
+                return false;
+            }
+            log::warn!("replica: giving up the handed-over copy on request: {why}");
+            c.handed_over = None;
+        }
         if c.replica.is_some() && c.stale.is_none() {
             log::warn!("replica: the copy is stale from now on: {why}");
             c.stale = Some(why.to_string());
@@ -259,8 +282,26 @@ impl ReplicaServer {
     /// The supervisor's word that this copy must not be taken over (its primary, reachable
     /// only over the LAN, stopped protecting): the copy becomes stale and the stream being
     /// received, if any, is cut, so no later epoch of it can make the copy current again.
-    pub fn mark_stale(&self, why: &str) {
-        self.shared.mark_stale(why);
+    ///
+    /// A handed-over copy is the VM (its primary paused for good): that is refused (Err with
+    /// the reason) unless `force`, so the old primary keeps its guest paused and the VM is
+    /// taken over here.
+    pub fn mark_stale(&self, why: &str, force: bool) -> Result<(), String> {
+        if !force {
+            let c = lock(&self.shared.copy);
+            if let Some(handed) = &c.handed_over {
+                let epoch = c
+                    .replica
+                    .as_ref()
+                    .and_then(|r| r.committed_epoch())
+                    .unwrap_or(0);
+                return Err(format!(
+                    "the copy was handed over at epoch {epoch} ({handed}): it is the VM now and \
+                     is being taken over here (force gives it up)"
+                ));
+            }
+        }
+        self.shared.mark_stale(why, force);
         // The stream of this copy is cut; a new stream being received (its Hello made the
         // copy stale already) is left alone.
         let copy_stream = lock(&self.shared.copy).stream_id;
@@ -271,6 +312,7 @@ impl ReplicaServer {
             }
         }
         self.shared.announce();
+        Ok(())
     }
 
     /// Stops receiving (the current stream is cut, its unfinished epoch dropped) and hands
@@ -314,7 +356,11 @@ impl ReplicaServer {
         replica.abort_epoch();
         match start(replica) {
             Ok(t) => {
-                lock(&self.shared.copy).taken_over = true;
+                {
+                    let mut c = lock(&self.shared.copy);
+                    c.taken_over = true;
+                    c.handed_over = None;
+                }
                 lock(&self.shared.status).connected = false;
                 self.shared.announce();
                 Ok(t)

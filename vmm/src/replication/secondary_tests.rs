@@ -394,7 +394,9 @@ fn mark_stale_cuts_the_stream_and_no_later_epoch_revives_the_copy() {
     p.send(1, &state_frame(&d));
     p.commit(1);
     assert_eq!(p.ack(), 1);
-    server.mark_stale("the primary asked over the LAN");
+    server
+        .mark_stale("the primary asked over the LAN", false)
+        .unwrap();
     assert_eq!(server.status().state, ReplicaState::Stale);
     // The stream is cut: what the primary sends now is never acked (the writes themselves may
     // already fail).
@@ -595,4 +597,101 @@ fn a_new_stream_takes_over_a_half_open_one() {
     assert_eq!((st.state, st.stream_id), (ReplicaState::Ready, 32));
     // The old connection was cut.
     assert!(matches!(old.reader.next_owned(), Ok(None) | Err(_)));
+}
+
+impl FakePrimary {
+    /// Sends a control frame with header epoch `epoch` and reads the server's answer.
+    fn close_at(&mut self, epoch: u64, f: &Frame<'_>) -> Option<Frame<'static>> {
+        wire::write_frame(&mut self.out, VM, epoch, f).unwrap();
+        self.reader.next_owned().ok().flatten().map(|(_, f)| f)
+    }
+}
+
+/// Epochs 1 and 2 committed: page 2 holds 4, then 6.
+fn two_epochs(server: &ReplicaServer, d: &Path) -> FakePrimary {
+    let mut p = FakePrimary::connect(server, "vm");
+    p.hello_ack();
+    p.send(1, &page_frame(2, 4));
+    p.send(1, &state_frame(d));
+    p.commit(1);
+    assert_eq!(p.ack(), 1);
+    p.send(2, &page_frame(2, 6));
+    p.send(2, &state_frame(d));
+    p.commit(2);
+    assert_eq!(p.ack(), 2);
+    p
+}
+
+#[test]
+fn a_handover_makes_the_copy_the_vm_and_nothing_makes_it_stale_unforced() {
+    let dir = Scratch::new();
+    let d = disk(&dir);
+    let (server, _) = server(None, &d);
+    let mut p = two_epochs(&server, &d);
+    let answer = p.close_at(
+        2,
+        &Frame::Handover {
+            reason: "failback".into(),
+        },
+    );
+    assert!(matches!(answer, Some(Frame::CloseAck { .. })), "{answer:?}");
+    assert_eq!(server.status().state, ReplicaState::HandedOver);
+    // The old primary's supervisor, unsure whether the Handover arrived, asks for the copy to
+    // be marked stale: no, it is the VM.
+    let err = server.mark_stale("the primary asks", false).unwrap_err();
+    assert!(err.contains("handed over at epoch 2"), "{err}");
+    assert_eq!(server.status().state, ReplicaState::HandedOver);
+    // A new stream would make it stale: refused at the door.
+    let mut q = FakePrimary::connect_stream(&server, "vm", 2);
+    assert!(
+        matches!(q.hello_ack(), Frame::Abort { ref reason } if reason.contains("handed")),
+        "a new stream was not refused"
+    );
+    assert_eq!(server.status().state, ReplicaState::HandedOver);
+    let r = take(&server, false).unwrap();
+    assert_eq!(r.committed_epoch(), Some(2));
+    assert_eq!(page_of(&r, 2), 6);
+    assert_eq!(server.status().state, ReplicaState::TakenOver);
+}
+
+#[test]
+fn a_forced_mark_stale_gives_a_handed_over_copy_up() {
+    let dir = Scratch::new();
+    let d = disk(&dir);
+    let (server, _) = server(None, &d);
+    let mut p = two_epochs(&server, &d);
+    let answer = p.close_at(
+        2,
+        &Frame::Handover {
+            reason: "switchover".into(),
+        },
+    );
+    assert!(matches!(answer, Some(Frame::CloseAck { .. })), "{answer:?}");
+    server.mark_stale("the operator gives it up", true).unwrap();
+    assert_eq!(server.status().state, ReplicaState::Stale);
+    assert!(matches!(
+        take(&server, false),
+        Err(TakeoverError::Refused(ReplicaError::Stale(_)))
+    ));
+}
+
+#[test]
+fn a_handover_inside_an_epoch_is_refused_and_the_copy_stays_a_replica() {
+    let dir = Scratch::new();
+    let d = disk(&dir);
+    let (server, _) = server(None, &d);
+    let mut p = two_epochs(&server, &d);
+    // A frame of epoch 3, then a Handover at 2: the guest did not stop at the commit.
+    p.send(3, &page_frame(2, 9));
+    let answer = p.close_at(
+        2,
+        &Frame::Handover {
+            reason: "lying".into(),
+        },
+    );
+    assert!(answer.is_none(), "answered {answer:?}");
+    wait_for("the server to drop it", || not_connected(&server));
+    assert_eq!(server.status().state, ReplicaState::Ready);
+    let r = take(&server, false).unwrap();
+    assert_eq!(page_of(&r, 2), 6);
 }

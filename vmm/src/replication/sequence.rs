@@ -10,6 +10,10 @@
 //!    required), then a Commit whose frame count and digest match the frames seen since the
 //!    previous commit.
 //!
+//! Handover (a planned switchover: the primary paused the guest for good after the last
+//! commit, the copy is now the VM) may come only at a commit boundary: no frame of the next
+//! epoch yet, and at least one epoch committed on this connection or before it.
+//!
 //! Abort (the primary stops protecting: the copy becomes stale) and End (the VM ended: the copy
 //! is discarded) may come at any time after the Hello (before it they are refused: nobody
 //! who did not introduce a stream can end one); the receiver answers both with CloseAck. Any error,
@@ -32,6 +36,9 @@ pub enum Step {
     Abort(String),
     /// The VM ended on the primary: discard the copy, answer CloseAck and close.
     End(String),
+    /// The primary handed the VM over at the last committed epoch: keep the copy as the VM
+    /// (take it over), answer CloseAck and close.
+    Handover(String),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -88,6 +95,12 @@ pub enum SequenceError {
     TooManyFrames { epoch: u64 },
     #[error("epoch numbers exhausted")]
     EpochOverflow,
+    #[error("a Handover of epoch {got} where only one at the last committed epoch {committed} (with no frame of the next one; {frames} came) may come")]
+    HandoverNotAtCommit {
+        got: u64,
+        committed: u64,
+        frames: u32,
+    },
     #[error("the connection is closed (after an Abort or an error)")]
     Closed,
 }
@@ -173,7 +186,10 @@ impl SequenceChecker {
     /// Judges the next frame. An error closes the checker (every later frame is `Closed`).
     pub fn check(&mut self, header: &Header, frame: &Frame<'_>) -> Result<Step, SequenceError> {
         let step = self.judge(header, frame);
-        if matches!(step, Err(_) | Ok(Step::Abort(_)) | Ok(Step::End(_))) {
+        if matches!(
+            step,
+            Err(_) | Ok(Step::Abort(_)) | Ok(Step::End(_)) | Ok(Step::Handover(_))
+        ) {
             self.phase = Phase::Closed;
         }
         step
@@ -195,8 +211,26 @@ impl SequenceChecker {
         }
         match frame {
             // Only the primary of this connection's Hello may end what it started.
-            Frame::Abort { .. } | Frame::End { .. } if self.phase == Phase::AwaitHello => {
+            Frame::Abort { .. } | Frame::End { .. } | Frame::Handover { .. }
+                if self.phase == Phase::AwaitHello =>
+            {
                 return Err(SequenceError::ExpectedHello { kind })
+            }
+            Frame::Handover { reason } => {
+                let frames = self.digest.frames();
+                let at_commit = self.phase == Phase::Streaming
+                    && self.last_committed >= 1
+                    && header.epoch == self.last_committed
+                    && frames == 0
+                    && !self.state_seen;
+                if !at_commit {
+                    return Err(SequenceError::HandoverNotAtCommit {
+                        got: header.epoch,
+                        committed: self.last_committed,
+                        frames,
+                    });
+                }
+                return Ok(Step::Handover(reason.clone()));
             }
             Frame::Abort { reason } => return Ok(Step::Abort(reason.clone())),
             Frame::End { reason } => return Ok(Step::End(reason.clone())),

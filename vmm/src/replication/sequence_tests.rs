@@ -52,7 +52,10 @@ struct Primary {
 impl Primary {
     fn send(&mut self, vm: u64, epoch: u64, f: &Frame<'_>) -> &mut Self {
         let sha = write_frame(&mut self.out, vm, epoch, f).unwrap();
-        if !matches!(f, Frame::Hello(_) | Frame::Commit(_) | Frame::Abort { .. }) {
+        if !matches!(
+            f,
+            Frame::Hello(_) | Frame::Commit(_) | Frame::Abort { .. } | Frame::Handover { .. }
+        ) {
             assert!(self.digest.add(&sha));
         }
         self
@@ -478,6 +481,7 @@ fn abort_or_end_before_any_hello_is_refused() {
     for f in [
         Frame::Abort { reason: "x".into() },
         Frame::End { reason: "x".into() },
+        Frame::Handover { reason: "x".into() },
     ] {
         let kind = f.kind();
         let mut p = Primary::default();
@@ -548,4 +552,59 @@ fn a_bit_flip_anywhere_in_a_stream_is_caught_by_the_reader_or_the_checker() {
         };
         assert!(caught, "flip of bit {bit} went through");
     }
+}
+
+fn handover() -> Frame<'static> {
+    Frame::Handover {
+        reason: "failback".into(),
+    }
+}
+
+#[test]
+fn a_handover_right_after_a_commit_closes_the_checker() {
+    let mut p = good_stream();
+    p.frame(3, handover()).frame(4, state(4));
+    fails(&p, 0, SequenceError::Closed);
+    let (steps, _) = run(&p.out, Some(VM), 0);
+    assert_eq!(steps.last(), Some(&Step::Handover("failback".into())));
+}
+
+#[test]
+fn a_handover_anywhere_but_at_the_last_commit_is_refused() {
+    // Inside epoch 4 (one of its frames came).
+    let mut p = good_stream();
+    p.frame(4, pages(&[1])).frame(3, handover());
+    fails(
+        &p,
+        0,
+        SequenceError::HandoverNotAtCommit {
+            got: 3,
+            committed: 3,
+            frames: 1,
+        },
+    );
+    // Naming an epoch other than the last committed one.
+    let mut p = good_stream();
+    p.frame(4, handover());
+    fails(
+        &p,
+        0,
+        SequenceError::HandoverNotAtCommit {
+            got: 4,
+            committed: 3,
+            frames: 0,
+        },
+    );
+    // Before anything was committed: nothing to resume from.
+    let mut p = Primary::default();
+    p.frame(0, hello()).frame(0, handover());
+    fails(
+        &p,
+        0,
+        SequenceError::HandoverNotAtCommit {
+            got: 0,
+            committed: 0,
+            frames: 0,
+        },
+    );
 }

@@ -211,6 +211,15 @@ impl ApiTarget for Arc<Standby> {
         }
     }
 
+    fn handover(&self, reason: &str) -> Result<ProtectStatus, VmError> {
+        // Not under the phase lock: a switchover takes up to an ack timeout and more.
+        let m = match &*lock(&self.phase) {
+            Phase::Running(m) => m.clone(),
+            _ => return Err(VmError::WrongState("a replica (take over first)")),
+        };
+        m.handover(reason)
+    }
+
     fn takeover(&self, force: bool) -> Result<(), VmError> {
         Standby::takeover(self, force)
     }
@@ -226,11 +235,10 @@ impl ApiTarget for Arc<Standby> {
         }
     }
 
-    fn mark_stale(&self, reason: &str) -> Result<(), VmError> {
+    fn mark_stale(&self, reason: &str, force: bool) -> Result<(), VmError> {
         match &*lock(&self.phase) {
             Phase::Replica { server, .. } => {
-                server.mark_stale(reason);
-                Ok(())
+                server.mark_stale(reason, force).map_err(VmError::Control)
             }
             _ => Err(VmError::WrongState("not a replica any more")),
         }

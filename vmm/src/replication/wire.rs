@@ -1,7 +1,7 @@
 //! The replication wire format: one frame = a 64-byte header + a payload, all little endian.
 //!
 //! ```text
-//! 0  magic "HVRP"   4  version u16 = 2   6  kind u8   7  flags u8 = 0
+//! 0  magic "HVRP"   4  version u16 = 3   6  kind u8   7  flags u8 = 0
 //! 8  vm_id u64      16 epoch u64         24 payload_len u32 (<= MAX_PAYLOAD)
 //! 28 reserved u32 = 0                    32 sha256 of the payload [u8; 32]
 //! ```
@@ -26,7 +26,8 @@ pub use reader::FrameReader;
 
 pub const MAGIC: [u8; 4] = *b"HVRP";
 /// 2: Hello carries the stream id and the disk sizes, Commit a flags byte, CloseAck and End.
-pub const VERSION: u16 = 2;
+/// 3: Handover (a planned switchover).
+pub const VERSION: u16 = 3;
 pub const HEADER_LEN: usize = 64;
 /// The largest payload accepted, checked before anything is allocated for it.
 pub const MAX_PAYLOAD: usize = 64 << 20;
@@ -62,6 +63,10 @@ pub enum Kind {
     /// Primary -> secondary: the VM ended (powered off, stopped): discard the copy, it must
     /// never be taken over.
     End = 10,
+    /// Primary -> secondary, right after the Ack of an epoch whose checkpoint left the guest
+    /// paused for good: "resume the VM from this epoch". The secondary answers CloseAck; its
+    /// copy is then the VM (it is never marked stale by a later reconnect).
+    Handover = 11,
 }
 
 impl Kind {
@@ -77,6 +82,7 @@ impl Kind {
             8 => Kind::Abort,
             9 => Kind::CloseAck,
             10 => Kind::End,
+            11 => Kind::Handover,
             _ => return None,
         })
     }
@@ -281,6 +287,9 @@ pub enum Frame<'a> {
     End {
         reason: String,
     },
+    Handover {
+        reason: String,
+    },
 }
 
 impl Frame<'_> {
@@ -296,6 +305,7 @@ impl Frame<'_> {
             Frame::Abort { .. } => Kind::Abort,
             Frame::CloseAck { .. } => Kind::CloseAck,
             Frame::End { .. } => Kind::End,
+            Frame::Handover { .. } => Kind::Handover,
         }
     }
 
@@ -322,6 +332,7 @@ impl Frame<'_> {
             Frame::Abort { reason } => Frame::Abort { reason },
             Frame::CloseAck { reason } => Frame::CloseAck { reason },
             Frame::End { reason } => Frame::End { reason },
+            Frame::Handover { reason } => Frame::Handover { reason },
         }
     }
 }

@@ -143,6 +143,12 @@ impl Vm {
         self.inner.exit.request(ExitReason::Shutdown);
     }
 
+    /// Ends the VM after a planned switchover (`to`: "to PEER at epoch N"): the peer resumes
+    /// it; `wait` returns `ExitReason::HandedOver`.
+    pub fn end_handed_over(&self, to: String) {
+        self.inner.exit.request(ExitReason::HandedOver(to));
+    }
+
     /// The guest memory (for increments and checks by the caller).
     pub fn memory(&self) -> &GuestMem {
         &self.inner.mem

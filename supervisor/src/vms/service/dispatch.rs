@@ -15,6 +15,7 @@ impl Service {
             dead_after: Duration::from_millis(t.dead_after_ms),
             fence: Duration::from_millis(t.fence_ms),
             epoch: Duration::from_millis(t.epoch_ms),
+            failback_delay: Duration::from_millis(t.failback_delay_ms),
         }
     }
 
@@ -22,19 +23,37 @@ impl Service {
         let cfg = self.config.clone()?;
         let me = self.me()?;
         let peer = cfg.peer_of(&me)?;
-        // The peer's word on the run/stop intents.
+        let now = Instant::now();
+        let is_node = |n: &str| n == me.as_str() || n == peer.name.as_str();
+        // The peer's word on the run/stop/placement intents.
         if let Some(report) = self.shared.with_tracker(|t| t.report().cloned()).flatten() {
             for r in &report.vms {
-                if self.slots.contains_key(&r.name) && self.intents.merge(&r.name, r.intent) {
+                if !self.slots.contains_key(&r.name) {
+                    continue;
+                }
+                // A placement on a node this pair does not have (a renamed node, a differing
+                // config) would leave the VM homeless on both: not taken.
+                if let Some(pin) = r.intent.pin.as_deref().filter(|p| !is_node(p)) {
+                    log::warn!(
+                        "vm {}: the peer places it on `{pin}`, which is neither node of the pair; \
+                         ignored",
+                        r.name
+                    );
+                    continue;
+                }
+                if self.intents.merge(&r.name, r.intent.clone()) {
                     log::info!(
-                        "vm {}: the peer says it is to be {}",
+                        "vm {}: the peer says it is to be {}{}",
                         r.name,
-                        if r.intent.run { "running" } else { "stopped" }
+                        if r.intent.run { "running" } else { "stopped" },
+                        r.intent
+                            .pin
+                            .as_ref()
+                            .map_or(String::new(), |p| format!(", on {p}"))
                     );
                 }
             }
         }
-        let now = Instant::now();
         let peer_facts = self
             .shared
             .with_tracker(|t| PeerFacts {
@@ -52,19 +71,40 @@ impl Service {
                 report: None,
             });
         let w = self.shared.witness_state();
+        let peer_asked = |vm: &str| {
+            peer_facts
+                .report
+                .as_ref()
+                .and_then(|r| r.vm(vm))
+                .is_some_and(|r| r.switchover)
+        };
         let vms = self
             .slots
             .values()
-            .map(|s| VmFacts {
-                name: s.name().to_string(),
-                preferred_here: s.cfg.preferred_node == me.as_str(),
-                // An orphan (gone from the config, still running) runs on until stopped.
-                run: self.intents.get(s.name(), s.cfg.autostart).run,
-                busy: s.busy,
-                engine: s.engine(),
-                want_stale_from: s.want_stale_from,
-                last_protect_failure: s.last_protect_failure,
-                last_takeover_failure: s.last_takeover_failure,
+            .map(|s| {
+                let intent = self.intents.get(s.name(), s.cfg.autostart);
+                let home = intent
+                    .pin
+                    .as_deref()
+                    .filter(|p| is_node(p))
+                    .unwrap_or(s.cfg.preferred_node.as_str());
+                VmFacts {
+                    name: s.name().to_string(),
+                    preferred_here: home == me.as_str(),
+                    failback_auto: s.cfg.failback == havms_config::Failback::Auto,
+                    // Asked here, or on the peer (its report says so).
+                    switchover_asked: s.switchover_asked(now, super::super::slot::SWITCHOVER_ASKED)
+                        || peer_asked(s.name()),
+                    last_handover_failure: s.last_handover_failure,
+                    handover_unsure: s.handover_unsure,
+                    // An orphan (gone from the config, still running) runs on until stopped.
+                    run: intent.run,
+                    busy: s.busy,
+                    engine: s.engine(),
+                    want_stale_from: s.want_stale_from,
+                    last_protect_failure: s.last_protect_failure,
+                    last_takeover_failure: s.last_takeover_failure,
+                }
             })
             .collect();
         Some(Facts {
@@ -139,6 +179,7 @@ impl Service {
                     rule: d.rule.to_string(),
                     took_ms: None,
                     from_epoch: slot.running().map_or(0, |r| r.committed),
+                    planned: d.rule == crate::failover::Rule::HandedOver,
                 });
             }
             Action::Fence | Action::Stop => {

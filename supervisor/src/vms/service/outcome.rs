@@ -35,8 +35,12 @@ impl Service {
                     if run.stream != was {
                         log::info!("vm {}: stream {was:?} -> {:?}", r.vm, run.stream);
                     }
-                    if run.stream != Stream::Held {
+                    let stream = run.stream;
+                    if stream != Stream::Held {
                         slot.want_stale_from = None;
+                    }
+                    if !matches!(stream, Stream::Held | Stream::HandingOver) {
+                        slot.handover_unsure = false;
                     }
                 }
             }
@@ -80,6 +84,7 @@ impl Service {
             .as_ref()
             .map_or_else(|| format!("no exit report ({why})"), |r| r.reason.clone());
         slot.want_stale_from = None;
+        slot.handover_unsure = false;
         // A config change that waited for the VM's end applies now.
         if let Some(cfg) = slot.pending_cfg.take() {
             log::info!("vm {name}: its config change applies from its next start");
@@ -101,6 +106,13 @@ impl Service {
             Ending::Shutdown | Ending::ReplicaDone => {
                 log::info!("vm {name}: engine ended: {said}");
                 slot.local = Local::None;
+            }
+            Ending::HandedOver => {
+                // Not a crash, nothing to restart: the peer runs the VM now and this node
+                // becomes its replica.
+                log::info!("vm {name}: switchover done, the engine ended: {said}");
+                slot.local = Local::None;
+                slot.switchover_asked_at = None;
             }
             Ending::Crash
                 if !connected && now.duration_since(started) < Duration::from_secs(15) =>
@@ -160,6 +172,10 @@ impl Service {
                 if d.action == Action::TakeOver {
                     slot.takeover_failures = 0;
                 }
+                if d.action == Action::HandOver {
+                    slot.switchover_asked_at = None;
+                    slot.last_error = None;
+                }
             }
             Outcome::TookOver { took } => {
                 slot.busy = false;
@@ -185,6 +201,15 @@ impl Service {
                 slot.last_error = Some(e.clone());
                 match d.action {
                     Action::Protect { .. } => slot.last_protect_failure = Some(now),
+                    // The guest may be paused and held now: the rules for a held stream
+                    // settle it (the peer took the Handover and runs it, or marks its copy
+                    // stale and the guest resumes here).
+                    Action::HandOver => {
+                        slot.last_handover_failure = Some(now);
+                        slot.handover_unsure = slot.running().is_some_and(|r| {
+                            matches!(r.stream, Stream::Held | Stream::HandingOver)
+                        });
+                    }
                     Action::TakeOver => {
                         slot.last_takeover_failure = Some(now);
                         slot.takeover_failures += 1;
@@ -202,6 +227,9 @@ impl Service {
                                     &api,
                                     &havms_vmm::api::Request::MarkStale {
                                         reason: "it could not be started here".into(),
+                                        // Even a handed-over copy: the old primary keeps
+                                        // its guest paused until this copy is given up.
+                                        force: true,
                                     },
                                     Duration::from_secs(10),
                                 );

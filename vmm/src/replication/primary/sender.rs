@@ -1,6 +1,7 @@
 //! The stream thread of a protected VM: connect, introduce the VM (Hello), the full copy,
 //! then one checkpoint after another (`send_epoch`), the ack reader that releases each
-//! committed epoch's output, and the deliberate end (Abort or End, then the CloseAck).
+//! committed epoch's output, the deliberate end (Abort or End, then the CloseAck), and the
+//! planned switchover (`hand_over`).
 
 use crate::events::{Event, StreamState};
 use crate::replication::checkpoint::{self, CheckpointError, Checkpointer, CopyItem, EpochCapture};
@@ -47,6 +48,13 @@ pub(super) fn run(
     };
     let acks = spawn_ack_reader(reader, vm.clone(), Arc::clone(s));
     let result = stream_epochs(&mut ckpt, &mut out, cfg, s);
+    if let Some(StopKind::Handover(reason)) = s.stop_requested() {
+        let outcome = hand_over(&mut ckpt, &mut out, cfg, s, reason);
+        ckpt.stop_capture();
+        let _ = stream.shutdown(Shutdown::Both);
+        let _ = acks.join();
+        return outcome;
+    }
     ckpt.stop_capture();
     let gating = ckpt.gating();
     let outcome = match (result, s.stop_requested()) {
@@ -58,6 +66,8 @@ pub(super) fn run(
             deliberate_end(&mut out, cfg, ckpt.epoch(), s, Frame::End { reason })
         }
         (_, Some(StopKind::Cut)) => (StreamState::Stopped, None),
+        // Taken care of above.
+        (_, Some(StopKind::Handover(_))) => (StreamState::Held, None),
         (Ok(()), None) => (StreamState::Stopped, None),
         (Err(e), None) => {
             let e = crate::error_chain(&e);
@@ -140,6 +150,63 @@ fn introduce(
     Ok((stream, reader))
 }
 
+/// The planned switchover, after `stream_epochs` stopped between checkpoints: the last
+/// checkpoint with the guest left paused, its Ack (which releases its output as any epoch's),
+/// then Handover and the peer's CloseAck: `HandedOver`. Any failure leaves the stream `Held`
+/// with the guest paused (`handover_paused`): the peer may hold the VM or not, and the
+/// supervisor finds out (a peer that took the Handover refuses to mark its copy stale).
+fn hand_over<W: Write>(
+    ckpt: &mut Checkpointer,
+    out: &mut W,
+    cfg: &ProtectConfig,
+    s: &Arc<Shared>,
+    reason: String,
+) -> (StreamState, Option<String>) {
+    s.set_state(StreamState::HandingOver, None);
+    let held = |why: String| (StreamState::Held, Some(format!("switchover failed: {why}")));
+    if let Some(e) = lock(&s.ack_error).clone() {
+        return held(format!("the stream had failed: {e}"));
+    }
+    if ckpt.vm().has_ended() {
+        return held("the guest reset or powered off".into());
+    }
+    let cap = match ckpt.final_checkpoint() {
+        Ok(cap) => cap,
+        Err(e) => return held(format!("the last checkpoint: {e}")),
+    };
+    s.handover_paused.store(true, Ordering::SeqCst);
+    let epoch = cap.epoch;
+    lock(&s.status).epoch = ckpt.epoch();
+    let mut sent = 0u64;
+    if let Err(e) = send_epoch(out, cfg.vm_id, cap, EpochDigest::new(), &mut sent, s) {
+        return held(format!("sending the last epoch {epoch}: {e}"));
+    }
+    // Its Ack: the peer holds the guest as it is now, paused.
+    let deadline = Instant::now() + cfg.ack_timeout;
+    while s.acked.load(Ordering::SeqCst) < epoch {
+        if let Some(e) = lock(&s.ack_error).clone() {
+            return held(format!(
+                "waiting for the ack of the last epoch {epoch}: {e}"
+            ));
+        }
+        if Instant::now() >= deadline {
+            return held(format!(
+                "no ack of the last epoch {epoch} within {:?}",
+                cfg.ack_timeout
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    log::info!(
+        "replication: the last epoch {epoch} of {} is acked; handing the VM over",
+        cfg.name
+    );
+    match deliberate_end(out, cfg, epoch, s, Frame::Handover { reason }) {
+        (StreamState::Stopped, _) => (StreamState::HandedOver, None),
+        (state, why) => (state, why.map(|w| format!("switchover failed: {w}"))),
+    }
+}
+
 /// Sends `frame` (Abort or End) and waits for the peer's CloseAck. Stopped (and the caller
 /// releases) when it came; Held when not.
 fn deliberate_end<W: Write>(
@@ -150,7 +217,9 @@ fn deliberate_end<W: Write>(
     frame: Frame<'_>,
 ) -> (StreamState, Option<String>) {
     let what = frame.kind();
-    s.set_state(StreamState::Ending, None);
+    if what != wire::Kind::Handover {
+        s.set_state(StreamState::Ending, None);
+    }
     let sent = wire::write_frame(out, cfg.vm_id, epoch, &frame)
         .and_then(|_| out.flush().map_err(WireError::from));
     if let Err(e) = sent {

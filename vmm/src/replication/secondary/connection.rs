@@ -1,6 +1,6 @@
 //! One primary's connection to the replica server: the Hello and its checks, then the
 //! frames of each epoch staged into the replica, the Commit applied (disks synced first when
-//! the guest flushed) and acked; Abort and End answered with a CloseAck.
+//! the guest flushed) and acked; Abort, End and Handover answered with a CloseAck.
 
 use crate::events::Event;
 use crate::replication::compat;
@@ -35,14 +35,25 @@ pub(super) fn accept_loop(listener: &TcpListener, s: &Arc<Shared>) {
             }
         };
         let peer = conn.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-        if s.taking_over.load(Ordering::SeqCst) || lock(&s.copy).taken_over {
-            log::warn!("replica: {peer} connected after the takeover; refused");
+        let refusal = {
+            let c = lock(&s.copy);
+            if s.taking_over.load(Ordering::SeqCst) || c.taken_over {
+                Some("this replica was taken over")
+            } else if c.handed_over.is_some() {
+                // A new stream would mark the handed-over copy stale: the VM is this copy.
+                Some("this replica was handed the VM and takes it over")
+            } else {
+                None
+            }
+        };
+        if let Some(reason) = refusal {
+            log::warn!("replica: {peer} connected: refused: {reason}");
             let _ = wire::write_frame(
                 &mut &conn,
                 0,
                 0,
                 &Frame::Abort {
-                    reason: "this replica was taken over".into(),
+                    reason: reason.into(),
                 },
             );
             continue;
@@ -216,8 +227,15 @@ fn stream(
             .with_host_cpuid(cpuid),
     );
     let stream_id = hello.stream_id;
+    // A connection accepted just before a Handover on the served stream: the handed-over copy
+    // is the VM, never made stale by a newer stream.
+    if lock(&s.copy).handed_over.is_some() {
+        return Err(ConnError::Refused(
+            "this replica was handed the VM and takes it over".into(),
+        ));
+    }
     // From now on the primary's output belongs to this stream.
-    s.mark_stale("a new replication stream started");
+    s.mark_stale("a new replication stream started", false);
     {
         let mut st = lock(&s.status);
         st.name = hello.name.clone();
@@ -267,7 +285,7 @@ fn stream(
             }
             Step::Abort(reason) => {
                 if fresh.is_none() {
-                    s.mark_stale(&format!("the primary stopped protecting: {reason}"));
+                    s.mark_stale(&format!("the primary stopped protecting: {reason}"), false);
                 }
                 s.announce();
                 close_ack(out, header.vm_id, "the copy is marked stale");
@@ -284,6 +302,32 @@ fn stream(
                 s.announce();
                 close_ack(out, header.vm_id, "the copy is discarded");
                 return Err(ConnError::End(reason));
+            }
+            Step::Handover(reason) => {
+                let taken = {
+                    let mut c = lock(&s.copy);
+                    // The checker lets a Handover come only after a commit of this stream,
+                    // which made its replica the copy (and cleared any stale mark).
+                    let ours = fresh.is_none() && c.stream_id == stream_id && c.stale.is_none();
+                    if ours && c.replica.is_some() {
+                        c.handed_over = Some(reason.clone());
+                        true
+                    } else {
+                        false
+                    }
+                };
+                if !taken {
+                    return Err(ConnError::Refused(
+                        "a Handover for a copy this stream does not hold".into(),
+                    ));
+                }
+                log::info!(
+                    "replica: the primary handed the VM over at epoch {} ({reason})",
+                    checker.last_committed()
+                );
+                s.announce();
+                close_ack(out, header.vm_id, "the copy takes the VM over");
+                return Err(ConnError::Handover(reason));
             }
         }
     }

@@ -137,7 +137,10 @@ fn encode_payload<'f>(frame: &'f Frame<'_>, out: &mut Vec<u8>) -> Result<&'f [u8
             Ok(&[])
         }
         Frame::Ack => Ok(&[]),
-        Frame::Abort { reason } | Frame::CloseAck { reason } | Frame::End { reason } => {
+        Frame::Abort { reason }
+        | Frame::CloseAck { reason }
+        | Frame::End { reason }
+        | Frame::Handover { reason } => {
             if reason.len() > MAX_REASON {
                 return Err(bad(format!(
                     "a {}-byte reason (at most {MAX_REASON})",

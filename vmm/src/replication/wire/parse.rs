@@ -333,6 +333,9 @@ pub fn parse_payload(kind: Kind, payload: &[u8]) -> Result<Frame<'_>, WireError>
         Kind::End => Frame::End {
             reason: f.string("reason", MAX_REASON)?,
         },
+        Kind::Handover => Frame::Handover {
+            reason: f.string("reason", MAX_REASON)?,
+        },
     };
     f.end()?;
     Ok(frame)
