@@ -9,6 +9,7 @@ use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -180,6 +181,11 @@ pub struct Run {
     pub log: PathBuf,
 }
 
+/// The log file, even if a writer thread panicked holding it.
+fn lock(log: &Mutex<fs::File>) -> MutexGuard<'_, fs::File> {
+    log.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn cargo_fuzz() -> Command {
     let mut c = Command::new(paths::cargo());
     c.arg("fuzz")
@@ -242,8 +248,9 @@ pub fn run_target(target: &str, seconds: u64) -> Result<Run> {
     }
     let seeds = fuzz_dir().join("seeds").join(target);
     let log_path = logs.join(format!("{target}.log"));
-    let mut log =
+    let log =
         fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+    let log = Arc::new(Mutex::new(log));
     let mut cmd = cargo_fuzz();
     cmd.arg("run").args(BUILD_FLAGS).arg(target).arg(&corpus);
     if seeds.is_dir() {
@@ -260,7 +267,8 @@ pub fn run_target(target: &str, seconds: u64) -> Result<Run> {
         .stderr(Stdio::piped());
     let start = Instant::now();
     let mut child = cmd.spawn().context("cannot run cargo fuzz run")?;
-    // stdout and stderr both into the log (libFuzzer writes to stderr; a panic's message too).
+    // stdout and stderr both into the log as they come (`tail -f` follows a long run; libFuzzer
+    // writes to stderr, a panic's message too), and kept to be read at the end.
     let readers: Vec<_> = [
         child
             .stdout
@@ -274,11 +282,16 @@ pub fn run_target(target: &str, seconds: u64) -> Result<Run> {
     .into_iter()
     .flatten()
     .map(|r| {
+        let log = Arc::clone(&log);
         std::thread::spawn(move || {
             let mut text = String::new();
-            for line in BufReader::new(r).lines().map_while(Result::ok) {
-                text.push_str(&line);
-                text.push('\n');
+            let mut r = BufReader::new(r);
+            let mut line = Vec::new();
+            // Bytes, not lines of UTF-8: a crash report may quote the input.
+            while r.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
+                let _ = lock(&log).write_all(&line);
+                text.push_str(&String::from_utf8_lossy(&line));
+                line.clear();
             }
             text
         })
@@ -301,8 +314,6 @@ pub fn run_target(target: &str, seconds: u64) -> Result<Run> {
     for r in readers {
         output.push_str(&r.join().unwrap_or_default());
     }
-    log.write_all(output.as_bytes())
-        .with_context(|| format!("writing {}", log_path.display()))?;
     let stats = parse_stats(&output);
     let outcome = if killed {
         Outcome::Timeout(None)
