@@ -5,8 +5,8 @@
 //! corpus (fuzz/seeds/TARGET) with the project's own encoders, and the unit tests here run the
 //! harnesses over those seeds without libFuzzer.
 //!
-//! Not yet fuzzed: the installer's answer file (installer/ is being written; add a target
-//! here once it has a parser).
+//! Not yet fuzzed: the installer's answer file. Its parser (`installer/src/answers.rs`,
+//! `parse`) is inside the installer's binary; a target needs it in a library of that crate.
 
 pub mod api;
 pub mod config;
