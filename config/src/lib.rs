@@ -54,11 +54,17 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     parse(&text, &file)
 }
 
+/// Flow collections (`[...]`, `{...}`) nested deeper than this are refused before parsing: a
+/// havms.yaml nests them two or three deep, and the YAML scanner's time grows with the square of
+/// the depth (a file of 32,000 `[` took seconds, the 1 MiB a file may have would take hours).
+const MAX_FLOW_DEPTH: usize = 64;
+
 /// Parses and validates configuration `text`; `file` names it in errors.
 pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
     if text.trim().is_empty() {
         return Err(ConfigError::new(file, None, "the file is empty"));
     }
+    check_flow_depth(text, file)?;
     let cfg: Config = serde_yaml::from_str(text).map_err(|e| {
         let reason = strip_location(&e.to_string());
         // serde_yaml counts lines as YAML does (a lone CR ends one too); its byte offset, turned
@@ -86,6 +92,38 @@ pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
     })?;
     validate::validate(&cfg, text, file)?;
     Ok(cfg)
+}
+
+/// Refuses flow collections nested over [`MAX_FLOW_DEPTH`], at the line where the limit is
+/// passed. Brackets inside quotes and after a `#` on a line do not count; the count errs on the
+/// lenient side (an apostrophe in a plain value ends the line's count), never refusing a file
+/// whose real nesting is within the limit.
+fn check_flow_depth(text: &str, file: &str) -> Result<(), ConfigError> {
+    let mut depth = 0usize;
+    for (i, line) in text.split('\n').enumerate() {
+        let mut quote = None;
+        for c in line.chars() {
+            match (quote, c) {
+                (Some(q), c) if c == q => quote = None,
+                (Some(_), _) => {}
+                (None, '\'' | '"') => quote = Some(c),
+                (None, '#') => break,
+                (None, '[' | '{') => {
+                    depth += 1;
+                    if depth > MAX_FLOW_DEPTH {
+                        return Err(ConfigError::new(
+                            file,
+                            Some(i + 1),
+                            format!("collections nested more than {MAX_FLOW_DEPTH} deep"),
+                        ));
+                    }
+                }
+                (None, ']' | '}') => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+    }
+    Ok(())
 }
 
 /// serde_yaml appends " at line L column C" to its messages; the line is already in our prefix.

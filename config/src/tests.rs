@@ -344,3 +344,24 @@ fn a_value_folded_across_lines_still_names_its_line() {
     let e = assert_line_inside(&GOOD.replacen("    vcpus: 2\n", "    vcpus: 0x0\n", 1));
     assert_eq!(e.line, Some(15), "{e}");
 }
+
+#[test]
+fn deeply_nested_flow_collections_are_refused_before_parsing() {
+    // Found by the config fuzz target: 1 KiB of `{` took a second to scan, and the time grows
+    // with the square of the depth. Refused at once, at the line where the limit is passed.
+    let start = std::time::Instant::now();
+    let text = format!("cluster: demo\nnodes: {}\n", "[".repeat(1 << 19));
+    let e = parse(&text, "/x/havms.yaml").expect_err("refused");
+    assert_eq!(e.line, Some(2), "{e}");
+    assert!(e.reason.contains("nested more than 64 deep"), "{e}");
+    let e = parse(&"{a: ".repeat(20_000), "/x/havms.yaml").expect_err("refused");
+    assert_eq!(e.line, Some(1), "{e}");
+    assert!(start.elapsed() < std::time::Duration::from_secs(5));
+    // Brackets in quotes and comments do not count; the example nests within the limit.
+    let quoted = GOOD.replacen(
+        "cmdline: console=ttyS0",
+        &format!("cmdline: \"{}\" # {}", "[".repeat(100), "{".repeat(100)),
+        1,
+    );
+    parse(&quoted, "/x/havms.yaml").expect("brackets in quotes and comments are no nesting");
+}

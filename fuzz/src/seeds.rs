@@ -270,6 +270,9 @@ fn configs() -> Vec<Seed> {
             "crlf.yaml".into(),
             example.replace('\n', "\r\n").into_bytes(),
         ),
+        // Found by this target: deeply nested flow collections took the YAML scanner time
+        // quadratic in the depth (now refused past 64 levels).
+        ("deep_flow.yaml".into(), "{a: ".repeat(1000).into_bytes()),
     ]
 }
 
