@@ -222,7 +222,12 @@ fn boot() -> Node {
 
     let mut loader = guarded("modules", None, || Some(load_modules(&args)));
     let data = guarded("data partition", DataFs::Tmpfs, || {
-        datafs::mount_data().unwrap_or_else(|e| {
+        let mounted = if args.install {
+            datafs::tmpfs_for_installer()
+        } else {
+            datafs::mount_data()
+        };
+        mounted.unwrap_or_else(|e| {
             log::error!("{e:#}");
             DataFs::Tmpfs
         })

@@ -139,6 +139,18 @@ pub fn mount_data() -> Result<DataFs> {
     Ok(DataFs::Tmpfs)
 }
 
+/// For the installer (`havms.install`): a tmpfs at /var/lib/havms even when a HAVMS-DATA
+/// partition exists, since the installer may be about to erase the disk that holds it (a
+/// mounted partition would also make the disk busy).
+pub fn tmpfs_for_installer() -> Result<DataFs> {
+    std::fs::create_dir_all(DATA_DIR).with_context(|| format!("creating {DATA_DIR}"))?;
+    mount_tmpfs()?;
+    logger::say(&format!(
+        "installer: no data partition mounted; {DATA_DIR} is a tmpfs"
+    ));
+    Ok(DataFs::Tmpfs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
