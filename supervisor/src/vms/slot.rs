@@ -91,6 +91,14 @@ impl Running {
         }
     }
 
+    /// The engine answered a takeover: it runs the VM now, whatever events are still on
+    /// their way (a copy still read as ready or handed over would be taken over twice).
+    pub fn took_over(&mut self, now: Instant) {
+        self.role = Role::Primary;
+        self.copy = ReplicaState::TakenOver;
+        self.set_stream(Stream::Unprotected, now);
+    }
+
     /// One event of the engine.
     pub fn on_event(&mut self, ev: &Event, now: Instant) {
         match ev {
@@ -532,6 +540,29 @@ mod tests {
             })
             .want_stale
         );
+    }
+
+    #[test]
+    fn a_takeover_answered_is_a_primary_before_its_events_come() {
+        let t0 = Instant::now();
+        let mut s = Slot::new(vm());
+        let mut r = Running::new(Role::Replica, Some(9), t0);
+        r.copy = ReplicaState::HandedOver;
+        r.info = Some(
+            serde_json::from_str(
+                r#"{"state":"replica","cpus":1,"memory_mib":256,"cmdline":"","dirty_log":false}"#,
+            )
+            .unwrap(),
+        );
+        r.took_over(t0);
+        s.local = Local::Running(Box::new(r));
+        assert!(matches!(
+            s.engine(),
+            Engine::Primary {
+                stream: Stream::Unprotected,
+                ..
+            }
+        ));
     }
 
     #[test]

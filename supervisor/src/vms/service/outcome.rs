@@ -179,6 +179,9 @@ impl Service {
             }
             Outcome::TookOver { took } => {
                 slot.busy = false;
+                if let Some(r) = slot.running_mut() {
+                    r.took_over(now);
+                }
                 let peer_silent = self
                     .shared
                     .with_tracker(|t| t.last_seen().map(|l| now.saturating_duration_since(l)))
