@@ -16,6 +16,7 @@
 use std::time::{Duration, Instant};
 
 use super::ha_failover::{ledger_vm, CLIENT_IP, LEDGER_PORT};
+use super::ha_faults::{max_gap_after, wait};
 use super::{Ctx, BOOT_KERNEL, STEP};
 use crate::ensure;
 use crate::error::{HarnessError, Result};
@@ -24,28 +25,6 @@ use crate::lan_client::{LanHost, LedgerClient};
 use crate::shell::Shell;
 
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(90);
-
-fn wait(sh: &mut Shell<'_>, role: &str, state: &str, secs: u64) -> Result<String> {
-    let out = sh.ok(
-        &ha::shell::wait("web", role, state, secs),
-        Duration::from_secs(secs + 60),
-    )?;
-    ensure!(
-        !out.contains("VM-WAIT-TIMEOUT"),
-        "web never showed `{role} {state}`:\n{out}"
-    );
-    Ok(out)
-}
-
-/// The longest gap between two acknowledged appends after `since`.
-fn max_gap_after(c: &LedgerClient, since: Instant) -> Duration {
-    c.acked()
-        .windows(2)
-        .filter(|w| w[1].acked_at > since)
-        .map(|w| w[1].acked_at.saturating_duration_since(w[0].acked_at))
-        .max()
-        .unwrap_or_default()
-}
 
 /// Waits until web runs as primary on `to` after a switchover (its status names it) and the
 /// node it left, `from`, holds a ready replica again; returns the client's longest wait since

@@ -40,7 +40,7 @@ fn client(host: &LanHost, ip: &str) -> Result<LedgerClient> {
 }
 
 /// The longest gap between two acknowledged appends after `since`.
-fn max_gap_after(c: &LedgerClient, since: Instant) -> Duration {
+pub(super) fn max_gap_after(c: &LedgerClient, since: Instant) -> Duration {
     let acked = c.acked();
     acked
         .windows(2)
@@ -50,7 +50,7 @@ fn max_gap_after(c: &LedgerClient, since: Instant) -> Duration {
         .unwrap_or_default()
 }
 
-fn wait(sh: &mut Shell<'_>, role: &str, state: &str, secs: u64) -> Result<String> {
+pub(super) fn wait(sh: &mut Shell<'_>, role: &str, state: &str, secs: u64) -> Result<String> {
     let out = sh.ok(
         &ha::shell::wait("web", role, state, secs),
         Duration::from_secs(secs + 60),
