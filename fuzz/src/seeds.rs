@@ -393,6 +393,10 @@ fn heartbeats() -> Vec<Seed> {
         uptime_ms: 3_600_000,
         echo_boot_id: 0xfedc_ba98_7654_3210,
         echo_seq: 41,
+        maintenance: havms_supervisor::peer::report::Maintenance {
+            node: Some("b".into()),
+            version: 1_700_000_000_000,
+        },
         vms,
     };
     let mut stale = report("db", VmRole::Replica(ReplicaState::Stale));

@@ -9,7 +9,8 @@
 //! boots node a again: it rejoins as the replica and, once in sync, web fails back to it by
 //! itself (a planned switchover); `havms switchover web` moves it by hand. Without a terminal
 //! on stdin the demo plays it all itself: `@failover` after 20 s of appends, `@repair` 30 s
-//! later, waits for web to be back on a, and ends with the client's verdict.
+//! later, waits for web to be back on a, then `havms maintenance on a` (web moves to b) and
+//! `off` (it comes back), and ends with the client's verdict.
 
 use std::io::{BufRead, IsTerminal};
 use std::net::Ipv4Addr;
@@ -64,7 +65,8 @@ pub fn run(artifacts: &Artifacts, seconds: Option<u64>) -> Result<()> {
     println!(
         "qemu-tests demo: web is protected ({:.0} s); a client on the LAN (192.168.77.99) \
          appends to its ledger. You are in node a's shell: `havms vm list`, `havms status`, \
-         `havms vm console web` (Ctrl-] back), `havms switchover web`. `@b` / `@a` on a line \
+         `havms vm console web` (Ctrl-] back), `havms switchover web`, `havms maintenance on|off \
+         a`. `@b` / `@a` on a line \
          switch nodes; `@failover` kills node a (watch b take over by itself); `@repair` boots \
          it again (watch web come back to it by itself); ctrl-c stops both.",
         started.elapsed().as_secs_f64()
@@ -101,9 +103,10 @@ pub fn run(artifacts: &Artifacts, seconds: Option<u64>) -> Result<()> {
             )?;
             if out.contains("VM-WAIT-TIMEOUT") {
                 println!("qemu-tests demo: web did not come back to a");
-            } else {
-                println!("qemu-tests demo: web runs on a again, protected towards b");
+                break;
             }
+            println!("qemu-tests demo: web runs on a again, protected towards b");
+            maintenance(&mut cluster)?;
             break;
         }
         if seconds.is_some_and(|s| started.elapsed() >= Duration::from_secs(s)) {
@@ -180,6 +183,40 @@ pub fn run(artifacts: &Artifacts, seconds: Option<u64>) -> Result<()> {
     match client.verify() {
         Ok(r) => println!("qemu-tests demo: client: {r}"),
         Err(e) => println!("qemu-tests demo: client: {e}"),
+    }
+    Ok(())
+}
+
+/// The scripted demo's last act: `havms maintenance on a` empties a (web moves to b, nothing
+/// lost), `havms maintenance off a` brings web back; each step waited for and said.
+fn maintenance(cluster: &mut crate::cluster::Cluster) -> Result<()> {
+    println!("qemu-tests demo: `havms maintenance on a`: web moves to b, a keeps no copy");
+    let mut a = Shell::resume(cluster.node("a")?);
+    let said = a.ok("havms maintenance on a", Duration::from_secs(30))?;
+    println!("qemu-tests demo: {}", said.trim());
+    let out = a.ok(
+        &ha::shell::wait("web", "none", "waiting", 120),
+        Duration::from_secs(180),
+    )?;
+    if out.contains("VM-WAIT-TIMEOUT") {
+        println!("qemu-tests demo: web did not leave a");
+        return Ok(());
+    }
+    let mut b = Shell::resume(cluster.node("b")?);
+    ha::shell::define(&mut b)?;
+    let out = b.ok("havms vm list", Duration::from_secs(30))?;
+    println!("qemu-tests demo: on b:\n{}", out.trim_end());
+    println!("qemu-tests demo: `havms maintenance off a`: web goes back to a by itself");
+    b.ok("havms maintenance off a", Duration::from_secs(30))?;
+    let mut a = Shell::resume(cluster.node("a")?);
+    let out = a.ok(
+        &ha::shell::wait("web", "primary", "protected", 400),
+        Duration::from_secs(460),
+    )?;
+    if out.contains("VM-WAIT-TIMEOUT") {
+        println!("qemu-tests demo: web did not come back to a after the maintenance");
+    } else {
+        println!("qemu-tests demo: web runs on a again, protected towards b");
     }
     Ok(())
 }

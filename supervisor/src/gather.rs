@@ -57,6 +57,7 @@ pub fn local(src: &Sources, why: &str) -> Status {
             reason: "havmsd not running".into(),
         },
         witness: None,
+        maintenance: None,
         vms: Vec::new(),
         daemon: DaemonInfo::NotRunning {
             socket: display(&src.socket),

@@ -5,6 +5,7 @@
 //! ```text
 //! havms_peer_up{peer}                          1 while the peer's heartbeats arrive
 //! havms_witness_up                             1 while the witness answers (within dead_after)
+//! havms_maintenance{node}                      1 for the node in maintenance (none: no series)
 //! havms_vm_info{vm,role,state,runs_on}         1 per VM: this node's engine and its state
 //! havms_vm_epoch{vm}, havms_vm_acked_epoch{vm} the primary's epoch, and the last the peer holds
 //! havms_vm_lag_milliseconds{vm}, havms_vm_lag_epochs{vm}
@@ -55,6 +56,11 @@ struct Peer {
     peer: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Node {
+    node: String,
+}
+
 fn gauge_f(f: &Family<Vm, Gauge<f64, std::sync::atomic::AtomicU64>>, vm: &str, v: f64) {
     f.get_or_create(&Vm { vm: vm.into() }).set(v);
 }
@@ -79,6 +85,15 @@ pub fn render(s: &Status, witness_up: bool) -> String {
     let witness = Gauge::<i64>::default();
     witness.set(i64::from(witness_up));
     reg.register("witness_up", "The witness answers", witness);
+    let maintenance = Family::<Node, Gauge>::default();
+    if let Some(n) = &s.maintenance {
+        maintenance.get_or_create(&Node { node: n.clone() }).set(1);
+    }
+    reg.register(
+        "maintenance",
+        "The node in maintenance (its VMs moved to the other node)",
+        maintenance,
+    );
 
     let info = Family::<VmInfo, Gauge>::default();
     let epoch = Family::<Vm, Gauge>::default();
@@ -267,6 +282,7 @@ mod tests {
             interfaces: Vec::new(),
             peer: PeerInfo::Unknown { reason: "t".into() },
             witness: None,
+            maintenance: Some("b".into()),
             vms: vec![VmStatus {
                 name: "web".into(),
                 role: "primary".into(),
@@ -285,6 +301,7 @@ mod tests {
         let text = render(&s, true);
         for want in [
             "havms_witness_up 1",
+            "havms_maintenance{node=\"b\"} 1",
             "havms_vm_info{vm=\"web\",role=\"primary\",state=\"protected\",runs_on=\"a\"} 1",
             "havms_vm_epoch{vm=\"web\"} 812",
             "havms_vm_acked_epoch{vm=\"web\"} 811",

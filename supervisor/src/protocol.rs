@@ -6,6 +6,8 @@
 //! -> {"cmd":"vm_list"}           <- {"vms":[{...VmStatus...}, ...]}
 //! -> {"cmd":"vm_start","name":"web"}  <- {"done":{"message":"vm web: start requested"}}
 //! -> {"cmd":"vm_stop","name":"web"}   <- {"done":{"message":"vm web: stop requested"}}
+//! -> {"cmd":"switchover","name":"web"}        <- {"done":...} or {"error":"...why not..."}
+//! -> {"cmd":"maintenance","node":"a","on":true} <- {"done":...} or {"error":"...why not..."}
 //! -> anything else               <- {"error":"..."}   (the connection stays usable)
 //! ```
 
@@ -32,6 +34,9 @@ pub enum Request {
     VmStop { name: String },
     /// Move the protected VM to the other node with nothing lost, and keep it there.
     Switchover { name: String },
+    /// Put a node of the pair in maintenance (its VMs move to the other node, it keeps no
+    /// copy and starts nothing), or end it.
+    Maintenance { node: String, on: bool },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -108,6 +113,16 @@ mod tests {
             parse_request(r#"{"cmd":"status","x":1}"#),
             Ok(Request::Status)
         );
+        assert_eq!(
+            parse_request(r#"{"cmd":"maintenance","node":"a","on":true}"#),
+            Ok(Request::Maintenance {
+                node: "a".into(),
+                on: true
+            })
+        );
+        assert!(parse_request(r#"{"cmd":"maintenance","node":"a"}"#)
+            .unwrap_err()
+            .contains("missing field `on`"));
         assert!(parse_request(r#"{"cmd":"explode"}"#)
             .unwrap_err()
             .contains("unknown variant `explode`"));

@@ -24,6 +24,9 @@ pub struct Status {
     /// The witness and when it last answered.
     #[serde(default)]
     pub witness: Option<WitnessStatus>,
+    /// The node of the pair in maintenance (`havms maintenance on NODE`), if any.
+    #[serde(default)]
+    pub maintenance: Option<String>,
     /// The VMs of the config, as this node sees them.
     #[serde(default)]
     pub vms: Vec<crate::vms::status::VmStatus>,
@@ -162,11 +165,18 @@ impl Status {
             };
             line(&mut out, "witness", &format!("{} {seen}", w.address));
         }
-        if !self.vms.is_empty() {
-            out.push_str(
-                "vms
-",
+        if let Some(n) = &self.maintenance {
+            line(
+                &mut out,
+                "maintenance",
+                &format!(
+                    "{n}: its VMs run on the other node, unprotected, and nothing starts on {n} \
+                     (`havms maintenance off {n}` ends it)"
+                ),
             );
+        }
+        if !self.vms.is_empty() {
+            out.push_str("vms\n");
             for v in &self.vms {
                 let _ = writeln!(out, "  {}", v.line());
                 for n in v.notes() {
@@ -323,6 +333,7 @@ mod tests {
                 last_seq: Some(800),
             }),
             witness: None,
+            maintenance: None,
             vms: Vec::new(),
             daemon: DaemonInfo::Running {
                 pid: 42,

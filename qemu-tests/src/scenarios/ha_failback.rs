@@ -29,7 +29,7 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(90);
 /// Waits until web runs as primary on `to` after a switchover (its status names it) and the
 /// node it left, `from`, holds a ready replica again; returns the client's longest wait since
 /// `t0`.
-fn switched(
+pub(super) fn switched(
     ctx: &Ctx,
     c: &mut LedgerClient,
     to: &mut Shell<'_>,

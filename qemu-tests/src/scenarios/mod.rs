@@ -23,6 +23,7 @@ mod failover_link;
 mod ha_failback;
 mod ha_failover;
 mod ha_faults;
+mod ha_maintenance;
 mod ha_pairs;
 mod ha_start;
 mod install;
@@ -190,6 +191,12 @@ pub fn all() -> Vec<Scenario> {
             about: "a dies, b takes over; a returns and gets web back by itself (switchover); \
                     `havms switchover` there and back; a dies again: 0 lost, one connection",
             run: ha_failback::run,
+        },
+        Scenario {
+            name: "maintenance",
+            about: "maintenance on a moves web to b with nothing lost and keeps a empty across \
+                    its reboot; off brings web back to a; 0 lost",
+            run: ha_maintenance::run,
         },
         Scenario {
             name: "ha-two-vms",

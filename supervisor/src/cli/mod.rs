@@ -9,8 +9,9 @@ pub mod status;
 pub mod vm;
 
 use crate::gather::Sources;
+use crate::protocol::Request;
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use havms_config::paths;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -70,6 +71,16 @@ pub enum Command {
     /// that node, and failback brings it back there after a failover. Refused with the reason
     /// when the peer's copy is not in sync. Run it again to move the VM back.
     Switchover { name: String },
+    /// Put a node in maintenance, or end it: `on` moves every VM running on NODE to the other
+    /// node with nothing lost (refused with the reason unless each is protected there in
+    /// sync), then NODE keeps no copy and starts nothing, even across its reboots, so it can
+    /// be powered off, repaired or upgraded; `off` protects the VMs onto it again, and those
+    /// at home there go back by themselves (failback: auto). One node at a time.
+    Maintenance {
+        #[arg(value_enum)]
+        state: OnOff,
+        node: String,
+    },
     /// The serial console menu (init runs it on each console).
     Console,
     /// Connect to a VM's serial console socket (`havms-vm --serial socket=PATH`).
@@ -95,6 +106,13 @@ pub enum Command {
         #[arg(long)]
         no_input: bool,
     },
+}
+
+/// `on` or `off` (`havms maintenance on|off NODE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
 }
 
 #[derive(Debug, Subcommand)]
@@ -154,7 +172,14 @@ pub fn run(args: Args) -> Result<i32> {
             VmAction::Stop { name } => vm::run_intent(&src, &name, false),
             VmAction::Console { name, vms_dir } => vm::run_console(&src, &vms_dir, &name),
         },
-        Command::Switchover { name } => vm::run_switchover(&src, &name),
+        Command::Switchover { name } => vm::run_request(&src, &Request::Switchover { name }),
+        Command::Maintenance { state, node } => vm::run_request(
+            &src,
+            &Request::Maintenance {
+                node,
+                on: state == OnOff::On,
+            },
+        ),
         Command::Console => crate::console::run(&src),
         Command::Attach {
             path,

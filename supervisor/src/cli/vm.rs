@@ -67,9 +67,10 @@ pub fn run_intent(src: &Sources, name: &str, start: bool) -> Result<i32> {
     }
 }
 
-/// `havms switchover NAME`.
-pub fn run_switchover(src: &Sources, name: &str) -> Result<i32> {
-    match ask(src, &Request::Switchover { name: name.into() })? {
+/// A request answered with a message (`havms switchover`, `havms maintenance`): printed; a
+/// refusal is an error naming the reason.
+pub fn run_request(src: &Sources, req: &Request) -> Result<i32> {
+    match ask(src, req)? {
         Response::Done { message } => {
             println!("{message}");
             Ok(0)

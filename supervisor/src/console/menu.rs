@@ -4,6 +4,7 @@
 use crate::cli::power::{is_yes, Power, ARE_YOU_SURE};
 use crate::console::input::{Line, LineReader, MAX_LINE};
 use crate::console::screens::{self, PING_PROMPT};
+use crate::protocol::Request;
 use crate::status::Status;
 use std::io::{self, Read, Write};
 
@@ -27,8 +28,8 @@ pub trait Actions {
     fn shell(&mut self) -> io::Result<()>;
     /// Attaches the terminal to VM `name`'s serial console until Ctrl-].
     fn vm_console(&mut self, name: &str) -> io::Result<()>;
-    /// Asks havmsd for a switchover of VM `name` (`havms switchover`): its answer, or why not.
-    fn switchover(&mut self, name: &str) -> Result<String, String>;
+    /// Asks havmsd to act (`havms switchover`, `havms maintenance`): its answer, or why not.
+    fn ask(&mut self, req: Request) -> Result<String, String>;
     /// Asks init to reboot or power off.
     fn power(&mut self, p: Power) -> io::Result<()>;
     /// Puts the terminal back into a sane state after a child ran on it.
@@ -96,6 +97,41 @@ impl<R: Read, W: Write, A: Actions> Menu<R, W, A> {
         }
     }
 
+    /// `m on NODE` / `m off NODE` on the VMs screen: confirmed first (on moves every VM of
+    /// the node), then asked of havmsd.
+    fn maintenance(&mut self, rest: &str) -> io::Result<Next> {
+        let mut words = rest.split_whitespace();
+        let (on, node) = match (words.next(), words.next(), words.next()) {
+            (Some("on"), Some(n), None) => (true, n.to_string()),
+            (Some("off"), Some(n), None) => (false, n.to_string()),
+            _ => {
+                return Ok(Next::Menu(Some(format!(
+                    "'m {}': say 'm on NODE' or 'm off NODE'",
+                    rest.trim()
+                ))))
+            }
+        };
+        let question = if on {
+            format!("Move every VM off {node} and keep it empty (maintenance)? {ARE_YOU_SURE}")
+        } else {
+            format!("End the maintenance of {node}? {ARE_YOU_SURE}")
+        };
+        self.show(&question)?;
+        match self.input.read_line()? {
+            None => return Ok(Next::Exit),
+            Some(Line::Text(t)) if is_yes(&t) => {}
+            Some(_) => {
+                return Ok(Next::Menu(Some(format!(
+                    "Maintenance of {node}: not changed"
+                ))))
+            }
+        }
+        let answer = match self.actions.ask(Request::Maintenance { node, on }) {
+            Ok(m) | Err(m) => m,
+        };
+        Ok(Next::Menu(Some(answer)))
+    }
+
     fn show(&mut self, text: &str) -> io::Result<()> {
         self.out.write_all(text.as_bytes())?;
         self.out.flush()
@@ -140,10 +176,13 @@ impl<R: Read, W: Write, A: Actions> Menu<R, W, A> {
                         return Ok(Next::Menu(Some(format!("Switchover of {vm}: not done"))))
                     }
                 }
-                let answer = match self.actions.switchover(vm) {
+                let answer = match self.actions.ask(Request::Switchover { name: vm.into() }) {
                     Ok(m) | Err(m) => m,
                 };
                 return Ok(Next::Menu(Some(answer)));
+            }
+            if let Some(rest) = name.strip_prefix("m ") {
+                return self.maintenance(rest);
             }
             let Some(v) = s.vms.iter().find(|v| v.name == name) else {
                 return Ok(Next::Menu(Some(format!("No VM '{name}'"))));
@@ -273,6 +312,7 @@ mod tests {
                     reason: "test".into(),
                 },
                 witness: None,
+                maintenance: None,
                 vms: vec![
                     crate::vms::status::VmStatus {
                         name: "web".into(),
@@ -310,12 +350,25 @@ mod tests {
             self.calls.push(format!("console {name}"));
             Ok(())
         }
-        fn switchover(&mut self, name: &str) -> Result<String, String> {
-            self.calls.push(format!("switchover {name}"));
-            if name == "web" {
-                Ok("vm web: switchover to b requested".into())
-            } else {
-                Err(format!("no VM {name} in the config (VMs: web, db)"))
+        fn ask(&mut self, req: Request) -> Result<String, String> {
+            match req {
+                Request::Switchover { name } => {
+                    self.calls.push(format!("switchover {name}"));
+                    if name == "web" {
+                        Ok("vm web: switchover to b requested".into())
+                    } else {
+                        Err(format!("no VM {name} in the config (VMs: web, db)"))
+                    }
+                }
+                Request::Maintenance { node, on } => {
+                    self.calls.push(format!("maintenance {node} {on}"));
+                    if node == "a" {
+                        Ok(format!("a: maintenance {}", if on { "on" } else { "off" }))
+                    } else {
+                        Err(format!("no node {node} in this pair (nodes: a, b)"))
+                    }
+                }
+                other => Err(format!("unexpected {other:?}")),
             }
         }
 
@@ -353,6 +406,33 @@ mod tests {
         assert!(out.contains("vm web: switchover to b requested"), "{out}");
         assert!(out.contains("no VM x in the config"), "{out}");
         assert_eq!(calls, vec!["switchover web", "switchover x"]);
+    }
+
+    #[test]
+    fn the_vms_screen_sets_maintenance_after_a_yes() {
+        let (out, calls) =
+            drive("2\nm on a\nn\n2\nm on a\ny\n2\nm off c\ny\n2\nm a\n2\nm off a\nyes\n");
+        assert!(
+            out.contains("Move every VM off a and keep it empty (maintenance)?"),
+            "{out}"
+        );
+        assert!(out.contains("Maintenance of a: not changed"), "{out}");
+        assert!(out.contains("a: maintenance on"), "{out}");
+        assert!(out.contains("End the maintenance of c?"), "{out}");
+        assert!(out.contains("no node c in this pair"), "{out}");
+        assert!(
+            out.contains("'m a': say 'm on NODE' or 'm off NODE'"),
+            "{out}"
+        );
+        assert!(out.contains("a: maintenance off"), "{out}");
+        assert_eq!(
+            calls,
+            vec![
+                "maintenance a true",
+                "maintenance c false",
+                "maintenance a false"
+            ]
+        );
     }
 
     fn drive(input: &str) -> (String, Vec<String>) {

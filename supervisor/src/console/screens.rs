@@ -13,7 +13,8 @@ pub const PROMPT: &str = "Enter an option: ";
 pub const PRESS_ENTER: &str = "Press Enter to return";
 pub const PING_PROMPT: &str = "Ping which address? (empty to return) ";
 pub const CONSOLE_PROMPT: &str =
-    "VM name for its console, 's NAME' to switch it over to the other node (empty to return) ";
+    "NAME: the VM's console; 's NAME': switch it over to the other node;\n\
+     'm on NODE' / 'm off NODE': maintenance (empty to return) ";
 
 /// The numbered entries, in order.
 pub const ENTRIES: [&str; 7] = [
@@ -175,6 +176,7 @@ mod tests {
                 reason: "no valid config".into(),
             },
             witness: None,
+            maintenance: None,
             vms: Vec::new(),
             daemon: DaemonInfo::Running {
                 pid: 7,

@@ -80,8 +80,7 @@ impl Actions for Real {
         run_child(Command::new(me).args(["vm", "console", name]))
     }
 
-    fn switchover(&mut self, name: &str) -> Result<String, String> {
-        let req = crate::protocol::Request::Switchover { name: name.into() };
+    fn ask(&mut self, req: crate::protocol::Request) -> Result<String, String> {
         let mut c = crate::client::Client::connect(&self.src.socket, STATUS_TIMEOUT)
             .map_err(|e| format!("havmsd: {e}"))?;
         match c.request(&req) {

@@ -170,6 +170,9 @@ fn handle(shared: &Shared, req: Request) -> Response {
         Request::Switchover { name } => {
             done(shared.vm_request(crate::vms::service::VmRequest::Switchover(name)))
         }
+        Request::Maintenance { node, on } => {
+            done(shared.vm_request(crate::vms::service::VmRequest::Maintenance { node, on }))
+        }
     }
 }
 

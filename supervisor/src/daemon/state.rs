@@ -4,7 +4,7 @@
 //! each reload loads, decides and installs as one step, so an older file never replaces a newer one.
 
 use crate::node::{self, Loaded};
-use crate::peer::report::VmReport;
+use crate::peer::report::{Maintenance, VmReport};
 use crate::peer::tracker::{Path as NetPath, Tracker};
 use crate::probe;
 use crate::status::{ConfigState, ConfigStatus, DaemonInfo, PeerInfo, Status};
@@ -88,9 +88,14 @@ struct Inner {
     tracker: Option<Tracker>,
 }
 
-/// This node's VM reports as published for the heartbeats, with the echo they were
-/// decided on (the peer's boot id and seq).
-pub type Published = (Vec<VmReport>, (u64, u64));
+/// What this node says in its heartbeats, as the VM service last published it.
+#[derive(Debug, Clone)]
+pub struct Published {
+    pub vms: Vec<VmReport>,
+    /// The peer's boot id and seq read before the reports were written.
+    pub echo: (u64, u64),
+    pub maintenance: Maintenance,
+}
 
 /// The daemon's state, shared by the control server, the heartbeat service and the signal loop.
 pub struct Shared {
@@ -272,8 +277,8 @@ impl Shared {
             .clone()
     }
 
-    pub fn set_reports(&self, reports: Vec<VmReport>, echo: (u64, u64)) {
-        *self.reports.lock().unwrap_or_else(|e| e.into_inner()) = Some((reports, echo));
+    pub fn set_reports(&self, published: Published) {
+        *self.reports.lock().unwrap_or_else(|e| e.into_inner()) = Some(published);
     }
 
     /// Takes the seq for a heartbeat being sent (they count from 1).
@@ -334,6 +339,7 @@ impl Shared {
                 sent: w.sent,
                 answered: w.answered,
             }),
+            maintenance: self.reports().and_then(|p| p.maintenance.node),
             vms: self.vm_status(),
             daemon: DaemonInfo::Running {
                 pid: std::process::id(),

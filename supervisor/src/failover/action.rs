@@ -29,6 +29,9 @@ pub enum Action {
     /// A planned switchover to the peer: last checkpoint with the guest paused, Handover, the
     /// peer resumes it; this engine ends.
     HandOver,
+    /// End the local primary's stream deliberately (Abort, acked: the peer's copy is stale),
+    /// its output flowing on unprotected.
+    Unprotect,
 }
 
 /// The facts that decided a failover, release or fence.
@@ -111,6 +114,11 @@ pub enum Rule {
     /// A switchover failed half way and the peer went silent: it may run the VM now, so this
     /// paused copy goes.
     SwitchoverUnsure(Evidence),
+    /// This node is in maintenance: its VMs go to the peer, its copies are dropped.
+    Maintenance,
+    /// The peer is in maintenance: nothing is protected onto it, and what it cannot run
+    /// (nothing starts there) starts here.
+    PeerInMaintenance,
 }
 
 impl fmt::Display for Rule {
@@ -147,6 +155,8 @@ impl fmt::Display for Rule {
                 f,
                 "a switchover failed half way and the peer is silent: it may run it ({e})"
             ),
+            Rule::Maintenance => write!(f, "this node is in maintenance"),
+            Rule::PeerInMaintenance => write!(f, "the peer is in maintenance"),
         }
     }
 }
@@ -172,6 +182,7 @@ impl fmt::Display for Decision {
             Action::AskStale => "ask the peer to mark its copy stale".to_string(),
             Action::Stop => "stop it".to_string(),
             Action::HandOver => "hand it over to the peer (switchover)".to_string(),
+            Action::Unprotect => "end its stream to the peer (unprotect)".to_string(),
         };
         write!(f, "vm {}: {what}: {}", self.vm, self.rule)
     }

@@ -21,6 +21,9 @@
 //!  primary protected, away from home --(home node's replica in sync, link and acks fresh,
 //!                    protected for failback_delay | the operator asked)--> hand over
 //!  replica handed over --> take over at once (its primary paused the guest for good)
+//!  this node in maintenance: primary protected --> hand over (at once, whatever `failback`);
+//!                            replica no longer current --> stop; none --> stays none
+//!  the peer in maintenance:  primary protected --> unprotect (a deliberate end, acked)
 //! ```
 //!
 //! A switchover moves a VM with nothing lost: the primary's last checkpoint leaves the guest
@@ -195,6 +198,12 @@ fn primary(
                     return Some(moved);
                 }
             }
+            // The peer goes into maintenance: end the stream deliberately (its Abort acked
+            // before the output flows freely), rather than let it fail and hold the output.
+            // A peer that stopped answering is left to the rules below.
+            if f.maintenance_peer && f.peer.up && ack_silent < f.timings.dead_after {
+                return Some((Action::Unprotect, Rule::PeerInMaintenance));
+            }
             if silent && witness && ack_silent >= f.timings.dead_after {
                 return Some((
                     Action::Release,
@@ -218,7 +227,7 @@ fn primary(
             let waited = v
                 .last_protect_failure
                 .is_none_or(|t| f.since(t) >= PROTECT_RETRY);
-            (f.peer.up && listening && waited).then_some((
+            (f.peer.up && listening && waited && !f.maintenance_peer).then_some((
                 Action::Protect { port: peer_vm.port },
                 Rule::PeerReplicaReady,
             ))
@@ -236,7 +245,9 @@ fn fail_back(
     protected_since: std::time::Instant,
     ack_silent: Duration,
 ) -> Option<(Action, Rule)> {
-    if v.preferred_here || !(v.switchover_asked || v.failback_auto) {
+    // Maintenance here moves every VM away at once, as if the operator asked for each.
+    let asked = v.switchover_asked || f.maintenance_here;
+    if v.preferred_here || !(asked || v.failback_auto) {
         return None;
     }
     let fresh = f.timings.dead_after / 2;
@@ -251,7 +262,7 @@ fn fail_back(
     let in_sync = peer_vm.role == VmRole::Replica(ReplicaState::Ready)
         && peer_vm.stream_id == *stream_id
         && *stream_id != 0;
-    let delay = if v.switchover_asked {
+    let delay = if asked {
         Duration::ZERO
     } else {
         f.timings.failback_delay
@@ -263,7 +274,9 @@ fn fail_back(
     if !(in_sync && settled && retry_ok) {
         return None;
     }
-    let rule = if v.switchover_asked {
+    let rule = if f.maintenance_here {
+        Rule::Maintenance
+    } else if v.switchover_asked {
         Rule::Switchover
     } else {
         Rule::FailBack
@@ -294,6 +307,11 @@ fn replica(
             .last_takeover_failure
             .is_none_or(|t| f.since(t) >= TAKEOVER_RETRY);
         return (!resumed && retry_ok).then_some((Action::TakeOver, Rule::HandedOver));
+    }
+    // This node is being emptied: a copy no longer current goes (a current one stays until
+    // its primary ends the stream: it is what a failover would resume meanwhile).
+    if f.maintenance_here && copy != ReplicaState::Ready {
+        return Some((Action::Stop, Rule::Maintenance));
     }
     let report = f.peer.report.as_ref();
     let peer_vm = report.and_then(|r| r.vm(&v.name));
@@ -379,7 +397,8 @@ fn replica(
 }
 
 fn crashed(f: &Facts, v: &VmFacts, at: std::time::Instant) -> Option<(Action, Rule)> {
-    if !v.run {
+    // Nothing starts on a node in maintenance; the peer starts the VM afresh (below, `none`).
+    if !v.run || f.maintenance_here {
         return None;
     }
     let silent = f.peer_silent();
@@ -400,7 +419,9 @@ fn crashed(f: &Facts, v: &VmFacts, at: std::time::Instant) -> Option<(Action, Ru
 }
 
 fn none(f: &Facts, v: &VmFacts) -> Option<(Action, Rule)> {
-    if !v.run {
+    // A node in maintenance starts nothing, not even a replica: the operator may be replacing
+    // its disk. (Should the peer die meanwhile, its VMs wait for it or for maintenance off.)
+    if !v.run || f.maintenance_here {
         return None;
     }
     let silent = f.peer_silent();
@@ -412,7 +433,11 @@ fn none(f: &Facts, v: &VmFacts) -> Option<(Action, Rule)> {
             // The peer's havmsd just restarted and has not read its engine's role yet: its
             // next report will say.
             Some(VmRole::Starting) => None,
-            // The peer restarts it itself (there is no copy here to take over).
+            // The peer restarts it itself (there is no copy here to take over), unless it is
+            // in maintenance, where nothing starts.
+            Some(VmRole::Crashed) if f.maintenance_peer => {
+                Some((Action::StartPrimary, Rule::PeerInMaintenance))
+            }
             Some(VmRole::Crashed) => None,
             // The peer holds a current copy (its primary went away): it resumes it, which
             // beats booting the VM afresh here; this node follows as its replica.

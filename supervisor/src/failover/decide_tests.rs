@@ -46,6 +46,7 @@ impl World {
                         received_at: now - ms(50),
                         echo_boot_id: BOOT,
                         echo_seq: 89,
+                        maintenance: Default::default(),
                         vms: Vec::new(),
                     }),
                 },
@@ -53,6 +54,8 @@ impl World {
                     address: Some("192.168.77.1".parse().unwrap()),
                     last_answer: Some(now - ms(40)),
                 },
+                maintenance_here: false,
+                maintenance_peer: false,
                 vms: vec![VmFacts {
                     name: "web".into(),
                     preferred_here: true,
@@ -88,6 +91,7 @@ impl World {
             received_at: self.f.now,
             echo_boot_id: BOOT,
             echo_seq: 0,
+            maintenance: Default::default(),
             vms: Vec::new(),
         });
         r.vms = vec![VmReport {
@@ -579,3 +583,7 @@ fn every_decision_reads_as_a_log_line() {
 #[cfg(test)]
 #[path = "failback_tests.rs"]
 mod failback;
+
+#[cfg(test)]
+#[path = "maintenance_tests.rs"]
+mod maintenance;

@@ -138,6 +138,12 @@ pub struct Facts {
     pub seq: u64,
     pub peer: PeerFacts,
     pub witness: WitnessFacts,
+    /// This node is in maintenance (`havms maintenance on`): its VMs move to the peer, it
+    /// starts none and keeps no copy. Each VM's `preferred_here` already counts it: the home
+    /// of every VM is the node not in maintenance.
+    pub maintenance_here: bool,
+    /// The peer is in maintenance: nothing is protected onto it.
+    pub maintenance_peer: bool,
     pub vms: Vec<VmFacts>,
 }
 

@@ -13,19 +13,22 @@
 //! echo     16 the boot id and seq of the last heartbeat the sender received from the receiver
 //!             (0, 0: none): a report that echoes (B, N) was written after seeing heartbeat N of
 //!             the receiver's run B
+//! maint    8 + 1 + n  the maintenance register: its version, then the node in maintenance,
+//!             length-prefixed (0 bytes: none)
 //! vms      1 + ...  the sender's VM reports (`report.rs`)
 //! ```
 //!
 //! Decoding checks everything (length, magic, version, UTF-8, trailing bytes) and returns a reason;
 //! it never panics on any input, so whatever arrives on port 7400 is harmless.
 
-use super::report::{self, VmReport};
+use super::report::{self, Maintenance, VmReport};
 use thiserror::Error;
 
 /// First bytes of every heartbeat.
 pub const HEARTBEAT_MAGIC: [u8; 4] = *b"HVHB";
-/// Bumped on any incompatible change of the layout (2: echo and VM reports).
-pub const HEARTBEAT_VERSION: u8 = 3;
+/// Bumped on any incompatible change of the layout (2: echo and VM reports, 3: switchover and
+/// placement, 4: the maintenance register).
+pub const HEARTBEAT_VERSION: u8 = 4;
 /// Longest cluster or node name carried; the config allows 32.
 pub const MAX_NAME_LEN: usize = 64;
 
@@ -40,6 +43,8 @@ pub struct Heartbeat {
     /// The boot id and `seq` of the last heartbeat the sender received from us (0: none yet).
     pub echo_boot_id: u64,
     pub echo_seq: u64,
+    /// The sender's maintenance register.
+    pub maintenance: Maintenance,
     pub vms: Vec<VmReport>,
 }
 
@@ -89,6 +94,12 @@ impl Heartbeat {
         out.extend_from_slice(&self.uptime_ms.to_be_bytes());
         out.extend_from_slice(&self.echo_boot_id.to_be_bytes());
         out.extend_from_slice(&self.echo_seq.to_be_bytes());
+        out.extend_from_slice(&self.maintenance.version.to_be_bytes());
+        put_name(
+            &mut out,
+            "maintenance node",
+            self.maintenance.node.as_deref().unwrap_or(""),
+        )?;
         report::encode(&mut out, &self.vms).map_err(|what| EncodeError { field: "vms", what })?;
         Ok(out)
     }
@@ -111,6 +122,10 @@ impl Heartbeat {
         let uptime_ms = u64::from_be_bytes(r.array("uptime")?);
         let echo_boot_id = u64::from_be_bytes(r.array("echo boot id")?);
         let echo_seq = u64::from_be_bytes(r.array("echo seq")?);
+        let maintenance = Maintenance {
+            version: u64::from_be_bytes(r.array("maintenance version")?),
+            node: r.optional_name("maintenance node")?,
+        };
         let vms = report::decode(&mut r)?;
         if r.pos != buf.len() {
             return Err(DecodeError::Trailing(buf.len() - r.pos));
@@ -123,6 +138,7 @@ impl Heartbeat {
             uptime_ms,
             echo_boot_id,
             echo_seq,
+            maintenance,
             vms,
         })
     }
@@ -222,6 +238,7 @@ mod tests {
             uptime_ms: 83_000,
             echo_boot_id: 0,
             echo_seq: 0,
+            maintenance: Maintenance::default(),
             vms: Vec::new(),
         }
     }
@@ -230,6 +247,10 @@ mod tests {
         Heartbeat {
             echo_boot_id: 0xfeed,
             echo_seq: 17,
+            maintenance: Maintenance {
+                node: Some("a".into()),
+                version: 1_700_000_000_001,
+            },
             vms: vec![
                 VmReport {
                     name: "web".into(),
@@ -269,7 +290,7 @@ mod tests {
         let hb = sample();
         let bytes = hb.encode().unwrap();
         assert_eq!(&bytes[..4], b"HVHB");
-        assert_eq!(bytes.len(), 4 + 1 + 5 + 2 + 24 + 16 + 1);
+        assert_eq!(bytes.len(), 4 + 1 + 5 + 2 + 24 + 16 + 9 + 1);
         assert_eq!(Heartbeat::decode(&bytes).unwrap(), hb);
         let hb = with_vms();
         assert_eq!(Heartbeat::decode(&hb.encode().unwrap()).unwrap(), hb);
@@ -279,12 +300,12 @@ mod tests {
     fn reports_with_undefined_values_are_rejected() {
         let good = with_vms().encode().unwrap();
         // The first VM's role byte follows the fixed part, the count and "web".
-        let role_at = 4 + 1 + 5 + 2 + 24 + 16 + 1 + 4;
+        let role_at = 4 + 1 + 5 + 2 + 24 + 16 + 10 + 1 + 4;
         for (at, v, field) in [
             (role_at, 9, "vm role/state"),
             (role_at + 1, 9, "vm role/state"),
             (role_at + 2, 0x80, "vm flags"),
-            (4 + 1 + 5 + 2 + 24 + 16, 200, "vm count"),
+            (4 + 1 + 5 + 2 + 24 + 16 + 10, 200, "vm count"),
         ] {
             let mut b = good.clone();
             b[at] = v;

@@ -76,6 +76,17 @@ pub struct Intent {
     pub pin: Option<String>,
 }
 
+/// Which node of the pair is in maintenance (`havms maintenance on NODE`): its VMs move to the
+/// other node and it keeps no copies. One register for the pair, the newer version wins on
+/// both nodes, like an [`Intent`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Maintenance {
+    /// None: neither node.
+    pub node: Option<String>,
+    /// 0: never set; else milliseconds since the epoch when it was set.
+    pub version: u64,
+}
+
 /// One VM as this node sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmReport {

@@ -106,9 +106,10 @@ impl Service {
     fn send(&mut self, plan: &PeerPlan) {
         // Nothing is said before the VM service knows which engines run here (it adopts them
         // first): a heartbeat listing no VM would read as "nothing runs here".
-        let Some((vms, (echo_boot_id, echo_seq))) = self.shared.reports() else {
+        let Some(said) = self.shared.reports() else {
             return;
         };
+        let (echo_boot_id, echo_seq) = said.echo;
         let hb = Heartbeat {
             cluster: plan.cluster.clone(),
             node: plan.node.clone(),
@@ -117,7 +118,8 @@ impl Service {
             uptime_ms: probe::uptime::uptime_ms(),
             echo_boot_id,
             echo_seq,
-            vms,
+            maintenance: said.maintenance,
+            vms: said.vms,
         };
         let bytes = match hb.encode() {
             Ok(b) => b,
@@ -258,6 +260,7 @@ mod tests {
             uptime_ms: 0,
             echo_boot_id: 0,
             echo_seq: 0,
+            maintenance: Default::default(),
             vms: Vec::new(),
         }
     }

@@ -2,7 +2,7 @@
 //! restarted. Pure state machine: the caller passes the clock (`now`) in, so timing is testable.
 
 use crate::peer::heartbeat::Heartbeat;
-use crate::peer::report::VmReport;
+use crate::peer::report::{Maintenance, VmReport};
 use crate::status::{PathStatus, PeerStatus};
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
@@ -102,6 +102,8 @@ pub struct PeerReport {
     /// The heartbeat of ours the peer had seen last when it wrote this (boot id, seq).
     pub echo_boot_id: u64,
     pub echo_seq: u64,
+    /// The peer's maintenance register.
+    pub maintenance: Maintenance,
     pub vms: Vec<VmReport>,
 }
 
@@ -220,6 +222,7 @@ impl Tracker {
                 received_at: now,
                 echo_boot_id: hb.echo_boot_id,
                 echo_seq: hb.echo_seq,
+                maintenance: hb.maintenance.clone(),
                 vms: hb.vms.clone(),
             });
         }
@@ -312,6 +315,7 @@ mod tests {
             uptime_ms: 1000 + seq * 100,
             echo_boot_id: 0,
             echo_seq: 0,
+            maintenance: Default::default(),
             vms: Vec::new(),
         }
     }

@@ -255,6 +255,7 @@ fn act(action: &Action, job: &Job) -> Result<Outcome, String> {
             }
         }
         Action::Stop => api(job, &Request::Shutdown).map(|_| Outcome::Done),
+        Action::Unprotect => api(job, &Request::Unprotect).map(|_| Outcome::Done),
         Action::HandOver => hand_over(job),
         // Bookkeeping only, done by the service itself.
         Action::AskStale | Action::StartPrimary | Action::StartReplica => Ok(Outcome::Done),

@@ -152,21 +152,7 @@ impl Intents {
                 return;
             }
         };
-        let tmp = self.path.with_extension("tmp");
-        // Synced before the rename and the directory after it: a power cut leaves the old
-        // file or the new one, never an empty one.
-        let write_synced = |path: &Path| -> std::io::Result<()> {
-            use std::io::Write;
-            let mut f = std::fs::File::create(path)?;
-            f.write_all(text.as_bytes())?;
-            f.sync_all()
-        };
-        let parent = self.path.parent();
-        let written = parent
-            .map_or(Ok(()), std::fs::create_dir_all)
-            .and_then(|_| write_synced(&tmp))
-            .and_then(|_| std::fs::rename(&tmp, &self.path))
-            .and_then(|_| parent.map_or(Ok(()), |d| std::fs::File::open(d)?.sync_all()));
+        let written = super::durable::write_synced(&self.path, &text);
         if let Err(e) = written {
             log::error!("saving VM intents to {}: {e}", self.path.display());
         }

@@ -1,9 +1,12 @@
 //! This node's VMs: the service that runs them as the rules say (`service`), what it knows of
 //! each (`slot`), what it does (`executor`), the operator's run/stop word shared by both nodes
-//! (`intent`), and their status (`status`, `render`).
+//! (`intent`), which node is in maintenance (`maintenance`), both kept in state files written
+//! whole (`durable`), and their status (`status`, `render`).
 
+pub mod durable;
 pub mod executor;
 pub mod intent;
+pub mod maintenance;
 pub mod render;
 pub mod service;
 pub mod slot;

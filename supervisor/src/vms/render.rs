@@ -17,25 +17,29 @@ fn replica_word(s: ReplicaState) -> &'static str {
     }
 }
 
-/// The status of `slot` on node `me` with the operator's `intent` for it; `theirs` is the
-/// peer's report of the same VM.
+/// The status of `slot` on node `me` with the operator's `intent` for it, at `home`
+/// (`maintenance::home_of`) while `maintenance` names the node in maintenance, if any;
+/// `theirs` is the peer's report of the same VM.
 pub fn status_of(
     slot: &Slot,
     intent: &Intent,
+    home: &str,
+    maintenance: Option<&str>,
     me: &str,
     peer: Option<&str>,
     theirs: Option<&VmReport>,
 ) -> VmStatus {
     let run = intent.run;
-    let home = intent
+    let usual = intent
         .pin
-        .clone()
-        .unwrap_or_else(|| slot.cfg.preferred_node.to_string());
+        .as_deref()
+        .unwrap_or(slot.cfg.preferred_node.as_str());
     let mut v = VmStatus {
         name: slot.name().to_string(),
         preferred_node: slot.cfg.preferred_node.to_string(),
         placed_on: intent.pin.clone(),
-        home_node: home.clone(),
+        home_node: home.to_string(),
+        kept_off: maintenance.filter(|m| *m == usual).map(str::to_string),
         failback_manual: slot.cfg.failback == havms_config::Failback::Manual,
         run,
         last_failover: slot.last_failover.clone(),

@@ -18,10 +18,11 @@ use havms_config::Config;
 
 use super::executor::{self, Done, Job, Outcome};
 use super::intent::Intents;
+use super::maintenance::{home_of, Register};
 use super::slot::{config_change, FailoverRecord, Local, Role, Running, Slot};
 use super::status::VmStatus;
 use crate::daemon::liveness::Progress;
-use crate::daemon::state::Shared;
+use crate::daemon::state::{Published, Shared};
 use crate::engine::process::{self, Ending, Probe};
 use crate::engine::spec::RunDir;
 use crate::engine::watch::{self, WatchReport, Watched};
@@ -35,6 +36,7 @@ use havms_vmm::events::ReplicaState;
 // outcomes do to the slots, and how the facts are gathered and decisions carried out.
 mod dispatch;
 mod outcome;
+mod requests;
 
 /// The longest the service waits between two looks at the world.
 pub const TICK: Duration = Duration::from_millis(20);
@@ -52,6 +54,11 @@ pub enum VmRequest {
     Stop(String),
     /// `havms switchover NAME`.
     Switchover(String),
+    /// `havms maintenance on|off NODE`.
+    Maintenance {
+        node: String,
+        on: bool,
+    },
 }
 
 /// A request and where its answer goes.
@@ -73,6 +80,8 @@ struct Service {
     opts: Options,
     slots: BTreeMap<String, Slot>,
     intents: Intents,
+    /// Which node is in maintenance (next to the intents file, `maintenance.json`).
+    maintenance: Register,
     started_at: Instant,
     watch_tx: Sender<WatchReport>,
     watch_rx: Receiver<WatchReport>,
@@ -91,6 +100,7 @@ pub fn run(shared: Arc<Shared>, opts: Options, progress: Arc<Progress>) {
     shared.set_vm_control(control_tx);
     let mut svc = Service {
         intents: Intents::load(&opts.intents_file),
+        maintenance: Register::load(&opts.intents_file.with_file_name("maintenance.json")),
         shared,
         opts,
         slots: BTreeMap::new(),
@@ -262,111 +272,6 @@ impl Service {
         any
     }
 
-    fn unknown_vm(&self, name: &str) -> String {
-        let known: Vec<&str> = self.slots.keys().map(String::as_str).collect();
-        format!(
-            "no VM {name} in the config (VMs: {})",
-            if known.is_empty() {
-                "none".into()
-            } else {
-                known.join(", ")
-            }
-        )
-    }
-
-    fn on_control(&mut self, req: &VmRequest) -> Result<String, String> {
-        let (name, run) = match req {
-            VmRequest::Start(n) => (n, true),
-            VmRequest::Stop(n) => (n, false),
-            VmRequest::Switchover(n) => return self.switchover(n),
-        };
-        let Some(slot) = self.slots.get(name) else {
-            return Err(self.unknown_vm(name));
-        };
-        if run {
-            if let Local::Failed { why, .. } = &slot.local {
-                let why = why.clone();
-                if let Some(s) = self.slots.get_mut(name) {
-                    s.local = Local::None;
-                }
-                self.intents.set(name, true);
-                return Ok(format!(
-                    "vm {name}: starting again (it failed before: {why})"
-                ));
-            }
-        }
-        let intent = self.intents.set(name, run);
-        log::info!(
-            "vm {name}: the operator {} it (intent version {})",
-            if run { "started" } else { "stopped" },
-            intent.version
-        );
-        Ok(format!(
-            "vm {name}: {}",
-            if run {
-                "start requested"
-            } else {
-                "stop requested"
-            }
-        ))
-    }
-
-    /// `havms switchover NAME`: placed on the other node than the one running it, and moved
-    /// there at once by the node that runs it (this one, or the peer told in the heartbeats).
-    /// Refused unless the VM runs protected with the other node's copy in sync.
-    fn switchover(&mut self, name: &str) -> Result<String, String> {
-        let me = self.me().ok_or("this node has no name yet")?;
-        let peer_report = self.shared.with_tracker(|t| t.report().cloned()).flatten();
-        let peer_name = self
-            .shared
-            .with_tracker(|t| t.peer().to_string())
-            .ok_or("this node has no peer in the config")?;
-        let Some(slot) = self.slots.get(name) else {
-            return Err(self.unknown_vm(name));
-        };
-        let theirs = peer_report.as_ref().and_then(|r| r.vm(name));
-        let here = slot
-            .running()
-            .map(|r| (r.role, r.stream, r.stream_id, r.copy));
-        let target = match (here, theirs) {
-            (Some((Role::Primary, Stream::Protected, id, _)), Some(t))
-                if t.role == VmRole::Replica(ReplicaState::Ready) && t.stream_id == id =>
-            {
-                peer_name.clone()
-            }
-            (Some((Role::Replica, _, id, ReplicaState::Ready)), Some(t))
-                if t.role == VmRole::Primary(PrimaryState::Protected) && t.stream_id == id =>
-            {
-                me.clone()
-            }
-            (Some((Role::Primary, stream, ..)), _) => {
-                return Err(format!(
-                    "vm {name} runs here but is not protected with {peer_name}'s copy in sync                      (stream {stream:?}): a switchover would lose what {peer_name} does not hold;                      wait until `havms status` says protected"
-                ))
-            }
-            _ => {
-                return Err(format!(
-                    "vm {name} is not running protected on either node (here: {}; {peer_name}:                      {}): nothing to switch over",
-                    here.map_or("no engine".into(), |h| format!("{:?}", h.0)),
-                    theirs.map_or("no word".into(), |t| format!("{:?}", t.role))
-                ))
-            }
-        };
-        let autostart = slot.cfg.autostart;
-        let intent = self.intents.place(name, autostart, Some(target.clone()));
-        if let Some(s) = self.slots.get_mut(name) {
-            s.switchover_asked_at = Some(Instant::now());
-            s.last_handover_failure = None;
-        }
-        log::warn!(
-            "vm {name}: the operator asked for a switchover to {target} (intent version {})",
-            intent.version
-        );
-        Ok(format!(
-            "vm {name}: switchover to {target} requested; it stays there (`havms switchover              {name}` again moves it back)"
-        ))
-    }
-
     fn retry_failed(&mut self) {
         for slot in self.slots.values_mut() {
             if let Local::Failed { at, .. } = &slot.local {
@@ -392,18 +297,33 @@ impl Service {
             .values()
             .map(|s| s.report(self.intents.get(s.name(), s.cfg.autostart)))
             .collect();
-        self.shared.set_reports(reports, echo);
+        self.shared.set_reports(Published {
+            vms: reports,
+            echo,
+            maintenance: self.maintenance.get().clone(),
+        });
         let me = self.me().unwrap_or_default();
         let peer_report = self.shared.with_tracker(|t| t.report().cloned()).flatten();
         let peer_name = self.shared.with_tracker(|t| t.peer().to_string());
+        let maintenance = self.maintenance.get().node.as_deref();
         let statuses = self
             .slots
             .values()
             .map(|s| {
                 let theirs = peer_report.as_ref().and_then(|r| r.vm(s.name()));
+                let intent = self.intents.get(s.name(), s.cfg.autostart);
+                let home = home_of(
+                    intent.pin.as_deref(),
+                    s.cfg.preferred_node.as_str(),
+                    maintenance,
+                    &me,
+                    peer_name.as_deref().unwrap_or_default(),
+                );
                 super::render::status_of(
                     s,
-                    &self.intents.get(s.name(), s.cfg.autostart),
+                    &intent,
+                    home,
+                    maintenance,
                     &me,
                     peer_name.as_deref(),
                     theirs,

@@ -24,7 +24,10 @@ pub struct VmStatus {
     /// Where the operator placed it (`havms switchover`), if anywhere.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub placed_on: Option<String>,
-    /// Where it belongs: `placed_on`, else `preferred_node`.
+    /// The node it would be on but for that node's maintenance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept_off: Option<String>,
+    /// Where it belongs: `placed_on`, else `preferred_node`, but never a node in maintenance.
     #[serde(default)]
     pub home_node: String,
     /// `failback: manual`: it stays where it runs until `havms switchover`.
@@ -128,6 +131,13 @@ impl VmStatus {
                     self.home_node, self.home_node
                 )
             });
+        }
+        if let Some(m) = &self.kept_off {
+            out.push(format!(
+                "{m} is in maintenance: it runs on {} without a copy on {m} until \
+                 `havms maintenance off {m}`",
+                self.home_node
+            ));
         }
         if let Some(e) = &self.last_error {
             out.push(format!("error: {e}"));

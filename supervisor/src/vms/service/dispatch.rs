@@ -5,6 +5,7 @@
 
 use std::time::Instant;
 
+use super::super::maintenance::home_of;
 use super::*;
 
 impl Service {
@@ -25,8 +26,26 @@ impl Service {
         let peer = cfg.peer_of(&me)?;
         let now = Instant::now();
         let is_node = |n: &str| n == me.as_str() || n == peer.name.as_str();
-        // The peer's word on the run/stop/placement intents.
+        // The peer's word on the run/stop/placement intents and on maintenance.
         if let Some(report) = self.shared.with_tracker(|t| t.report().cloned()).flatten() {
+            let theirs = &report.maintenance;
+            if theirs.node.as_deref().is_some_and(|n| !is_node(n)) {
+                log::warn!(
+                    "the peer says node `{}` is in maintenance, which is neither node of the \
+                     pair; ignored",
+                    theirs.node.as_deref().unwrap_or_default()
+                );
+            } else if self.maintenance.merge(theirs) {
+                log::warn!(
+                    "the peer says {}",
+                    theirs
+                        .node
+                        .as_ref()
+                        .map_or("no node is in maintenance any more".into(), |n| format!(
+                            "{n} is in maintenance"
+                        ))
+                );
+            }
             for r in &report.vms {
                 if !self.slots.contains_key(&r.name) {
                     continue;
@@ -78,16 +97,19 @@ impl Service {
                 .and_then(|r| r.vm(vm))
                 .is_some_and(|r| r.switchover)
         };
+        let maintenance = self.maintenance.get().node.clone();
         let vms = self
             .slots
             .values()
             .map(|s| {
                 let intent = self.intents.get(s.name(), s.cfg.autostart);
-                let home = intent
-                    .pin
-                    .as_deref()
-                    .filter(|p| is_node(p))
-                    .unwrap_or(s.cfg.preferred_node.as_str());
+                let home = home_of(
+                    intent.pin.as_deref(),
+                    s.cfg.preferred_node.as_str(),
+                    maintenance.as_deref(),
+                    &me,
+                    peer.name.as_str(),
+                );
                 VmFacts {
                     name: s.name().to_string(),
                     preferred_here: home == me.as_str(),
@@ -118,6 +140,8 @@ impl Service {
                 address: w.address,
                 last_answer: w.last_answer,
             },
+            maintenance_here: maintenance.as_deref() == Some(me.as_str()),
+            maintenance_peer: maintenance.as_deref() == Some(peer.name.as_str()),
             vms,
         })
     }
