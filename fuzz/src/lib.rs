@@ -4,10 +4,8 @@
 //! points in `fuzz_targets/` are one line each and call these; `seeds` makes the starting
 //! corpus (fuzz/seeds/TARGET) with the project's own encoders, and the unit tests here run the
 //! harnesses over those seeds without libFuzzer.
-//!
-//! Not yet fuzzed: the installer's answer file. Its parser (`installer/src/answers.rs`,
-//! `parse`) is inside the installer's binary; a target needs it in a library of that crate.
 
+pub mod answers;
 pub mod api;
 pub mod config;
 pub mod control;
@@ -32,6 +30,7 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("increment", state::increment),
     ("control_line", control::control_line),
     ("heartbeat", heartbeat::heartbeat),
+    ("answer_file", answers::answer_file),
 ];
 
 #[cfg(test)]

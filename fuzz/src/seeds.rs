@@ -31,6 +31,7 @@ pub fn for_target(target: &str) -> Vec<Seed> {
         "increment" => increments(),
         "control_line" => control_lines(),
         "heartbeat" => heartbeats(),
+        "answer_file" => answer_files(),
         _ => Vec::new(),
     }
 }
@@ -273,6 +274,35 @@ fn configs() -> Vec<Seed> {
         // Found by this target: deeply nested flow collections took the YAML scanner time
         // quadratic in the depth (now refused past 64 levels).
         ("deep_flow.yaml".into(), "{a: ".repeat(1000).into_bytes()),
+    ]
+}
+
+fn answer_files() -> Vec<Seed> {
+    let good = havms_installer::answers::EXAMPLE;
+    vec![
+        ("node_a.yaml".into(), good.as_bytes().to_vec()),
+        (
+            "node_b_dhcp.yaml".into(),
+            good.replace("node: a", "node: b")
+                .replace("address: 192.168.77.11/24\n  gateway: 192.168.77.1", "address: dhcp")
+                .replace("after: poweroff", "witness: 192.168.77.1\nafter: reboot")
+                .into_bytes(),
+        ),
+        // Refused, each with its line: an unknown key, a wrong address, a missing section.
+        (
+            "unknown_key.yaml".into(),
+            format!("{good}colour: blue\n").into_bytes(),
+        ),
+        (
+            "bad_address.yaml".into(),
+            good.replace("10.99.0.1/24", "10.99.0.300/24").into_bytes(),
+        ),
+        (
+            "no_peer.yaml".into(),
+            good.split("peer:").next().unwrap_or_default().as_bytes().to_vec(),
+        ),
+        ("crlf.yaml".into(), good.replace('\n', "\r\n").into_bytes()),
+        ("lone_cr.yaml".into(), good.replace('\n', "\r").into_bytes()),
     ]
 }
 

@@ -317,6 +317,24 @@ pub fn check_gateway(address: &Cidr, gateway: Ipv4Addr) -> Result<(), String> {
     Ok(())
 }
 
+/// A complete answer file, node a of the test pair (the tests' and the fuzz seeds' start).
+pub const EXAMPLE: &str = "\
+# node a of the test pair
+disk: /dev/vda
+node: a
+link:
+  interface: eth1
+  address: 10.99.0.1/24
+lan:
+  interface: eth0
+  address: 192.168.77.11/24
+  gateway: 192.168.77.1
+peer:
+  link_address: 10.99.0.2/24
+  lan_address: 192.168.77.12/24
+after: poweroff
+";
+
 /// Answer files larger than this are refused unread: an answer file is a few hundred bytes.
 const MAX_BYTES: usize = 64 * 1024;
 

@@ -1,21 +1,6 @@
 use super::*;
 
-pub const GOOD: &str = "\
-# node a of the test pair
-disk: /dev/vda
-node: a
-link:
-  interface: eth1
-  address: 10.99.0.1/24
-lan:
-  interface: eth0
-  address: 192.168.77.11/24
-  gateway: 192.168.77.1
-peer:
-  link_address: 10.99.0.2/24
-  lan_address: 192.168.77.12/24
-after: poweroff
-";
+pub const GOOD: &str = super::EXAMPLE;
 
 fn errors(text: &str) -> Vec<String> {
     parse(text, "answers.yaml")

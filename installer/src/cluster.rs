@@ -93,7 +93,7 @@ pub fn node_files(a: &Answers) -> Result<NodeFiles> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::answers::{parse, tests::GOOD};
+    use crate::answers::{parse, EXAMPLE as GOOD};
 
     #[test]
     fn both_nodes_answers_give_the_same_checked_file() {

@@ -7,17 +7,17 @@
 //! and tools, the system to copy. Then it writes, syncs, and powers off or reboots (by
 //! signalling init, which stops everything in order).
 
-mod answers;
 mod bootloader;
 mod cluster;
 mod disks;
 mod install;
 mod layout;
-mod locate;
 mod partition;
 mod progress;
 mod questions;
 mod source;
+
+use havms_installer::{answers, locate};
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
