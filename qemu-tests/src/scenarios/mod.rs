@@ -248,7 +248,8 @@ pub fn pending() -> Vec<Scenario> {
     Vec::new()
 }
 
-/// The scenarios named (all when none); `boot` selects every `boot-*` scenario.
+/// The scenarios named (all when none); a name no scenario has selects a group: `boot`, every
+/// `boot-*` scenario.
 pub fn select(names: &[String]) -> Result<Vec<Scenario>> {
     if names.is_empty() {
         return Ok(all());
@@ -256,12 +257,18 @@ pub fn select(names: &[String]) -> Result<Vec<Scenario>> {
     let all: Vec<Scenario> = all().into_iter().chain(pending()).collect();
     let mut out: Vec<Scenario> = Vec::new();
     for name in names {
+        // A scenario's own name selects it alone (`ha-failover` is not also `ha-failover-b`:
+        // CI runs every scenario by name, and ran that one twice); otherwise a group.
         let group = format!("{name}-");
-        let found: Vec<Scenario> = all
-            .iter()
-            .filter(|s| s.name == name || s.name.starts_with(&group))
-            .copied()
-            .collect();
+        let exact: Vec<Scenario> = all.iter().filter(|s| s.name == name).copied().collect();
+        let found: Vec<Scenario> = if exact.is_empty() {
+            all.iter()
+                .filter(|s| s.name.starts_with(&group))
+                .copied()
+                .collect()
+        } else {
+            exact
+        };
         if found.is_empty() {
             let known: Vec<&str> = all.iter().map(|s| s.name).collect();
             return Err(HarnessError::Check(format!(
@@ -304,6 +311,8 @@ mod tests {
         );
         assert_eq!(names(&["boot"]).unwrap(), ["boot-seabios", "boot-ovmf"]);
         assert_eq!(names(&["pid1", "pair", "pid1"]).unwrap(), ["pid1", "pair"]);
+        assert_eq!(names(&["ha-failover"]).unwrap(), ["ha-failover"]);
+        assert_eq!(names(&["ha-failover-b"]).unwrap(), ["ha-failover-b"]);
         let err = names(&["nope"]).unwrap_err().to_string();
         assert!(
             err.contains("no scenario \"nope\"") && err.contains("bad-config"),
