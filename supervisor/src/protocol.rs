@@ -36,7 +36,14 @@ pub enum Request {
     Switchover { name: String },
     /// Put a node of the pair in maintenance (its VMs move to the other node, it keeps no
     /// copy and starts nothing), or end it.
-    Maintenance { node: String, on: bool },
+    Maintenance {
+        node: String,
+        on: bool,
+        /// `off` even with the other node down (this node then boots the VMs from its own,
+        /// older disks).
+        #[serde(default)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -117,7 +124,8 @@ mod tests {
             parse_request(r#"{"cmd":"maintenance","node":"a","on":true}"#),
             Ok(Request::Maintenance {
                 node: "a".into(),
-                on: true
+                on: true,
+                force: false
             })
         );
         assert!(parse_request(r#"{"cmd":"maintenance","node":"a"}"#)

@@ -110,6 +110,10 @@ pub struct PeerStatus {
     pub restarts: u32,
     pub peer_uptime_ms: Option<u64>,
     pub last_seq: Option<u64>,
+    /// The peer's heartbeats arrive in this other version of the format (another release):
+    /// nothing is decided until both speak the same.
+    #[serde(default)]
+    pub incompatible_version: Option<u8>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -260,6 +264,14 @@ impl PeerInfo {
             Some(ms) => format!("last seen {:.1} s ago", ms as f64 / 1000.0),
             None => "never seen".to_string(),
         };
+        if let Some(v) = p.incompatible_version.filter(|_| !p.up) {
+            return format!(
+                "{} alive but speaking heartbeat version {v} (this node {}): another release; \
+                 nothing is started, taken over or released until both run the same",
+                p.name,
+                crate::peer::heartbeat::HEARTBEAT_VERSION
+            );
+        }
         if !p.up {
             return format!("{} down, {seen}", p.name);
         }
@@ -331,6 +343,7 @@ mod tests {
                 restarts: 0,
                 peer_uptime_ms: Some(80_000),
                 last_seq: Some(800),
+                incompatible_version: None,
             }),
             witness: None,
             maintenance: None,

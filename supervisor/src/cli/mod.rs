@@ -80,6 +80,10 @@ pub enum Command {
         #[arg(value_enum)]
         state: OnOff,
         node: String,
+        /// With `off` while the other node is down: run the VMs from this node's own (older)
+        /// disks anyway.
+        #[arg(long)]
+        force: bool,
     },
     /// The serial console menu (init runs it on each console).
     Console,
@@ -173,11 +177,12 @@ pub fn run(args: Args) -> Result<i32> {
             VmAction::Console { name, vms_dir } => vm::run_console(&src, &vms_dir, &name),
         },
         Command::Switchover { name } => vm::run_request(&src, &Request::Switchover { name }),
-        Command::Maintenance { state, node } => vm::run_request(
+        Command::Maintenance { state, node, force } => vm::run_request(
             &src,
             &Request::Maintenance {
                 node,
                 on: state == OnOff::On,
+                force,
             },
         ),
         Command::Console => crate::console::run(&src),

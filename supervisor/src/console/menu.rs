@@ -126,7 +126,12 @@ impl<R: Read, W: Write, A: Actions> Menu<R, W, A> {
                 ))))
             }
         }
-        let answer = match self.actions.ask(Request::Maintenance { node, on }) {
+        let req = Request::Maintenance {
+            node,
+            on,
+            force: false,
+        };
+        let answer = match self.actions.ask(req) {
             Ok(m) | Err(m) => m,
         };
         Ok(Next::Menu(Some(answer)))
@@ -360,7 +365,7 @@ mod tests {
                         Err(format!("no VM {name} in the config (VMs: web, db)"))
                     }
                 }
-                Request::Maintenance { node, on } => {
+                Request::Maintenance { node, on, .. } => {
                     self.calls.push(format!("maintenance {node} {on}"));
                     if node == "a" {
                         Ok(format!("a: maintenance {}", if on { "on" } else { "off" }))

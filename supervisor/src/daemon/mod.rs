@@ -170,8 +170,8 @@ fn handle(shared: &Shared, req: Request) -> Response {
         Request::Switchover { name } => {
             done(shared.vm_request(crate::vms::service::VmRequest::Switchover(name)))
         }
-        Request::Maintenance { node, on } => {
-            done(shared.vm_request(crate::vms::service::VmRequest::Maintenance { node, on }))
+        Request::Maintenance { node, on, force } => {
+            done(shared.vm_request(crate::vms::service::VmRequest::Maintenance { node, on, force }))
         }
     }
 }

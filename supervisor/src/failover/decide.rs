@@ -71,7 +71,14 @@ fn holds_no_copy(role: Option<VmRole>) -> bool {
 }
 
 /// What to do now, VM by VM (at most one decision per VM; none for a VM that is busy).
+///
+/// Nothing at all while the peer speaks another heartbeat version (a node upgraded alone): it
+/// is alive, but its reports cannot be read, and every rule would take its silence for death
+/// (start what it runs, take over what it streams). Both keep what they run as it is.
 pub fn decide(f: &Facts) -> Vec<Decision> {
+    if f.peer.incompatible && !f.peer.up {
+        return Vec::new();
+    }
     f.vms
         .iter()
         .filter(|v| !v.busy)
@@ -201,7 +208,10 @@ fn primary(
             // The peer goes into maintenance: end the stream deliberately (its Abort acked
             // before the output flows freely), rather than let it fail and hold the output.
             // A peer that stopped answering is left to the rules below.
-            if f.maintenance_peer && f.peer.up && ack_silent < f.timings.dead_after {
+            let waited = v
+                .last_protect_failure
+                .is_none_or(|t| f.since(t) >= PROTECT_RETRY);
+            if f.maintenance_peer && f.peer.up && ack_silent < f.timings.dead_after && waited {
                 return Some((Action::Unprotect, Rule::PeerInMaintenance));
             }
             if silent && witness && ack_silent >= f.timings.dead_after {
@@ -397,16 +407,19 @@ fn replica(
 }
 
 fn crashed(f: &Facts, v: &VmFacts, at: std::time::Instant) -> Option<(Action, Rule)> {
-    // Nothing starts on a node in maintenance; the peer starts the VM afresh (below, `none`).
-    if !v.run || f.maintenance_here {
+    if !v.run {
         return None;
     }
     let silent = f.peer_silent();
     let report = f.peer.report.as_ref();
     let role = report.and_then(|r| r.vm(&v.name)).map(|r| r.role);
     if f.peer.up && matches!(role, Some(VmRole::Primary(_))) {
-        return Some((Action::StartReplica, Rule::PeerRunsIt));
+        // No copy is kept on a node in maintenance.
+        return (!f.maintenance_here).then_some((Action::StartReplica, Rule::PeerRunsIt));
     }
+    // Even in maintenance this node restarts a VM whose engine died here when the peer holds
+    // no copy of it: this disk is the newest there is (booting it on the peer would roll back
+    // what the VM showed the world), and once protected it moves as maintenance wants.
     if silent {
         return f
             .witness_answers()
@@ -433,11 +446,8 @@ fn none(f: &Facts, v: &VmFacts) -> Option<(Action, Rule)> {
             // The peer's havmsd just restarted and has not read its engine's role yet: its
             // next report will say.
             Some(VmRole::Starting) => None,
-            // The peer restarts it itself (there is no copy here to take over), unless it is
-            // in maintenance, where nothing starts.
-            Some(VmRole::Crashed) if f.maintenance_peer => {
-                Some((Action::StartPrimary, Rule::PeerInMaintenance))
-            }
+            // The peer restarts it itself (there is no copy here to take over; its disk is
+            // the newest), in maintenance or not.
             Some(VmRole::Crashed) => None,
             // The peer holds a current copy (its primary went away): it resumes it, which
             // beats booting the VM afresh here; this node follows as its replica.

@@ -49,6 +49,7 @@ impl World {
                         maintenance: Default::default(),
                         vms: Vec::new(),
                     }),
+                    incompatible: false,
                 },
                 witness: WitnessFacts {
                     address: Some("192.168.77.1".parse().unwrap()),
@@ -209,6 +210,7 @@ fn alone_at_boot_a_node_waits_and_needs_the_witness() {
         link_last: None,
         lan_last: None,
         report: None,
+        incompatible: false,
     };
     w.f.started_at = w.f.now - ms(300);
     assert_eq!(w.action(), None, "not listened for dead_after yet");

@@ -29,6 +29,9 @@ pub struct PeerFacts {
     pub link_last: Option<Instant>,
     pub lan_last: Option<Instant>,
     pub report: Option<PeerReport>,
+    /// Its heartbeats arrive within `dead_after` but in another version of the format (it
+    /// runs another release): alive, unreadable.
+    pub incompatible: bool,
 }
 
 impl PeerFacts {

@@ -58,13 +58,6 @@ fn a_node_in_maintenance_starts_nothing() {
     w.f.started_at = w.f.now - ms(60_000);
     w.peer_silent_for(5_000);
     assert_eq!(w.one(), None, "the peer dead: still not here");
-    // Its own engine crashed: the peer starts it, not this node.
-    let mut w = here_in_maintenance();
-    w.vm().engine = Engine::Crashed {
-        at: w.f.now - ms(1000),
-    };
-    w.peer_says(VmRole::Replica(ReplicaState::Empty));
-    assert_eq!(w.one(), None);
 }
 
 #[test]
@@ -117,6 +110,12 @@ fn the_peer_in_maintenance_gets_no_copy() {
     let mut w = peer_in_maintenance();
     w.peer_says(VmRole::Primary(PrimaryState::Unprotected));
     assert_eq!(w.one(), Some((Action::StartReplica, Rule::PeerRunsIt)));
+    // A failed unprotect waits before the next try.
+    let mut w = peer_in_maintenance();
+    w.primary(Stream::Protected, 5_000, Some(20));
+    w.peer_says(VmRole::Replica(ReplicaState::Ready));
+    w.vm().last_protect_failure = Some(w.f.now - ms(100));
+    assert_eq!(w.one(), None);
     // A peer in maintenance whose acks stopped: the usual rules for a dead peer, not an
     // unprotect that would wait on it.
     let mut w = peer_in_maintenance();
@@ -126,14 +125,50 @@ fn the_peer_in_maintenance_gets_no_copy() {
 }
 
 #[test]
-fn what_the_peer_in_maintenance_cannot_run_starts_here() {
-    // Its engine died there: nothing restarts there, so this node boots it.
+fn a_crash_on_the_node_in_maintenance_restarts_there_from_the_newest_disk() {
+    // The peer (in maintenance) ran it, unprotected, and its engine died: its disk is the
+    // newest; booting this node's older copy would roll back what the VM showed the world.
     let mut w = peer_in_maintenance();
     w.peer_says(VmRole::Crashed);
+    assert_eq!(w.one(), None);
+    // On the node in maintenance: restarted there when the peer holds no copy.
+    let mut w = here_in_maintenance();
+    w.vm().engine = Engine::Crashed {
+        at: w.f.now - ms(1000),
+    };
+    w.peer_says(VmRole::Replica(ReplicaState::Stale));
     assert_eq!(
         w.one(),
-        Some((Action::StartPrimary, Rule::PeerInMaintenance))
+        Some((Action::StartPrimary, Rule::RestartAfterCrash))
     );
+    // But no replica for a VM the peer took over.
+    w.peer_says(VmRole::Primary(PrimaryState::Unprotected));
+    assert_eq!(w.one(), None);
+}
+
+#[test]
+fn a_peer_speaking_another_heartbeat_version_freezes_every_decision() {
+    // Upgraded alone: its heartbeats cannot be read, so it looks silent; nothing is started,
+    // taken over or released because of that.
+    let mut w = World::new();
+    w.f.started_at = w.f.now - ms(60_000);
+    w.peer_silent_for(5_000);
+    w.f.peer.incompatible = true;
+    assert_eq!(w.one(), None, "no start alone");
+    w.replica(ReplicaState::Ready, 5_000);
+    assert_eq!(w.one(), None, "no takeover");
+    w.primary(Stream::Held, 5_000, Some(5_000));
+    assert_eq!(w.one(), None, "no release");
+    w.f.peer.incompatible = false;
+    assert_eq!(
+        w.action(),
+        Some(Action::Release),
+        "the same facts, readable peer"
+    );
+}
+
+#[test]
+fn what_the_peer_in_maintenance_cannot_run_starts_here() {
     // Nothing runs it and its home is here (maintenance moved it): it starts here.
     let mut w = peer_in_maintenance();
     w.peer_says(VmRole::None);

@@ -4,7 +4,7 @@
 
 use crate::daemon::liveness::Progress;
 use crate::daemon::state::{PeerPlan, Shared};
-use crate::peer::heartbeat::Heartbeat;
+use crate::peer::heartbeat::{DecodeError, Heartbeat, HEARTBEAT_VERSION};
 use crate::peer::ratelimit::RateLimit;
 use crate::peer::tracker::Path as NetPath;
 use crate::probe;
@@ -148,6 +148,20 @@ impl Service {
         let now = Instant::now();
         let hb = match Heartbeat::decode(datagram) {
             Ok(hb) => hb,
+            // The peer's address speaking another version: it runs another release. Alive,
+            // unreadable: the VM service decides nothing while this lasts.
+            Err(DecodeError::BadVersion(v)) if classify(plan, from).is_ok() => {
+                self.shared.with_tracker(|t| t.on_incompatible(v, now));
+                if self.warn.allow(Some(from.ip()), "version", now) {
+                    log::error!(
+                        "heartbeat from {from} in version {v}, this node speaks \
+                         {HEARTBEAT_VERSION}: {} runs another release; no VM is started, taken \
+                         over or released until both run the same",
+                        plan.peer
+                    );
+                }
+                return;
+            }
             Err(e) => {
                 if self.warn.allow(Some(from.ip()), "decode", now) {
                     log::warn!("heartbeat from {from} rejected: {e}");

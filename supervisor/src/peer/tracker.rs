@@ -132,6 +132,9 @@ pub struct Tracker {
     last_seq: Option<u64>,
     peer_uptime_ms: Option<u64>,
     report: Option<PeerReport>,
+    /// The last heartbeat from the peer's address in another version of the format (it runs
+    /// another release), and that version.
+    incompatible: Option<(Instant, u8)>,
 }
 
 impl Tracker {
@@ -146,7 +149,22 @@ impl Tracker {
             last_seq: None,
             peer_uptime_ms: None,
             report: None,
+            incompatible: None,
         }
+    }
+
+    /// A heartbeat from the peer's address in format `version`, which this node cannot read.
+    pub fn on_incompatible(&mut self, version: u8, now: Instant) {
+        self.incompatible = Some((now, version));
+    }
+
+    /// The other format version the peer spoke within `dead_after` of `now`, if it did (and no
+    /// readable heartbeat came since).
+    pub fn incompatible(&self, now: Instant) -> Option<u8> {
+        self.incompatible
+            .filter(|(t, _)| now.saturating_duration_since(*t) <= self.dead_after)
+            .filter(|(t, _)| self.last_seen().is_none_or(|seen| seen < *t))
+            .map(|(_, v)| v)
     }
 
     /// The peer's latest VM reports (None before its first heartbeat).
@@ -296,6 +314,7 @@ impl Tracker {
             restarts: self.restarts,
             peer_uptime_ms: self.peer_uptime_ms,
             last_seq: self.last_seq,
+            incompatible_version: self.incompatible(now),
         }
     }
 }
@@ -330,6 +349,26 @@ mod tests {
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
+    }
+
+    #[test]
+    fn another_format_version_counts_until_a_readable_heartbeat_or_dead_after() {
+        let mut t = Tracker::new("b", DEAD);
+        let t0 = Instant::now();
+        assert_eq!(t.incompatible(t0), None);
+        t.on_incompatible(3, t0);
+        assert_eq!(t.incompatible(t0 + Duration::from_millis(400)), Some(3));
+        assert!(!t.is_up(), "unreadable is not up");
+        assert_eq!(t.incompatible(t0 + Duration::from_millis(600)), None);
+        t.on_incompatible(3, t0 + Duration::from_millis(700));
+        t.on_heartbeat(
+            &hb(7, 0),
+            Path::Link,
+            link_addr(),
+            t0 + Duration::from_millis(800),
+        );
+        assert_eq!(t.incompatible(t0 + Duration::from_millis(800)), None);
+        assert_eq!(t.snapshot(t0).incompatible_version, None);
     }
 
     #[test]

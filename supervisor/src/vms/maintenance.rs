@@ -38,21 +38,33 @@ pub fn home_of<'a>(
 pub struct Register {
     path: PathBuf,
     current: Maintenance,
+    /// The last version of the peer's register that was refused, said once in the log.
+    refused: u64,
 }
 
 impl Register {
-    /// Loads `path` (missing: no node in maintenance; unreadable: the same, said in the log).
-    pub fn load(path: &Path) -> Register {
+    /// Loads `path`. Missing: no node in maintenance. Damaged: this node `me` counts as in
+    /// maintenance at version 0 (any word of the peer wins): a node that cannot tell whether
+    /// the operator emptied it starts nothing by itself, it does not boot old copies.
+    pub fn load(path: &Path, me: Option<&str>) -> Register {
         let current = match std::fs::read_to_string(path) {
             Ok(text) => serde_json::from_str(&text).unwrap_or_else(|e| {
-                log::error!("{}: {e}; no node counts as in maintenance", path.display());
-                Maintenance::default()
+                log::error!(
+                    "{}: {e}; this node counts as in maintenance until the peer's word or \
+                     `havms maintenance off`",
+                    path.display()
+                );
+                Maintenance {
+                    node: me.map(str::to_string),
+                    version: 0,
+                }
             }),
             Err(_) => Maintenance::default(),
         };
         Register {
             path: path.to_path_buf(),
             current,
+            refused: 0,
         }
     }
 
@@ -60,12 +72,19 @@ impl Register {
         &self.current
     }
 
-    /// The operator puts `node` in maintenance (None: neither node).
-    pub fn set(&mut self, node: Option<String>) -> &Maintenance {
+    /// Whether the peer's register of `version` is refused for the first time (to say so once,
+    /// not every round).
+    pub fn first_refusal(&mut self, version: u64) -> bool {
+        std::mem::replace(&mut self.refused, version) != version
+    }
+
+    /// The operator puts `node` in maintenance (None: neither node); an error when it could not
+    /// be kept on the data partition (then it holds only until this havmsd ends).
+    pub fn set(&mut self, node: Option<String>) -> std::io::Result<&Maintenance> {
         let version = now_version().max(self.current.version.saturating_add(1));
         self.current = Maintenance { node, version };
-        self.save();
-        &self.current
+        self.save()?;
+        Ok(&self.current)
     }
 
     /// The peer's register: taken if newer (at the same version the greater node name, so
@@ -73,11 +92,13 @@ impl Register {
     /// refused: it would win against every later word of the operator.
     pub fn merge(&mut self, theirs: &Maintenance) -> bool {
         if theirs.version > now_version().saturating_add(MAX_AHEAD_MS) {
-            log::warn!(
-                "the peer's maintenance version {} is over a day ahead of this node's clock; \
-                 ignored",
-                theirs.version
-            );
+            if self.first_refusal(theirs.version) {
+                log::warn!(
+                    "the peer's maintenance version {} is over a day ahead of this node's \
+                     clock; ignored (set the clocks right, then `havms maintenance` again)",
+                    theirs.version
+                );
+            }
             return false;
         }
         let ours = &self.current;
@@ -85,21 +106,23 @@ impl Register {
             || (theirs.version == ours.version && theirs.node > ours.node);
         if newer {
             self.current = theirs.clone();
-            self.save();
+            if let Err(e) = self.save() {
+                log::error!("{e}");
+            }
         }
         newer
     }
 
-    fn save(&self) {
-        let written = serde_json::to_string_pretty(&self.current)
+    fn save(&self) -> std::io::Result<()> {
+        serde_json::to_string_pretty(&self.current)
             .map_err(std::io::Error::other)
-            .and_then(|text| super::durable::write_synced(&self.path, &text));
-        if let Err(e) = written {
-            log::error!(
-                "saving the maintenance state to {}: {e}",
-                self.path.display()
-            );
-        }
+            .and_then(|text| super::durable::write_synced(&self.path, &text))
+            .map_err(|e| {
+                std::io::Error::other(format!(
+                    "saving the maintenance state to {}: {e}",
+                    self.path.display()
+                ))
+            })
     }
 }
 
@@ -124,9 +147,9 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("havms-maint-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let path = dir.join("state/maintenance.json");
-        let mut r = Register::load(&path);
+        let mut r = Register::load(&path, Some("a"));
         assert_eq!(r.get(), &Maintenance::default());
-        let on = r.set(Some("a".into())).clone();
+        let on = r.set(Some("a".into())).unwrap().clone();
         assert!(on.version > 0);
         // An older word from the peer loses; the default (never set) too.
         assert!(!r.merge(&Maintenance {
@@ -134,14 +157,18 @@ mod tests {
             version: on.version - 1
         }));
         assert!(!r.merge(&Maintenance::default()));
-        assert_eq!(Register::load(&path).get(), &on, "kept across a restart");
+        assert_eq!(
+            Register::load(&path, Some("a")).get(),
+            &on,
+            "kept across a restart"
+        );
         // A newer one wins and is kept.
         let off = Maintenance {
             node: None,
             version: on.version + 10,
         };
         assert!(r.merge(&off));
-        assert_eq!(Register::load(&path).get(), &off);
+        assert_eq!(Register::load(&path, Some("a")).get(), &off);
         // A tie settles on the same value on both nodes.
         let tie = Maintenance {
             node: Some("b".into()),
@@ -154,11 +181,18 @@ mod tests {
             node: Some("a".into()),
             version: u64::MAX
         }));
-        let v1 = r.set(None).version;
-        assert!(r.set(Some("a".into())).version > v1);
-        // A damaged file: nothing in maintenance, said in the log.
+        assert!(!r.first_refusal(u64::MAX), "said once");
+        let v1 = r.set(None).unwrap().version;
+        assert!(r.set(Some("a".into())).unwrap().version > v1);
+        // A damaged file: this node in maintenance at version 0, which any word of the peer's
+        // outweighs.
         std::fs::write(&path, "{not json").unwrap();
-        assert_eq!(Register::load(&path).get(), &Maintenance::default());
+        let mut r = Register::load(&path, Some("b"));
+        assert_eq!(r.get().node.as_deref(), Some("b"));
+        assert!(r.merge(&Maintenance {
+            node: None,
+            version: 5
+        }));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -54,10 +54,11 @@ pub enum VmRequest {
     Stop(String),
     /// `havms switchover NAME`.
     Switchover(String),
-    /// `havms maintenance on|off NODE`.
+    /// `havms maintenance on|off NODE [--force]`.
     Maintenance {
         node: String,
         on: bool,
+        force: bool,
     },
 }
 
@@ -100,7 +101,10 @@ pub fn run(shared: Arc<Shared>, opts: Options, progress: Arc<Progress>) {
     shared.set_vm_control(control_tx);
     let mut svc = Service {
         intents: Intents::load(&opts.intents_file),
-        maintenance: Register::load(&opts.intents_file.with_file_name("maintenance.json")),
+        maintenance: Register::load(
+            &opts.intents_file.with_file_name("maintenance.json"),
+            shared.settings.node.as_deref(),
+        ),
         shared,
         opts,
         slots: BTreeMap::new(),

@@ -30,11 +30,13 @@ impl Service {
         if let Some(report) = self.shared.with_tracker(|t| t.report().cloned()).flatten() {
             let theirs = &report.maintenance;
             if theirs.node.as_deref().is_some_and(|n| !is_node(n)) {
-                log::warn!(
-                    "the peer says node `{}` is in maintenance, which is neither node of the \
+                if self.maintenance.first_refusal(theirs.version) {
+                    log::warn!(
+                        "the peer says node `{}` is in maintenance, which is neither node of the \
                      pair; ignored",
-                    theirs.node.as_deref().unwrap_or_default()
-                );
+                        theirs.node.as_deref().unwrap_or_default()
+                    );
+                }
             } else if self.maintenance.merge(theirs) {
                 log::warn!(
                     "the peer says {}",
@@ -81,6 +83,7 @@ impl Service {
                 link_last: t.last_seen_on(NetPath::Link),
                 lan_last: t.last_seen_on(NetPath::Lan),
                 report: t.report().cloned(),
+                incompatible: t.incompatible(now).is_some(),
             })
             .unwrap_or(PeerFacts {
                 name: peer.name.to_string(),
@@ -88,6 +91,7 @@ impl Service {
                 link_last: None,
                 lan_last: None,
                 report: None,
+                incompatible: false,
             });
         let w = self.shared.witness_state();
         let peer_asked = |vm: &str| {
@@ -184,6 +188,10 @@ impl Service {
                 .is_some_and(|t| t.elapsed() < FENCE_EXIT_WAIT)
         {
             // Killed already; its end is on its way through the watcher.
+            return;
+        }
+        if d.action == Action::Stop && slot.expect_exit.is_some() {
+            // Asked to stop already (a replica's end is not shown in its stream); it ends.
             return;
         }
         let quiet = matches!(d.action, Action::Protect { .. } | Action::AskStale);

@@ -203,7 +203,9 @@ impl Service {
                 log::error!("vm {}: {:?} failed: {e}", d.vm, d.action);
                 slot.last_error = Some(e.clone());
                 match d.action {
-                    Action::Protect { .. } => slot.last_protect_failure = Some(now),
+                    Action::Protect { .. } | Action::Unprotect => {
+                        slot.last_protect_failure = Some(now)
+                    }
                     // The guest may be paused and held now: the rules for a held stream
                     // settle it (the peer took the Handover and runs it, or marks its copy
                     // stale and the guest resumes here).

@@ -64,7 +64,9 @@ impl Service {
             VmRequest::Start(n) => (n, true),
             VmRequest::Stop(n) => (n, false),
             VmRequest::Switchover(n) => return self.switchover(n),
-            VmRequest::Maintenance { node, on } => return self.set_maintenance(node, *on),
+            VmRequest::Maintenance { node, on, force } => {
+                return self.set_maintenance(node, *on, *force)
+            }
         };
         let Some(slot) = self.slots.get(name) else {
             return Err(self.unknown_vm(name));
@@ -110,8 +112,8 @@ impl Service {
 
     /// `havms switchover NAME`: placed on the other node than the one running it, and moved
     /// there at once by the node that runs it (this one, or the peer told in the heartbeats).
-    /// Refused unless the VM runs protected with the other node's copy in sync, and onto a
-    /// node in maintenance.
+    /// Refused unless the VM runs protected with the other node's copy in sync, and refused
+    /// onto a node in maintenance.
     fn switchover(&mut self, name: &str) -> Result<String, String> {
         let (me, peer_name, peer_report) = self.pair()?;
         let Some(slot) = self.slots.get(name) else {
@@ -165,13 +167,18 @@ impl Service {
     /// `havms maintenance on|off NODE`. On: every VM running on NODE moves to the other node
     /// (refused unless each is protected there in sync, so nothing is lost), and NODE keeps
     /// no copy and starts nothing until off. One node at a time: the pair cannot empty both.
-    fn set_maintenance(&mut self, node: &str, on: bool) -> Result<String, String> {
+    fn set_maintenance(&mut self, node: &str, on: bool, force: bool) -> Result<String, String> {
         let (me, peer, peer_report) = self.pair()?;
         if node != me && node != peer {
             return Err(format!("no node {node} in this pair (nodes: {me}, {peer})"));
         }
         let other = if node == me { &peer } else { &me };
+        // The peer's word first: an `on` typed there a moment ago counts.
+        if let Some(r) = &peer_report {
+            self.maintenance.merge(&r.maintenance);
+        }
         let current = self.maintenance.get().node.clone();
+        let peer_up = self.shared.with_tracker(|t| t.is_up()).unwrap_or(false);
         if !on {
             if current.as_deref() != Some(node) {
                 return Err(format!(
@@ -179,14 +186,22 @@ impl Service {
                     current.map_or("no node is".into(), |n| format!("{n} is"))
                 ));
             }
-            let m = self.maintenance.set(None);
+            if node == me && !peer_up && !force {
+                return Err(format!(
+                    "{peer} is down: {node} holds no current copy of the VMs {peer} ran (it \
+                     kept none in maintenance), and would boot them from its own older disks; \
+                     bring {peer} back first, or `havms maintenance off {node} --force` to run \
+                     them from {node}'s disks anyway"
+                ));
+            }
+            let m = self.maintenance.set(None).map_err(|e| e.to_string())?;
             log::warn!(
                 "the operator ended {node}'s maintenance (version {})",
                 m.version
             );
             return Ok(format!(
-                "{node}: maintenance off; its VMs are protected onto it again and go back by \
-                 themselves (failback: auto)"
+                "{node}: maintenance off; the VMs are protected onto it again, and those at \
+                 home there go back by themselves (failback: auto)"
             ));
         }
         match current.as_deref() {
@@ -199,7 +214,6 @@ impl Service {
             }
             None => {}
         }
-        let peer_up = self.shared.with_tracker(|t| t.is_up()).unwrap_or(false);
         if node == me && !peer_up {
             return Err(format!(
                 "{peer} is not up: the VMs of {node} would have nowhere to go"
@@ -229,11 +243,14 @@ impl Service {
             return Err(format!(
                 "{what} {} {verb} on {node} and not protected with {other}'s copy in sync: \
                  moving it would lose what {other} does not hold; wait until `havms status` \
-                 says protected",
+                 says protected (or stop it)",
                 blocked.join(", ")
             ));
         }
-        let m = self.maintenance.set(Some(node.to_string()));
+        let m = self
+            .maintenance
+            .set(Some(node.to_string()))
+            .map_err(|e| e.to_string())?;
         log::warn!(
             "the operator put {node} in maintenance (version {}): its VMs move to {other}",
             m.version
