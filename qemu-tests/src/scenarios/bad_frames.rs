@@ -8,17 +8,17 @@
 //! real stream to it, protect the VM again.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use havms_vmm::replication::wire::{self, Commit, Frame, Hello, Pages};
 
-use super::ha_failover::{ledger_vm, CLIENT_IP, LEDGER_PORT};
+use super::ha_failover::{ledger_vm, CLIENT_IP};
 use super::{Ctx, STEP};
 use crate::engine::parse::number;
 use crate::ensure;
 use crate::error::{HarnessError, Result};
 use crate::ha;
-use crate::lan_client::{LanHost, LedgerClient, TcpConn};
+use crate::lan_client::{LanHost, TcpConn};
 
 /// The intruder's address on the link (neither node's).
 const INTRUDER_IP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 9);
@@ -108,13 +108,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     let (first, rest) = cluster.nodes().split_at_mut(1);
     let (mut a, mut b) = ha::boot::shells(&mut first[0], &mut rest[0])?;
     ha::wait_protected(&mut a, &mut b, "web")?;
-    let ip = vm
-        .ip
-        .parse()
-        .map_err(|_| HarnessError::Check(format!("bad test address {}", vm.ip)))?;
-    let mut c = LedgerClient::connect(&client_host, ip, LEDGER_PORT, Duration::from_secs(90))?;
-    c.start_appending(Duration::from_millis(20))?;
-    c.wait_acked_after(Instant::now(), 50, Duration::from_secs(60))?;
+    let mut c = super::ha_faults::client(&client_host, vm.ip)?;
 
     let info = b.ok("vm_info web", STEP)?;
     let port: u16 = number(r#""listen": "10\.99\.0\.2:(\d+)""#, &info)?;

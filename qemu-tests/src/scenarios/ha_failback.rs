@@ -15,16 +15,14 @@
 
 use std::time::{Duration, Instant};
 
-use super::ha_failover::{ledger_vm, CLIENT_IP, LEDGER_PORT};
+use super::ha_failover::{ledger_vm, CLIENT_IP};
 use super::ha_faults::{max_gap_after, wait};
 use super::{Ctx, BOOT_KERNEL, STEP};
 use crate::ensure;
-use crate::error::{HarnessError, Result};
+use crate::error::Result;
 use crate::ha;
 use crate::lan_client::{LanHost, LedgerClient};
 use crate::shell::Shell;
-
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Waits until web runs as primary on `to` after a switchover (its status names it) and the
 /// node it left, `from`, holds a ready replica again; returns the client's longest wait since
@@ -61,13 +59,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     let (first, rest) = cluster.nodes().split_at_mut(1);
     let (mut a, mut b) = ha::boot::shells(&mut first[0], &mut rest[0])?;
     ha::wait_protected(&mut a, &mut b, "web")?;
-    let ip = vm
-        .ip
-        .parse()
-        .map_err(|_| HarnessError::Check(format!("bad test address {}", vm.ip)))?;
-    let mut c = LedgerClient::connect(&host, ip, LEDGER_PORT, CLIENT_TIMEOUT)?;
-    c.start_appending(Duration::from_millis(20))?;
-    c.wait_acked_after(Instant::now(), 50, Duration::from_secs(60))?;
+    let mut c = super::ha_faults::client(&host, vm.ip)?;
 
     ctx.step("protected on a; the client appends; node a dies");
     std::thread::sleep(Duration::from_secs(1));

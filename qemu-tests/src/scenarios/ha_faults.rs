@@ -29,7 +29,9 @@ const DEAD_AFTER_MS: u64 = 500;
 const EPOCH_MS: u64 = 50;
 const FENCE_MS: u64 = 2000;
 
-fn client(host: &LanHost, ip: &str) -> Result<LedgerClient> {
+/// The LAN client on `host`, connected to the ledger guest at `ip` and appending every 20 ms,
+/// 50 appends acknowledged already.
+pub(super) fn client(host: &LanHost, ip: &str) -> Result<LedgerClient> {
     let ip = ip
         .parse()
         .map_err(|_| HarnessError::Check(format!("bad test address {ip}")))?;

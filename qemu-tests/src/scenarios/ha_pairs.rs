@@ -9,26 +9,15 @@
 
 use std::time::{Duration, Instant};
 
-use super::ha_failover::{ledger_vm, CLIENT_IP, LEDGER_PORT};
+use super::ha_failover::{ledger_vm, CLIENT_IP};
+use super::ha_faults::client;
 use super::{Ctx, STEP};
 use crate::engine::parse::number;
 use crate::ensure;
-use crate::error::{HarnessError, Result};
+use crate::error::Result;
 use crate::ha::{self, TestVm};
-use crate::lan_client::{LanHost, LedgerClient};
+use crate::lan_client::LanHost;
 use crate::shell::Shell;
-
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(90);
-
-fn client(host: &LanHost, ip: &str) -> Result<LedgerClient> {
-    let ip = ip
-        .parse()
-        .map_err(|_| HarnessError::Check(format!("bad test address {ip}")))?;
-    let mut c = LedgerClient::connect(host, ip, LEDGER_PORT, CLIENT_TIMEOUT)?;
-    c.start_appending(Duration::from_millis(20))?;
-    c.wait_acked_after(Instant::now(), 50, Duration::from_secs(60))?;
-    Ok(c)
-}
 
 /// The engine of `vm` on this node: its pid and how many havms-vm processes run for it.
 fn engines(sh: &mut Shell<'_>, vm: &str) -> Result<(u64, u64)> {
