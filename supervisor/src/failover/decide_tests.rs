@@ -54,6 +54,7 @@ impl World {
                 witness: WitnessFacts {
                     address: Some("192.168.77.1".parse().unwrap()),
                     last_answer: Some(now - ms(40)),
+                    answering_since: Some(t0),
                 },
                 maintenance_here: false,
                 maintenance_peer: false,
@@ -589,3 +590,40 @@ mod failback;
 #[cfg(test)]
 #[path = "maintenance_tests.rs"]
 mod maintenance;
+
+/// CI, ha-isolated: node a cut off the link and the LAN at once heard its peer last 553 ms ago
+/// and its witness 493 ms ago, and released its output "because the peer is dead" while b took
+/// the VM over: the witness's last answer predated the cut.
+#[test]
+fn an_answer_from_before_a_cut_is_no_witness() {
+    let mut w = World::new();
+    w.primary(Stream::Protected, 60_000, Some(525));
+    w.peer_silent_for(553);
+    w.witness_silent_for(493);
+    assert_eq!(w.one(), None, "no release on a stale witness answer");
+    // The same on the replica's side: no takeover.
+    w.replica(ReplicaState::Ready, 553);
+    assert_eq!(w.one(), None, "no takeover on a stale witness answer");
+    // A witness that answers now (its pings every heartbeat): the peer is dead.
+    w.witness_silent_for(60);
+    assert_eq!(w.action(), Some(Action::TakeOver));
+}
+
+/// CI, ha-isolated (its retry): back on the networks, a heard its witness a moment before b's
+/// next heartbeat and, its peer silent for seconds, booted the VM afresh as its preferred node;
+/// b, seeing a run it, killed its copy and the client's connection with it.
+#[test]
+fn a_node_back_on_the_network_listens_before_it_acts_alone() {
+    let mut w = World::new();
+    w.f.started_at = w.f.now - ms(60_000);
+    w.peer_silent_for(10_000);
+    w.f.witness.answering_since = Some(w.f.now - ms(50));
+    w.f.witness.last_answer = Some(w.f.now - ms(10));
+    assert_eq!(w.one(), None, "witness back 50 ms ago: listen first");
+    w.f.witness.answering_since = Some(w.f.now - ms(500));
+    assert_eq!(
+        w.action(),
+        Some(Action::StartPrimary),
+        "still alone after dead_after"
+    );
+}

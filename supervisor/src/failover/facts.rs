@@ -34,6 +34,14 @@ pub struct PeerFacts {
     pub incompatible: bool,
 }
 
+impl Timings {
+    /// How recent a witness answer must be to count as "answers now": three pings, but at
+    /// most half of `dead_after` (the config keeps `dead_after` at least three heartbeats).
+    pub fn witness_window(&self) -> Duration {
+        (self.heartbeat * 3).min(self.dead_after / 2)
+    }
+}
+
 impl PeerFacts {
     /// The last heartbeat on any path.
     pub fn last_seen(&self) -> Option<Instant> {
@@ -46,6 +54,8 @@ pub struct WitnessFacts {
     /// None: no witness configured (then nothing is ever confirmed by it).
     pub address: Option<std::net::Ipv4Addr>,
     pub last_answer: Option<Instant>,
+    /// Since when it has answered without a gap (None: not answering).
+    pub answering_since: Option<Instant>,
 }
 
 /// A primary's replication, as this node's engine reports it.
@@ -163,13 +173,21 @@ impl Facts {
                 >= self.timings.dead_after
     }
 
-    /// The witness answered within `dead_after`.
+    /// The witness answers now, and has for `dead_after`: this node is not the isolated one.
+    ///
+    /// "Now" is within `witness_window` (a lost ping is no verdict, but an answer from before a
+    /// cut must be stale by the time the peer's silence reaches `dead_after`: a node cut off
+    /// everything at T hears its peer last at T and its witness last at about T, so a window
+    /// of `dead_after` let it release at T + `dead_after` on an answer from T). "For
+    /// `dead_after`" because a node whose network just came back hears its witness before its
+    /// peer's next heartbeat: it waits as long as the peer gets to prove itself alive.
     pub fn witness_answers(&self) -> bool {
-        self.witness.address.is_some()
-            && self
-                .witness
-                .last_answer
-                .is_some_and(|t| self.since(t) <= self.timings.dead_after)
+        let w = &self.witness;
+        w.address.is_some()
+            && w.last_answer
+                .is_some_and(|t| self.since(t) <= self.timings.witness_window())
+            && w.answering_since
+                .is_some_and(|t| self.since(t) >= self.timings.dead_after)
     }
 
     /// Since when this node has heard neither its peer nor its witness.

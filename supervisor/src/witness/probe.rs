@@ -16,8 +16,23 @@ use crate::daemon::liveness::Progress;
 pub struct WitnessState {
     pub address: Option<Ipv4Addr>,
     pub last_answer: Option<Instant>,
+    /// The first answer of the current run: answers no more than three intervals apart.
+    pub answering_since: Option<Instant>,
     pub sent: u64,
     pub answered: u64,
+}
+
+impl WitnessState {
+    /// An answer at `now`; one more than `gap` after the last starts a new run.
+    pub fn on_answer(&mut self, now: Instant, gap: Duration) {
+        let broken = self
+            .last_answer
+            .is_none_or(|t| now.saturating_duration_since(t) > gap);
+        if broken {
+            self.answering_since = Some(now);
+        }
+        self.last_answer = Some(now);
+    }
 }
 
 /// Shared between the probe thread and whoever reads it.
@@ -122,7 +137,8 @@ pub fn run(
                 Ok(n) => {
                     if is_reply(&buf[..n], addr, id) {
                         let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
-                        st.last_answer = Some(Instant::now());
+                        let now = Instant::now();
+                        st.on_answer(now, every * 3);
                         st.answered += 1;
                     }
                 }
@@ -135,6 +151,20 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_gap_in_the_answers_starts_a_new_run() {
+        let t0 = Instant::now();
+        let gap = Duration::from_millis(300);
+        let mut st = WitnessState::default();
+        st.on_answer(t0, gap);
+        st.on_answer(t0 + Duration::from_millis(100), gap);
+        st.on_answer(t0 + Duration::from_millis(350), gap);
+        assert_eq!(st.answering_since, Some(t0));
+        st.on_answer(t0 + Duration::from_millis(700), gap);
+        assert_eq!(st.answering_since, Some(t0 + Duration::from_millis(700)));
+        assert_eq!(st.last_answer, Some(t0 + Duration::from_millis(700)));
+    }
 
     #[test]
     fn requests_carry_a_valid_checksum_and_replies_are_matched() {

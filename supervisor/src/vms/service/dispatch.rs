@@ -143,6 +143,7 @@ impl Service {
             witness: WitnessFacts {
                 address: w.address,
                 last_answer: w.last_answer,
+                answering_since: w.answering_since,
             },
             maintenance_here: maintenance.as_deref() == Some(me.as_str()),
             maintenance_peer: maintenance.as_deref() == Some(peer.name.as_str()),
