@@ -1,4 +1,4 @@
-//! ha-failover, ha-failover-b, ha-engine-crash: the ledger guest runs protected on its
+//! ha-failover, ha-engine-crash: the ledger guest runs protected on its
 //! preferred node while a client on the LAN (outside both nodes) appends to it over one TCP
 //! connection. Then the primary fails: its node's QEMU is SIGKILLed (the PC dies), or only the
 //! primary's engine is (`kill -9 havms-vm`, the node lives on). Nothing is typed on the
@@ -33,10 +33,6 @@ enum Fault {
 
 pub fn node_a(ctx: &Ctx) -> Result<()> {
     run(ctx, "a", Fault::Node)
-}
-
-pub fn node_b(ctx: &Ctx) -> Result<()> {
-    run(ctx, "b", Fault::Node)
 }
 
 pub fn engine_crash(ctx: &Ctx) -> Result<()> {

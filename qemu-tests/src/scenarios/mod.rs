@@ -155,11 +155,6 @@ pub fn all() -> Vec<Scenario> {
             run: ha_failover::node_a,
         },
         Scenario {
-            name: "ha-failover-b",
-            about: "the same with the VM preferred on b and b killed",
-            run: ha_failover::node_b,
-        },
-        Scenario {
             name: "ha-engine-crash",
             about: "kill -9 the primary's engine only: the peer takes that VM over; 0 lost",
             run: ha_failover::engine_crash,
@@ -312,7 +307,6 @@ mod tests {
         assert_eq!(names(&["boot"]).unwrap(), ["boot-seabios", "boot-ovmf"]);
         assert_eq!(names(&["pid1", "pair", "pid1"]).unwrap(), ["pid1", "pair"]);
         assert_eq!(names(&["ha-failover"]).unwrap(), ["ha-failover"]);
-        assert_eq!(names(&["ha-failover-b"]).unwrap(), ["ha-failover-b"]);
         let err = names(&["nope"]).unwrap_err().to_string();
         assert!(
             err.contains("no scenario \"nope\"") && err.contains("bad-config"),
