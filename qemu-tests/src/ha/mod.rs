@@ -34,5 +34,8 @@ pub fn wait_protected(primary: &mut Shell<'_>, secondary: &mut Shell<'_>, vm: &s
         !out.contains("VM-WAIT-TIMEOUT"),
         "no ready replica of {vm}:\n{out}"
     );
-    shell::wait_serial(primary, vm, "^(LEDGER-READY|TCP-LISTENING)", 120)
+    // A guest that boots while protected is checkpointed every epoch from its first second, on
+    // a 1-vCPU nested node that may also apply the other VM's epochs: in ha-two-vms its boot
+    // took 70 s of guest time over 137 s of wall time, past the 120 s this was.
+    shell::wait_serial(primary, vm, "^(LEDGER-READY|TCP-LISTENING)", 240)
 }
