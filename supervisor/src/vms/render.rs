@@ -134,6 +134,9 @@ pub fn status_of(
                         Stream::Unprotected => {
                             v.detail = Some(match theirs.map(|t| t.role) {
                                 _ if peer.is_none() => "no peer".into(),
+                                _ if maintenance.is_some_and(|m| Some(m) == peer) => {
+                                    format!("{} is in maintenance", peer.unwrap_or_default())
+                                }
                                 None => "the peer is silent".into(),
                                 Some(VmRole::Replica(_)) => "protecting soon".into(),
                                 Some(_) => "no replica on the peer yet".into(),
