@@ -214,7 +214,10 @@ fn primary(
             if f.maintenance_peer && f.peer.up && ack_silent < f.timings.dead_after && waited {
                 return Some((Action::Unprotect, Rule::PeerInMaintenance));
             }
-            if silent && witness && ack_silent >= f.timings.dead_after {
+            // Acks silent for twice dead_after (the engine's own ack timeout): a replica engine
+            // whose havmsd restarts stalls its acks for about dead_after (ha-supervisor-restart
+            // released on 500 ms of silence), while a dead peer's stream is failed by then.
+            if silent && witness && ack_silent >= f.timings.dead_after * 2 {
                 return Some((
                     Action::Release,
                     Rule::PeerDead(evidence(f, Some(ack_silent))),
