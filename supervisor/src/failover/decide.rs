@@ -214,10 +214,7 @@ fn primary(
             if f.maintenance_peer && f.peer.up && ack_silent < f.timings.dead_after && waited {
                 return Some((Action::Unprotect, Rule::PeerInMaintenance));
             }
-            // Acks silent for twice dead_after (the engine's own ack timeout): a replica engine
-            // whose havmsd restarts stalls its acks for about dead_after (ha-supervisor-restart
-            // released on 500 ms of silence), while a dead peer's stream is failed by then.
-            if silent && witness && ack_silent >= f.timings.dead_after * 2 {
+            if silent && witness && ack_silent >= f.timings.dead_after {
                 return Some((
                     Action::Release,
                     Rule::PeerDead(evidence(f, Some(ack_silent))),
