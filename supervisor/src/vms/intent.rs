@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 use crate::peer::report::Intent;
 
 /// How far ahead of this node's clock a peer's intent version may be (clock skew).
-const MAX_AHEAD_MS: u64 = 24 * 3600 * 1000;
+/// (The maintenance register refuses the same.)
+pub(super) const MAX_AHEAD_MS: u64 = 24 * 3600 * 1000;
 
 /// Where the intents are kept on the node.
 pub const INTENTS_FILE: &str = "/var/lib/havms/state/intents.json";

@@ -9,10 +9,7 @@ use std::path::{Path, PathBuf};
 
 use crate::peer::report::Maintenance;
 
-use super::intent::now_version;
-
-/// How far ahead of this node's clock a peer's version may be (clock skew).
-const MAX_AHEAD_MS: u64 = 24 * 3600 * 1000;
+use super::intent::{now_version, MAX_AHEAD_MS};
 
 /// Where a VM belongs, of the pair `me` and `peer`: where the operator placed it (a node of the
 /// pair), else its preferred node; but never the node in maintenance: then the other one.
