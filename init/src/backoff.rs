@@ -1,4 +1,8 @@
-//! The respawn policy: 1 s, doubling up to 30 s, back to 1 s after 60 s of good running.
+//! The respawn policy: a child that ran well (60 s or more) is started again at once; one that
+//! fails quickly waits 1 s, doubling up to 30 s while it keeps failing. At once because the
+//! child that matters is havmsd, the node's heartbeat: while it is away the peer hears nothing
+//! from this node and has only the replication streams to tell that its VMs still run (one
+//! checkpoint that takes longer than `dead_after` meanwhile looks like a dead node).
 
 use std::time::Duration;
 
@@ -23,6 +27,7 @@ impl Backoff {
     pub fn on_exit(&mut self, ran_for: Duration) -> Duration {
         if ran_for >= HEALTHY {
             self.next = FIRST;
+            return Duration::ZERO;
         }
         let delay = self.next;
         self.next = (self.next * 2).min(MAX);
@@ -41,7 +46,8 @@ mod tests {
         let delays: Vec<u64> = (0..8).map(|_| b.on_exit(quick).as_secs()).collect();
         assert_eq!(delays, vec![1, 2, 4, 8, 16, 30, 30, 30]);
         assert_eq!(b.on_exit(Duration::from_secs(59)).as_secs(), 30);
-        assert_eq!(b.on_exit(HEALTHY).as_secs(), 1);
+        assert_eq!(b.on_exit(HEALTHY), Duration::ZERO);
+        assert_eq!(b.on_exit(quick).as_secs(), 1);
         assert_eq!(b.on_exit(quick).as_secs(), 2);
     }
 }

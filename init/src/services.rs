@@ -173,11 +173,15 @@ impl Supervisor {
             return true;
         }
         let delay = s.backoff.on_exit(now.saturating_duration_since(s.started));
+        let when = if delay.is_zero() {
+            "now".to_string()
+        } else {
+            format!("in {} s", delay.as_secs())
+        };
         log::warn!(
-            "{} (pid {pid}) {}; restarting in {} s",
+            "{} (pid {pid}) {}; restarting {when}",
             s.spec.name,
-            describe(status),
-            delay.as_secs()
+            describe(status)
         );
         s.due = Some(now + delay);
         true

@@ -92,14 +92,29 @@ pub fn supervisor_restart(ctx: &Ctx) -> Result<()> {
         !out.contains("VM-WAIT-TIMEOUT"),
         "a lost protection:\n{out}"
     );
+    let mut decided = String::new();
     for sh in [&mut a, &mut b] {
         let out = sh.ok(
             "grep -cE 'web: (take it over|release its held|kill it)' /run/log/havms.log; true",
             STEP,
         )?;
+        if !out.lines().any(|l| l.trim() == "0") {
+            decided += &out;
+        }
+    }
+    if !decided.is_empty() {
+        // What both havmsds and engines said, to see why (the counts alone do not).
+        let mut evidence = String::new();
+        for sh in [&mut a, &mut b] {
+            evidence += &sh.ok(
+                "echo \"== $(hostname)\"; grep -E 'web|peer' /run/log/havms.log | tail -n 60; \
+                 grep -v 'serial socket' /run/havms/vms/web/engine.log | tail -n 40",
+                STEP,
+            )?;
+        }
         ensure!(
-            out.lines().any(|l| l.trim() == "0"),
-            "a failover decision was taken during the restarts:\n{out}"
+            false,
+            "a failover decision was taken during the restarts:\n{decided}\n{evidence}"
         );
     }
     let report = c.verify()?;

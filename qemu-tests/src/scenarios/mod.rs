@@ -235,9 +235,10 @@ pub fn all() -> Vec<Scenario> {
 /// runs [`all`]); each moves there once it has passed repeatedly.
 pub fn pending() -> Vec<Scenario> {
     vec![
-        // Fails since 2026-12-02 (3 of 3): a SIGKILLed havmsd leaves its engine's stream
-        // stalled for about dead_after (no acks, no commits), and the peer acts on it (a
-        // release, or a takeover and a fence). Cause not found yet; see docs/testing.md.
+        // Failed 5 of 5 on 2026-12-02: a checkpoint longer than dead_after while havmsd was
+        // away made the peer act (a release, or a takeover and a fence). Init now restarts a
+        // havmsd that ran well at once, which shrinks that window; back into `all` once it has
+        // passed repeatedly (docs/testing.md). The lasting fix: stream keepalives.
         Scenario {
             name: "ha-supervisor-restart",
             about: "SIGKILL havmsd on the primary, then the secondary: the new one adopts the \
