@@ -5,7 +5,7 @@
 E=/var/lib/havms/engine
 W=/tmp/engine
 mkdir -p $W
-GUEST_CL="console=ttyS0 quiet panic=-1 i8042.noaux i8042.nomux i8042.dumbkbd"
+GUEST_CL="console=ttyS0 quiet panic=-1 initcall_blacklist=i8042_init"
 now() { cut -d' ' -f1 /proc/uptime; }
 # ser NAME: NAME's serial output without the tty's carriage returns.
 ser() { { tr -d '\r' < $W/$1.ser; } 2>/dev/null; }

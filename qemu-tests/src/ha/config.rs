@@ -56,7 +56,7 @@ impl TestVm {
     memory_mib: {mem}
     kernel: {NODE_DIR}/vmlinuz
     initramfs: {NODE_DIR}/guest.cpio.gz
-    cmdline: console=ttyS0 quiet panic=-1 i8042.noaux i8042.nomux i8042.dumbkbd guest={mode} marker={marker} ip={ip}/24 peer=192.168.77.1 {extra}
+    cmdline: console=ttyS0 quiet panic=-1 initcall_blacklist=i8042_init guest={mode} marker={marker} ip={ip}/24 peer=192.168.77.1 {extra}
     disks: [{{ path: {disk} }}]
     nics: [{{ mac: '{mac}' }}]
     preferred_node: {pref}
