@@ -73,7 +73,11 @@ fn run(ctx: &Ctx, preferred: &'static str, fault: Fault) -> Result<()> {
         CLIENT_TIMEOUT,
     )?;
     client.start_appending(Duration::from_millis(20))?;
-    let warm = client.wait_acked_after(Instant::now(), 50, Duration::from_secs(60))?;
+    let warm = client.wait_acked_after(
+        Instant::now(),
+        super::ha_faults::WARM,
+        Duration::from_secs(60),
+    )?;
     ctx.step(format!(
         "appending (first answer after {:.2} s)",
         warm.as_secs_f64()
@@ -128,7 +132,11 @@ fn run(ctx: &Ctx, preferred: &'static str, fault: Fault) -> Result<()> {
         "the failover on {survivor} was not decided by `{rule}`:\n{out}"
     );
     // Some more appends on the survivor, then everything back.
-    client.wait_acked_after(Instant::now(), 50, Duration::from_secs(60))?;
+    client.wait_acked_after(
+        Instant::now(),
+        super::ha_faults::WARM,
+        Duration::from_secs(60),
+    )?;
     let report = client.verify()?;
     ensure!(
         report.acked > before,
