@@ -51,10 +51,10 @@ pub fn ledger_vm(node: &'static str) -> TestVm {
 fn run(ctx: &Ctx, preferred: &'static str, fault: Fault) -> Result<()> {
     let vm = ledger_vm(preferred);
     let marker = format!("F-{:08x}", std::process::id() ^ 0xfa11_0001);
-    let mut cluster = ha::boot::pair(ctx, std::slice::from_ref(&vm), &marker)?;
+    let mut cluster = ha::boot::pair_a_first(ctx, std::slice::from_ref(&vm), &marker)?;
     let host = LanHost::attach(&cluster.net.lan, "client", CLIENT_IP)?;
     let (first, rest) = cluster.nodes().split_at_mut(1);
-    let (sa, sb) = ha::boot::shells(&mut first[0], &mut rest[0])?;
+    let (sa, sb) = ha::boot::shells_a_first(&mut first[0], &mut rest[0])?;
     let (mut p, mut s) = if preferred == "a" { (sa, sb) } else { (sb, sa) };
     let survivor = if preferred == "a" { "b" } else { "a" };
 

@@ -90,10 +90,10 @@ fn log_count(sh: &mut Shell<'_>, pattern: &str) -> Result<u64> {
 pub fn secondary_dies(ctx: &Ctx) -> Result<()> {
     let vm = ledger_vm("a");
     let marker = format!("S-{:08x}", std::process::id() ^ 0x5ec0_0001);
-    let mut cluster = ha::boot::pair(ctx, std::slice::from_ref(&vm), &marker)?;
+    let mut cluster = ha::boot::pair_a_first(ctx, std::slice::from_ref(&vm), &marker)?;
     let host = LanHost::attach(&cluster.net.lan, "client", CLIENT_IP)?;
     let (first, rest) = cluster.nodes().split_at_mut(1);
-    let (mut a, mut b) = ha::boot::shells(&mut first[0], &mut rest[0])?;
+    let (mut a, mut b) = ha::boot::shells_a_first(&mut first[0], &mut rest[0])?;
     ha::wait_protected(&mut a, &mut b, "web")?;
     let mut c = client(&host, vm.ip)?;
     ctx.step("protected; the client appends; node b (the secondary) dies");
@@ -150,11 +150,11 @@ pub fn secondary_dies(ctx: &Ctx) -> Result<()> {
 pub fn link_cut(ctx: &Ctx) -> Result<()> {
     let vm = ledger_vm("a");
     let marker = format!("L-{:08x}", std::process::id() ^ 0x11c0_0002);
-    let mut cluster = ha::boot::pair(ctx, std::slice::from_ref(&vm), &marker)?;
+    let mut cluster = ha::boot::pair_a_first(ctx, std::slice::from_ref(&vm), &marker)?;
     let host = LanHost::attach(&cluster.net.lan, "client", CLIENT_IP)?;
     let (net, nodes) = cluster.net_and_nodes();
     let (first, rest) = nodes.split_at_mut(1);
-    let (mut a, mut b) = ha::boot::shells(&mut first[0], &mut rest[0])?;
+    let (mut a, mut b) = ha::boot::shells_a_first(&mut first[0], &mut rest[0])?;
     ha::wait_protected(&mut a, &mut b, "web")?;
     let mut c = client(&host, vm.ip)?;
     ctx.step("protected; the client appends; the link is cut (the LAN stays)");
@@ -199,11 +199,11 @@ pub fn link_cut(ctx: &Ctx) -> Result<()> {
 pub fn isolated(ctx: &Ctx) -> Result<()> {
     let vm = ledger_vm("a");
     let marker = format!("I-{:08x}", std::process::id() ^ 0x150_0003);
-    let mut cluster = ha::boot::pair(ctx, std::slice::from_ref(&vm), &marker)?;
+    let mut cluster = ha::boot::pair_a_first(ctx, std::slice::from_ref(&vm), &marker)?;
     let host = LanHost::attach(&cluster.net.lan, "client", CLIENT_IP)?;
     let (net, nodes) = cluster.net_and_nodes();
     let (first, rest) = nodes.split_at_mut(1);
-    let (mut a, mut b) = ha::boot::shells(&mut first[0], &mut rest[0])?;
+    let (mut a, mut b) = ha::boot::shells_a_first(&mut first[0], &mut rest[0])?;
     ha::wait_protected(&mut a, &mut b, "web")?;
     let mut c = client(&host, vm.ip)?;
     ctx.step("protected; the client appends; node a is cut off the link and the LAN");
