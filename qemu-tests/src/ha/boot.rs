@@ -15,9 +15,12 @@ use super::config::{self, TestVm};
 /// The size of each test VM's disk image.
 pub const VM_DISK_MIB: u64 = 16;
 
+/// The HA test config's epoch unless a scenario asks for another.
+const EPOCH_MS: u64 = 50;
+
 /// Nodes a and b with `vms` in their config, booted.
 pub fn pair(ctx: &Ctx, vms: &[TestVm], marker: &str) -> Result<Cluster> {
-    pair_with_epoch(ctx, vms, marker, 50)
+    pair_with_epoch(ctx, vms, marker, EPOCH_MS)
 }
 
 /// `pair` with the config's `epoch_ms`.
@@ -63,7 +66,7 @@ fn add_nodes(cluster: &mut Cluster, vms: &[TestVm], marker: &str, epoch_ms: u64)
 pub fn pair_a_first(ctx: &Ctx, vms: &[TestVm], marker: &str) -> Result<Cluster> {
     let mut cluster = Cluster::new(&ctx.artifacts, ctx.name)?;
     ctx.step("building the guest payload; booting node a (b once a's VMs serve)");
-    add_nodes(&mut cluster, vms, marker, 50)?;
+    add_nodes(&mut cluster, vms, marker, EPOCH_MS)?;
     let a = cluster.node("a")?;
     a.start()?;
     // a's shell stays open when this ends: `shells_a_first` takes it over.

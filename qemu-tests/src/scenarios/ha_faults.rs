@@ -47,20 +47,19 @@ pub(super) fn client(host: &LanHost, ip: &str) -> Result<LedgerClient> {
 
 /// The longest gap between two acknowledged appends after `since`.
 pub(super) fn max_gap_after(c: &LedgerClient, since: Instant) -> Duration {
-    let acked = c.acked();
-    acked
-        .windows(2)
-        .filter(|w| w[1].acked_at > since)
-        .map(|w| w[1].acked_at.saturating_duration_since(w[0].acked_at))
-        .max()
-        .unwrap_or_default()
+    longest_gap(c, |_, to| to > since)
 }
 
 /// The longest gap between two acknowledged appends both within `from..to`.
 pub(super) fn max_gap_between(c: &LedgerClient, from: Instant, to: Instant) -> Duration {
+    longest_gap(c, |a, b| a >= from && b <= to)
+}
+
+/// The longest gap between consecutive acknowledged appends whose ack times pass `keep`.
+fn longest_gap(c: &LedgerClient, keep: impl Fn(Instant, Instant) -> bool) -> Duration {
     c.acked()
         .windows(2)
-        .filter(|w| w[0].acked_at >= from && w[1].acked_at <= to)
+        .filter(|w| keep(w[0].acked_at, w[1].acked_at))
         .map(|w| w[1].acked_at.saturating_duration_since(w[0].acked_at))
         .max()
         .unwrap_or_default()

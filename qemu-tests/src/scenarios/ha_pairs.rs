@@ -106,11 +106,7 @@ pub fn supervisor_restart(ctx: &Ctx) -> Result<()> {
         // What both havmsds and engines said, to see why (the counts alone do not).
         let mut evidence = String::new();
         for sh in [&mut a, &mut b] {
-            evidence += &sh.ok(
-                "echo \"== $(hostname)\"; grep -E 'web|peer' /run/log/havms.log | tail -n 60; \
-                 grep -v 'serial socket' /run/havms/vms/web/engine.log | tail -n 40",
-                STEP,
-            )?;
+            evidence += &sh.ok("echo \"== $(hostname)\"; vm_diag", STEP)?;
         }
         ensure!(
             false,
