@@ -62,8 +62,22 @@ fn add_nodes(cluster: &mut Cluster, vms: &[TestVm], marker: &str, epoch_ms: u64)
 /// alone and unprotected, then b joins and the sync protects them, as when a second node
 /// joins a running one. Booting protected from its first second takes a test guest 5 to 10
 /// times as long on these nested nodes (docs/testing.md, "Guest boots under protection");
-/// `ha-start` and `ha-two-vms` keep booting both nodes together.
+/// `ha-start` keeps booting both nodes together.
 pub fn pair_a_first(ctx: &Ctx, vms: &[TestVm], marker: &str) -> Result<Cluster> {
+    let on_a: Vec<&TestVm> = vms.iter().filter(|v| v.preferred == "a").collect();
+    a_then_b(ctx, vms, marker, &on_a)
+}
+
+/// `pair_a_first`, but b boots only once every VM serves on a, those preferred on b too: a,
+/// alone, starts them once b has been silent for the preferred-node grace (30 s), and when b
+/// joins they fail back to it by themselves (`failback: auto` in the test config).
+pub fn pair_a_runs_all_first(ctx: &Ctx, vms: &[TestVm], marker: &str) -> Result<Cluster> {
+    let all: Vec<&TestVm> = vms.iter().collect();
+    a_then_b(ctx, vms, marker, &all)
+}
+
+/// Boots a, waits until each of `serving` serves there, then boots b.
+fn a_then_b(ctx: &Ctx, vms: &[TestVm], marker: &str, serving: &[&TestVm]) -> Result<Cluster> {
     let mut cluster = Cluster::new(&ctx.artifacts, ctx.name)?;
     ctx.step("building the guest payload; booting node a (b once a's VMs serve)");
     add_nodes(&mut cluster, vms, marker, EPOCH_MS)?;
@@ -72,10 +86,15 @@ pub fn pair_a_first(ctx: &Ctx, vms: &[TestVm], marker: &str) -> Result<Cluster> 
     // a's shell stays open when this ends: `shells_a_first` takes it over.
     let mut sh = Shell::from_menu(a, BOOT_KERNEL)?;
     super::shell::define(&mut sh)?;
-    for v in vms.iter().filter(|v| v.preferred == "a") {
+    for v in serving {
         super::shell::wait_serial(&mut sh, v.name, "^(LEDGER-READY|TCP-LISTENING)", 180)?;
     }
-    ctx.step("a's VMs serve, unprotected; booting node b");
+    let names: Vec<&str> = serving.iter().map(|v| v.name).collect();
+    let verb = if names.len() == 1 { "serves" } else { "serve" };
+    ctx.step(format!(
+        "{} {verb} on a, unprotected; booting node b",
+        names.join(" and ")
+    ));
     cluster.node("b")?.start()?;
     Ok(cluster)
 }

@@ -102,11 +102,11 @@ fn attacks() -> Result<Vec<(&'static str, Vec<u8>, &'static str)>> {
 pub fn run(ctx: &Ctx) -> Result<()> {
     let vm = ledger_vm("a");
     let marker = format!("B-{:08x}", std::process::id() ^ 0xbadf_0001);
-    let mut cluster = ha::boot::pair(ctx, std::slice::from_ref(&vm), &marker)?;
+    let mut cluster = ha::boot::pair_a_first(ctx, std::slice::from_ref(&vm), &marker)?;
     let client_host = LanHost::attach(&cluster.net.lan, "client", CLIENT_IP)?;
     let intruder = LanHost::attach(&cluster.net.link, "intruder", INTRUDER_IP)?;
     let (first, rest) = cluster.nodes().split_at_mut(1);
-    let (mut a, mut b) = ha::boot::shells(&mut first[0], &mut rest[0])?;
+    let (mut a, mut b) = ha::boot::shells_a_first(&mut first[0], &mut rest[0])?;
     ha::wait_protected(&mut a, &mut b, "web")?;
     let mut c = super::ha_faults::client(&client_host, vm.ip)?;
 

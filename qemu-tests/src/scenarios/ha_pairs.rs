@@ -4,8 +4,10 @@
 //!   the VM is protected: init starts a new one, which adopts the engine it finds (the same
 //!   process: never a second engine for the VM); the VM serves on and stays protected, and
 //!   nothing fails over meanwhile.
-//! - ha-two-vms: one VM preferred on each node; either node is killed (`HA_TWO_VMS_KILL`,
-//!   default a): both VMs run on the survivor, each client's ledger complete.
+//! - ha-two-vms: one VM preferred on each node. Node a boots alone and runs both (db, b's,
+//!   after the preferred-node grace); b boots and db fails back to it by itself. Then either
+//!   node is killed (`HA_TWO_VMS_KILL`, default a): both VMs run on the survivor, each
+//!   client's ledger complete.
 
 use std::time::{Duration, Instant};
 
@@ -65,10 +67,10 @@ fn restart_havmsd(sh: &mut Shell<'_>, vm: &str, role: &str, state: &str) -> Resu
 pub fn supervisor_restart(ctx: &Ctx) -> Result<()> {
     let vm = ledger_vm("a");
     let marker = format!("R-{:08x}", std::process::id() ^ 0x2e57_0001);
-    let mut cluster = ha::boot::pair(ctx, std::slice::from_ref(&vm), &marker)?;
+    let mut cluster = ha::boot::pair_a_first(ctx, std::slice::from_ref(&vm), &marker)?;
     let host = LanHost::attach(&cluster.net.lan, "client", CLIENT_IP)?;
     let (first, rest) = cluster.nodes().split_at_mut(1);
-    let (mut a, mut b) = ha::boot::shells(&mut first[0], &mut rest[0])?;
+    let (mut a, mut b) = ha::boot::shells_a_first(&mut first[0], &mut rest[0])?;
     ha::wait_protected(&mut a, &mut b, "web")?;
     let mut c = client(&host, vm.ip)?;
     ctx.step("protected; the client appends; SIGKILL havmsd on a (the primary)");
@@ -129,13 +131,50 @@ pub fn two_vms(ctx: &Ctx) -> Result<()> {
         ..ledger_vm("b")
     };
     let marker = format!("T-{:08x}", std::process::id() ^ 0x2b05_0001);
-    let mut cluster = ha::boot::pair(ctx, &[web.clone(), db.clone()], &marker)?;
+    let mut cluster = ha::boot::pair_a_runs_all_first(ctx, &[web.clone(), db.clone()], &marker)?;
     let host = LanHost::attach(&cluster.net.lan, "client", CLIENT_IP)?;
     let (first, rest) = cluster.nodes().split_at_mut(1);
-    let (mut a, mut b) = ha::boot::shells(&mut first[0], &mut rest[0])?;
+    let (mut a, mut b) = ha::boot::shells_a_first(&mut first[0], &mut rest[0])?;
     ha::wait_protected(&mut a, &mut b, "web")?;
-    ctx.step("web protected on a (its replica ready on b)");
-    ha::wait_protected(&mut b, &mut a, "db")?;
+    ctx.step("web protected on a; db goes home to b by itself");
+    // db came up on a while b was away; once b holds a copy it fails back to its preferred
+    // node. Its console's LEDGER-READY was printed on a: the ledger is checked by the client.
+    let out = b.ok(
+        &ha::shell::wait("db", "primary", "protected", 400),
+        Duration::from_secs(460),
+    )?;
+    ensure!(
+        !out.contains("VM-WAIT-TIMEOUT") && out.contains("last switchover: here from epoch"),
+        "db did not move home to b by a switchover:\n{out}"
+    );
+    let out = a.ok(
+        &ha::shell::wait("db", "replica", "ready", 120),
+        Duration::from_secs(140),
+    )?;
+    ensure!(
+        !out.contains("VM-WAIT-TIMEOUT"),
+        "no ready replica of db on a:\n{out}"
+    );
+    let log = a.ok("grep -E 'db: hand it over' /run/log/havms.log", STEP)?;
+    ensure!(
+        log.contains("its home node is back and in sync (failback: auto)"),
+        "a did not log the failback rule for db:\n{log}"
+    );
+    // Nothing else moved meanwhile: a node stalled past dead_after under two guests and a sync
+    // looks dead to its peer, and a VM caught syncing a new replica at the kill has no copy.
+    let taken = b.ok(
+        "grep -cE 'web: (take it over|release its held)' /run/log/havms.log; true",
+        STEP,
+    )?;
+    if !taken.lines().any(|l| l.trim() == "0") {
+        let diag = b.ok("vm_diag", STEP)?;
+        ensure!(false, "b acted on web while a lived:\n{taken}\n{diag}");
+    }
+    let out = a.ok(&ha::shell::wait("web", "primary", "protected", 120), STEP)?;
+    ensure!(
+        !out.contains("VM-WAIT-TIMEOUT"),
+        "web is not protected on a before the kill:\n{out}"
+    );
     let mut cw = client(&host, web.ip)?;
     let mut cd = client(&host, db.ip)?;
     ctx.step(format!(

@@ -188,11 +188,6 @@ pub fn all() -> Vec<Scenario> {
             run: ha_maintenance::run,
         },
         Scenario {
-            name: "ha-two-vms",
-            about: "one VM preferred on each node; a node dies: both run on the survivor, 0 lost",
-            run: ha_pairs::two_vms,
-        },
-        Scenario {
             name: "bad-frames",
             about: "malformed, truncated, oversized, out-of-order frames and a bare Abort to a \
                     replica: logged, none applied, the stream goes on",
@@ -235,6 +230,21 @@ pub fn all() -> Vec<Scenario> {
 /// runs [`all`]); each moves there once it has passed repeatedly.
 pub fn pending() -> Vec<Scenario> {
     vec![
+        // Failed in CI on 2026-12-03 (both nodes booting together: web's guest not serving
+        // within 240 s under protection) and once here the same day booting a first: with both
+        // guests and db's full sync on the 1-vCPU node a, a's heartbeats and web's stream were
+        // silent for 607 ms (dead_after is 500): b took web over while a lived (a stopped its
+        // copy, nothing released) and failed it back to a later; a was killed while web was
+        // most likely still syncing its new replica on b, and web did not answer on b within
+        // 90 s. Two VMs per nested node need stream keepalives and a dead_after sized for
+        // such stalls first, and the scenario must see both VMs protected just before the
+        // kill (docs/testing.md).
+        Scenario {
+            name: "ha-two-vms",
+            about: "one VM preferred on each node; a runs both, db goes home to b when b boots; \
+                    a node dies: both run on the survivor, 0 lost",
+            run: ha_pairs::two_vms,
+        },
         // Failed 5 of 5 on 2026-12-02: a checkpoint longer than dead_after while havmsd was
         // away made the peer act (a release, or a takeover and a fence). Init now restarts a
         // havmsd that ran well at once, which shrinks that window; back into `all` once it has
