@@ -23,6 +23,7 @@ pub mod qemu;
 pub mod runner;
 pub mod scenarios;
 pub mod shell;
+pub mod stall_watch;
 
 pub use artifacts::Artifacts;
 pub use cluster::{BootKind, Cluster, NodeOptions};

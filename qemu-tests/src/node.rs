@@ -5,11 +5,13 @@ use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::console::{Console, Match};
 use crate::error::{HarnessError, Result};
 use crate::qemu::{self, MachineSpec};
+use crate::stall_watch::{thread_stat, StallWatch, Target, Watched};
 
 /// A QEMU machine playing one HAVmS node.
 pub struct Node {
@@ -24,6 +26,10 @@ pub struct Node {
     /// QEMU's HMP monitor socket, and where a stalled node's CPU state is written.
     monitor: PathBuf,
     monitor_log: PathBuf,
+    /// Held while the monitor is used: its socket takes one client at a time.
+    monitor_lock: Arc<Mutex<()>>,
+    /// Kicks the running QEMU out of its lost wakeup (`stall_watch.rs`).
+    watch: Option<StallWatch>,
 }
 
 /// A console wait at least this long that times out dumps the node's CPU state (shorter waits
@@ -33,18 +39,6 @@ const STALL_DUMP_MIN: Duration = Duration::from_secs(30);
 const STALL_SAMPLES: usize = 3;
 /// USER_HZ: the unit of the times in /proc/PID/task/TID/stat (100 on Linux).
 const CLOCK_TICKS: f64 = 100.0;
-
-/// The state letter (R running, S sleeping, ...) and user+system CPU ticks of thread `tid` of
-/// process `pid`.
-fn thread_stat(pid: u32, tid: u32) -> Option<(char, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
-    // "tid (comm) S ppid ...": comm may hold spaces and parentheses; fields follow the last ')'.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let state = fields.first()?.chars().next()?;
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some((state, utime + stime))
-}
 
 impl Node {
     /// A stopped node logging to `<log_dir>/<name>.console.log` and `<name>.qemu.log`.
@@ -61,6 +55,8 @@ impl Node {
             qemu_log,
             monitor: log_dir.join(format!("{name}.monitor.sock")),
             monitor_log: log_dir.join(format!("{name}.monitor.log")),
+            monitor_lock: Arc::new(Mutex::new(())),
+            watch: None,
         })
     }
 
@@ -116,6 +112,22 @@ impl Node {
             ));
         };
         self.console.attach(out, inp)?;
+        self.watch = Some(StallWatch::start(Watched {
+            node: self.name.clone(),
+            pid: child.id(),
+            monitor: self.monitor.clone(),
+            monitor_lock: Arc::clone(&self.monitor_lock),
+            monitor_log: self.monitor_log.clone(),
+            targets: self
+                .spec
+                .nics
+                .iter()
+                .map(|n| Target {
+                    socket: n.local,
+                    mac: n.mac.clone(),
+                })
+                .collect(),
+        }));
         self.child = Some(child);
         Ok(())
     }
@@ -126,9 +138,12 @@ impl Node {
             node: self.name.clone(),
         })?;
         let at = Instant::now();
+        // Stopped after the kill: joining it first could delay the kill by its nap.
+        let watch = self.watch.take();
         // kill() fails only if it has already exited, which is what we want anyway.
         let _ = child.kill();
         let _ = child.wait();
+        drop(watch);
         crate::procs::unregister(child.id());
         self.console.detach_input();
         log::info!("node {}: killed", self.name);
@@ -249,14 +264,17 @@ impl Node {
             if i > 1 {
                 std::thread::sleep(Duration::from_secs(1));
             }
-            let answers =
-                match qemu::hmp(&self.monitor, qemu::STALL_QUERIES, Duration::from_secs(10)) {
-                    Ok(a) => a,
-                    Err(e) => {
-                        summary.push_str(&format!("\n    {i}: monitor: {e}"));
-                        break;
-                    }
-                };
+            let answers = {
+                let _guard = self.monitor_lock.lock().unwrap_or_else(|e| e.into_inner());
+                qemu::hmp(&self.monitor, qemu::STALL_QUERIES, Duration::from_secs(10))
+            };
+            let answers = match answers {
+                Ok(a) => a,
+                Err(e) => {
+                    summary.push_str(&format!("\n    {i}: monitor: {e}"));
+                    break;
+                }
+            };
             let mut line = qemu::cpu_summary(&answers);
             let thread = pid.zip(qemu::vcpu_threads(&answers).first().copied());
             if let Some((state, ticks)) = thread.and_then(|(p, t)| thread_stat(p, t)) {
@@ -286,6 +304,7 @@ impl Node {
     }
 
     fn reaped(&mut self) {
+        self.watch = None;
         if let Some(c) = self.child.take() {
             crate::procs::unregister(c.id());
         }
