@@ -70,7 +70,8 @@ pub fn lost_wakeup(answers: &str) -> Option<String> {
             .find_map(|w| w.strip_prefix(key))
             .map(str::to_string)
     };
-    let rflags = u64::from_str_radix(&word("RFL=")?, 16).ok()?;
+    // RFL in long mode, EFL otherwise.
+    let rflags = u64::from_str_radix(&word("RFL=").or_else(|| word("EFL="))?, 16).ok()?;
     if word("HLT=")? != "1" || word("II=")? != "0" || rflags & 0x200 == 0 {
         return None;
     }

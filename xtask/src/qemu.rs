@@ -71,4 +71,15 @@ mod tests {
             vec!["boot", "failover"]
         );
     }
+
+    #[test]
+    fn pending_scenarios_are_not_listed_for_the_test_run() {
+        // What `qemu-tests list` prints for a pending scenario: `cargo xtask test` must not run it.
+        assert_eq!(
+            parse_list(
+                "ha-start\n# ha-two-vms (pending: by name only, not in `cargo xtask test`)\n"
+            ),
+            vec!["ha-start"]
+        );
+    }
 }

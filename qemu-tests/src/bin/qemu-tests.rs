@@ -55,8 +55,12 @@ fn real_main() -> anyhow::Result<ExitCode> {
             for s in scenarios::all() {
                 println!("{}", s.name);
             }
+            // Commented out for `cargo xtask test`, which runs every uncommented line's name.
             for s in scenarios::pending() {
-                println!("{} (by name only: not yet in `cargo xtask test`)", s.name);
+                println!(
+                    "# {} (pending: by name only, not in `cargo xtask test`)",
+                    s.name
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
