@@ -612,12 +612,13 @@ mod tests {
         assert!(summary.contains("; at RIP: "), "{summary}");
         assert_eq!(vcpu_threads(&answers).len(), 1, "{answers}");
         // The stall watch reads this QEMU's formats: not stalled as it is, stalled once halted
-        // with IF set and a vector pending.
+        // with IF set, the APIC enabled (at reset it is not) and a vector pending.
         assert!(crate::stall_watch::lost_wakeup(&answers).is_none());
         let stalled = answers
             .replace("HLT=0", "HLT=1")
             .replace("EFL=00000002", "EFL=00000202")
-            .replace("IRR\t (none)", "IRR\t 236");
+            .replace("IRR\t (none)", "IRR\t 236")
+            .replace("APIC disabled", "APIC enabled");
         assert!(
             crate::stall_watch::lost_wakeup(&stalled).is_some(),
             "{stalled}"

@@ -59,7 +59,8 @@ fn vectors(line: &str) -> Vec<u32> {
 
 /// Whether `answers` (to `info registers` and `info lapic`) show the lost wakeup: the vCPU
 /// halted (`HLT=1`) with interrupts enabled (IF in RFLAGS/EFLAGS), not in an interrupt shadow,
-/// and a vector pending in the IRR above any in service. Returns what it saw, for the log.
+/// and a vector pending in the IRR that the APIC would deliver now. Returns what it saw, for the
+/// log.
 pub fn lost_wakeup(answers: &str) -> Option<String> {
     let regs = answers
         .lines()
@@ -81,12 +82,34 @@ pub fn lost_wakeup(answers: &str) -> Option<String> {
             .lines()
             .map(str::trim)
             .find(|l| l.split_whitespace().next() == Some(name))
-            .map(vectors)
     };
-    let irr = line("IRR")?;
-    let isr = line("ISR").unwrap_or_default();
+    // As QEMU's `apic_irq_pending`: nothing is delivered by a software-disabled APIC, and a
+    // vector waits while its priority class is not above the processor priority (PPR: the
+    // higher of TPR and the class of the highest vector in service).
+    if !line("SPIV")?.contains("APIC enabled") {
+        return None;
+    }
+    let irr = vectors(line("IRR")?);
+    let isr = line("ISR").map(vectors).unwrap_or_default();
     let pending = *irr.iter().max()?;
-    if isr.iter().any(|&v| v >= pending) {
+    let hex_after = |key: &str| {
+        lapic
+            .split(key)
+            .nth(1)
+            .and_then(|r| r.trim_start().strip_prefix("0x"))
+            .and_then(|r| {
+                let digits: String = r.chars().take_while(char::is_ascii_hexdigit).collect();
+                u32::from_str_radix(&digits, 16).ok()
+            })
+    };
+    let tpr = hex_after("TPR ").unwrap_or(0);
+    let in_service = isr.iter().max().copied().unwrap_or(0);
+    let ppr = if (tpr & 0xf0) >= (in_service & 0xf0) {
+        tpr
+    } else {
+        in_service & 0xf0
+    };
+    if ppr != 0 && (pending & 0xf0) <= (ppr & 0xf0) {
         return None;
     }
     Some(format!(
@@ -297,6 +320,12 @@ APR 0x00 TPR 0x00 DFR 0x0f LDR 0x01PPR 0x00
         assert!(lost_wakeup(&STALLED.replace("ISR\t (none)", "ISR\t 236")).is_none());
         assert!(lost_wakeup(&STALLED.replace("ISR\t (none)", "ISR\t 34(level)")).is_some());
         assert!(lost_wakeup(&STALLED.replace("ISR\t (none)", "ISR\t 240(level)")).is_none());
+        // The same priority class (0xe) in service holds 236 back too, as does a raised TPR or
+        // a software-disabled APIC.
+        assert!(lost_wakeup(&STALLED.replace("ISR\t (none)", "ISR\t 230")).is_none());
+        assert!(lost_wakeup(&STALLED.replace("TPR 0x00", "TPR 0xe0")).is_none());
+        assert!(lost_wakeup(&STALLED.replace("TPR 0x00", "TPR 0xd0")).is_some());
+        assert!(lost_wakeup(&STALLED.replace("APIC enabled", "APIC disabled")).is_none());
         // No answer to parse.
         assert!(lost_wakeup("(qemu) info registers\n").is_none());
     }

@@ -41,6 +41,11 @@ pub fn checked(sub: &str, artifacts: &Path, operands: &[&str]) -> Result<()> {
 
 /// Scenario names, from `qemu-tests list` (first word of each line; `#` lines are comments).
 pub fn list() -> Result<Vec<String>> {
+    Ok(parse_list(&list_text()?))
+}
+
+/// What `qemu-tests list` prints: every scenario, the pending ones as `#` comments.
+pub fn list_text() -> Result<String> {
     let out = command(&["list"])
         .stderr(Stdio::inherit())
         .output()
@@ -48,7 +53,7 @@ pub fn list() -> Result<Vec<String>> {
     if !out.status.success() {
         bail!("qemu-tests list failed ({})", out.status);
     }
-    Ok(parse_list(&String::from_utf8_lossy(&out.stdout)))
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn parse_list(text: &str) -> Vec<String> {

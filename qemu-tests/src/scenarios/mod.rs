@@ -259,7 +259,7 @@ pub fn pending() -> Vec<Scenario> {
 }
 
 /// The scenarios named (all when none); a name no scenario has selects a group: `boot`, every
-/// `boot-*` scenario.
+/// `boot-*` scenario of [`all`] (a pending scenario runs only by its own name).
 pub fn select(names: &[String]) -> Result<Vec<Scenario>> {
     if names.is_empty() {
         return Ok(all());
@@ -271,10 +271,11 @@ pub fn select(names: &[String]) -> Result<Vec<Scenario>> {
         // CI runs every scenario by name, and ran that one twice); otherwise a group.
         let group = format!("{name}-");
         let exact: Vec<Scenario> = all.iter().filter(|s| s.name == name).copied().collect();
+        // A group holds only scenarios of `all`: a pending one runs only by its own name.
         let found: Vec<Scenario> = if exact.is_empty() {
-            all.iter()
+            self::all()
+                .into_iter()
                 .filter(|s| s.name.starts_with(&group))
-                .copied()
                 .collect()
         } else {
             exact
@@ -322,6 +323,13 @@ mod tests {
         assert_eq!(names(&["boot"]).unwrap(), ["boot-seabios", "boot-ovmf"]);
         assert_eq!(names(&["pid1", "pair", "pid1"]).unwrap(), ["pid1", "pair"]);
         assert_eq!(names(&["ha-failover"]).unwrap(), ["ha-failover"]);
+        // A pending scenario runs by its name, never as part of a group.
+        let ha = names(&["ha"]).unwrap();
+        assert!(
+            ha.contains(&"ha-start") && !ha.contains(&"ha-two-vms"),
+            "{ha:?}"
+        );
+        assert_eq!(names(&["ha-two-vms"]).unwrap(), ["ha-two-vms"]);
         let err = names(&["nope"]).unwrap_err().to_string();
         assert!(
             err.contains("no scenario \"nope\"") && err.contains("bad-config"),
