@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crate::console::{Console, Match};
 use crate::error::{HarnessError, Result};
 use crate::qemu::{self, MachineSpec};
-use crate::stall_watch::{thread_stat, StallWatch, Target, Watched};
+use crate::stall_watch::{self, thread_stat, StallWatch, Target, Watched};
 
 /// A QEMU machine playing one HAVmS node.
 pub struct Node {
@@ -112,22 +112,24 @@ impl Node {
             ));
         };
         self.console.attach(out, inp)?;
-        self.watch = Some(StallWatch::start(Watched {
-            node: self.name.clone(),
-            pid: child.id(),
-            monitor: self.monitor.clone(),
-            monitor_lock: Arc::clone(&self.monitor_lock),
-            monitor_log: self.monitor_log.clone(),
-            targets: self
-                .spec
-                .nics
-                .iter()
-                .map(|n| Target {
-                    socket: n.local,
-                    mac: n.mac.clone(),
-                })
-                .collect(),
-        }));
+        self.watch = stall_watch::enabled().then(|| {
+            StallWatch::start(Watched {
+                node: self.name.clone(),
+                pid: child.id(),
+                monitor: self.monitor.clone(),
+                monitor_lock: Arc::clone(&self.monitor_lock),
+                monitor_log: self.monitor_log.clone(),
+                targets: self
+                    .spec
+                    .nics
+                    .iter()
+                    .map(|n| Target {
+                        socket: n.local,
+                        mac: n.mac.clone(),
+                    })
+                    .collect(),
+            })
+        });
         self.child = Some(child);
         Ok(())
     }
