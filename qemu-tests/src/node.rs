@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crate::console::{Console, Match};
 use crate::error::{HarnessError, Result};
 use crate::qemu::{self, MachineSpec};
-use crate::stall_watch::{self, thread_stat, StallWatch, Target, Watched};
+use crate::stall_watch::{self, thread_stat, StallWatch, Target, Watched, CLOCK_TICKS};
 
 /// A QEMU machine playing one HAVmS node.
 pub struct Node {
@@ -37,8 +37,6 @@ pub struct Node {
 const STALL_DUMP_MIN: Duration = Duration::from_secs(30);
 /// Samples of the CPU state taken on such a timeout, one second apart: does RIP move?
 const STALL_SAMPLES: usize = 3;
-/// USER_HZ: the unit of the times in /proc/PID/task/TID/stat (100 on Linux).
-const CLOCK_TICKS: f64 = 100.0;
 
 impl Node {
     /// A stopped node logging to `<log_dir>/<name>.console.log` and `<name>.qemu.log`.
@@ -294,14 +292,7 @@ impl Node {
             summary.push_str(&format!("\n    {i}: {line}"));
             log.push_str(&format!("--- sample {i}\n{answers}"));
         }
-        let written = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.monitor_log)
-            .and_then(|mut f| f.write_all(log.as_bytes()));
-        if let Err(e) = written {
-            log::warn!("writing {}: {e}", self.monitor_log.display());
-        }
+        stall_watch::append(&self.monitor_log, &log);
         summary
     }
 

@@ -29,7 +29,7 @@ const CONFIRM: Duration = Duration::from_secs(1);
 /// What the watch asks the monitor.
 const QUERIES: &[&str] = &["info cpus", "info registers", "info lapic"];
 /// USER_HZ: the unit of the times in /proc/PID/task/TID/stat (100 on Linux).
-const CLOCK_TICKS: f64 = 100.0;
+pub const CLOCK_TICKS: f64 = 100.0;
 /// The kick's ethertype: IEEE 802 "local experimental", which no node speaks.
 const KICK_ETHERTYPE: [u8; 2] = [0x88, 0xb5];
 /// The kick's source MAC (locally administered, no NIC of ours).
@@ -276,7 +276,8 @@ fn kick(w: &Watched, seen: &str, answers: &str, ticks: u64, stop: &AtomicBool) {
     );
 }
 
-fn append(path: &Path, text: &str) {
+/// Appends `text` to the node's monitor log (`path`); a failure is only logged.
+pub fn append(path: &Path, text: &str) {
     use std::io::Write;
     let written = std::fs::OpenOptions::new()
         .create(true)

@@ -37,6 +37,13 @@ fn engines(sh: &mut Shell<'_>, vm: &str) -> Result<(u64, u64)> {
     ))
 }
 
+/// How many lines of havmsd's log on the node of `sh` match `ere` (the grep's output), when
+/// any do; `None` when none.
+fn decisions(sh: &mut Shell<'_>, ere: &str) -> Result<Option<String>> {
+    let out = sh.ok(&format!("grep -cE '{ere}' /run/log/havms.log; true"), STEP)?;
+    Ok((!out.lines().any(|l| l.trim() == "0")).then_some(out))
+}
+
 /// Kills havmsd on the node of `sh` and waits for init's new one to show `vm` in `state`.
 fn restart_havmsd(sh: &mut Shell<'_>, vm: &str, role: &str, state: &str) -> Result<Duration> {
     let (pid_before, n) = engines(sh, vm)?;
@@ -96,11 +103,7 @@ pub fn supervisor_restart(ctx: &Ctx) -> Result<()> {
     );
     let mut decided = String::new();
     for sh in [&mut a, &mut b] {
-        let out = sh.ok(
-            "grep -cE 'web: (take it over|release its held|kill it)' /run/log/havms.log; true",
-            STEP,
-        )?;
-        if !out.lines().any(|l| l.trim() == "0") {
+        if let Some(out) = decisions(sh, "web: (take it over|release its held|kill it)")? {
             decided += &out;
         }
     }
@@ -162,11 +165,7 @@ pub fn two_vms(ctx: &Ctx) -> Result<()> {
     );
     // Nothing else moved meanwhile: a node stalled past dead_after under two guests and a sync
     // looks dead to its peer, and a VM caught syncing a new replica at the kill has no copy.
-    let taken = b.ok(
-        "grep -cE 'web: (take it over|release its held)' /run/log/havms.log; true",
-        STEP,
-    )?;
-    if !taken.lines().any(|l| l.trim() == "0") {
+    if let Some(taken) = decisions(&mut b, "web: (take it over|release its held)")? {
         let diag = b.ok("vm_diag", STEP)?;
         ensure!(false, "b acted on web while a lived:\n{taken}\n{diag}");
     }
