@@ -7,6 +7,13 @@ W=/tmp/engine
 mkdir -p $W
 GUEST_CL="console=ttyS0 quiet panic=-1 initcall_blacklist=i8042_init"
 now() { cut -d' ' -f1 /proc/uptime; }
+# deadline SECONDS: sets $_end to SECONDS from now; past: true once it is reached. The wait
+# helpers below poll against the clock, not a count of rounds: on a slow nested node one round
+# (a grep, a havms-remote) can take longer than its sleep, and a count of rounds then waits far
+# past its SECONDS, so the harness's own timeout fired first and the node's TIMEOUT line, the
+# one that says what was missing, never came. Builtins only: polling must not fork to read time.
+deadline() { read -r _up _ < /proc/uptime; _end=$(( ${_up%.*} + $1 )); }
+past() { read -r _up _ < /proc/uptime; [ ${_up%.*} -ge $_end ]; }
 # ser NAME: NAME's serial output without the tty's carriage returns.
 ser() { { tr -d '\r' < $W/$1.ser; } 2>/dev/null; }
 
@@ -51,9 +58,9 @@ vm_replica() {
 
 # wait_info NAME ERE SECONDS: until `R NAME info` matches ERE.
 wait_info() {
-  i=0; t=$(($3 * 5))
+  deadline $3
   while ! R $1 info 2>/dev/null | grep -qE "$2"; do
-    i=$((i+1)); [ $i -ge $t ] && { echo "TIMEOUT: no /$2/ in $1's info after $3 s"; R $1 info; return 1; }
+    past && { echo "TIMEOUT: no /$2/ in $1's info after $3 s"; R $1 info; return 1; }
     [ -e $W/$1.rc ] && { echo "ENDED: $1 exited $(cat $W/$1.rc)"; return 1; }
     usleep 200000
   done
@@ -61,10 +68,10 @@ wait_info() {
 
 # wait_file FILE ERE N SECONDS: until FILE has N lines matching ERE.
 wait_file() {
-  i=0; t=$(($4 * 10))
+  deadline $4
   # A file not there yet counts 0 lines (an empty count would end the loop as an error).
   while n=$(grep -cE "$2" $1 2>/dev/null); [ "${n:-0}" -lt $3 ]; do
-    i=$((i+1)); [ $i -ge $t ] && { echo "TIMEOUT: fewer than $3 /$2/ lines in $1 after $4 s"; return 1; }
+    past && { echo "TIMEOUT: ${n:-0} of $3 /$2/ lines in $1 after $4 s"; return 1; }
     usleep 100000
   done
 }
@@ -74,9 +81,9 @@ R() { n=$1; shift; havms-remote --api-socket $W/$n.sock "$@"; }
 
 # wait_line NAME ERE SECONDS: until NAME's serial output has a line matching ERE.
 wait_line() {
-  i=0; t=$(($3 * 10))
+  deadline $3
   while ! ser $1 | grep -qE "$2"; do
-    i=$((i+1)); [ $i -ge $t ] && { echo "TIMEOUT: no /$2/ in $1's serial after $3 s"; return 1; }
+    past && { echo "TIMEOUT: no /$2/ in $1's serial after $3 s"; return 1; }
     [ -e $W/$1.rc ] && ! ser $1 | grep -qE "$2" && { echo "ENDED: $1 exited $(cat $W/$1.rc) before /$2/"; return 1; }
     usleep 100000
   done
@@ -84,9 +91,9 @@ wait_line() {
 
 # wait_count NAME ERE N SECONDS: until NAME's serial output has N lines matching ERE.
 wait_count() {
-  i=0; t=$(($4 * 10))
-  while [ "$(ser $1 | grep -cE "$2")" -lt $3 ]; do
-    i=$((i+1)); [ $i -ge $t ] && { echo "TIMEOUT: fewer than $3 /$2/ lines in $1's serial after $4 s"; return 1; }
+  deadline $4
+  while n=$(ser $1 | grep -cE "$2"); [ "${n:-0}" -lt $3 ]; do
+    past && { echo "TIMEOUT: ${n:-0} of $3 /$2/ lines in $1's serial after $4 s"; return 1; }
     [ -e $W/$1.rc ] && { echo "ENDED: $1 exited $(cat $W/$1.rc) with fewer than $3 /$2/ lines"; return 1; }
     usleep 100000
   done
@@ -94,8 +101,8 @@ wait_count() {
 
 # wait_sock NAME: until the API socket answers.
 wait_sock() {
-  i=0; while ! R $1 info >/dev/null 2>&1; do
-    i=$((i+1)); [ $i -ge 150 ] && { echo "TIMEOUT: $1's API socket"; return 1; }
+  deadline 30; while ! R $1 info >/dev/null 2>&1; do
+    past && { echo "TIMEOUT: $1's API socket after 30 s"; return 1; }
     [ -e $W/$1.rc ] && { echo "ENDED: $1 exited $(cat $W/$1.rc)"; return 1; }
     usleep 200000
   done
@@ -103,8 +110,8 @@ wait_sock() {
 
 # wait_exit NAME SECONDS: prints `VM-EXIT NAME rc=N` (rc=timeout after SIGKILL when it hung).
 wait_exit() {
-  i=0; t=$(($2 * 10))
-  while [ ! -e $W/$1.rc ] && [ $i -lt $t ]; do i=$((i+1)); usleep 100000; done
+  deadline $2
+  while [ ! -e $W/$1.rc ] && ! past; do usleep 100000; done
   if [ -e $W/$1.rc ]; then echo "VM-EXIT $1 rc=$(cat $W/$1.rc)"; return 0; fi
   kill -9 $(cat $W/$1.pid) 2>/dev/null; echo "VM-EXIT $1 rc=timeout"; return 1
 }
@@ -113,8 +120,8 @@ wait_exit() {
 # end always gets the same MAC, so a guest restored in a new engine process (which creates the
 # tap again) still reaches the node through the address in its ARP cache.
 tap_up() {
-  i=0; while ! ip link show $1 >/dev/null 2>&1; do
-    i=$((i+1)); [ $i -ge 100 ] && { echo "TIMEOUT: no $1"; return 1; }; usleep 100000
+  deadline 10; while ! ip link show $1 >/dev/null 2>&1; do
+    past && { echo "TIMEOUT: no $1 after 10 s"; return 1; }; usleep 100000
   done
   ip link set $1 down; ip link set $1 address 02:48:56:00:00:01 &&
     ip addr add 10.0.2.1/24 dev $1 && ip link set $1 up
@@ -123,8 +130,8 @@ tap_up() {
 # tap_br TAP: waits for the engine to create TAP and puts it on the node's LAN bridge br0 (the
 # guest is then on the LAN, as the supervisor will wire VMs).
 tap_br() {
-  i=0; while ! ip link show $1 >/dev/null 2>&1; do
-    i=$((i+1)); [ $i -ge 100 ] && { echo "TIMEOUT: no $1"; return 1; }; usleep 100000
+  deadline 10; while ! ip link show $1 >/dev/null 2>&1; do
+    past && { echo "TIMEOUT: no $1 after 10 s"; return 1; }; usleep 100000
   done
   ip link set $1 master br0 && ip link set $1 up
 }
