@@ -89,8 +89,11 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         .ok_or_else(|| HarnessError::Check(format!("commit 1 says nothing released:\n{out}")))?;
     let rx2: u64 = number(r"RX2 (\d+)", &out)?;
     let left = gate_counter("waiting_frames", &out)?;
+    // The guest goes on pinging in epoch 2: a frame it sent between the info above and the
+    // commit waits too (seen on a slow machine: 14 waiting, 7 released, 8 left), so what is
+    // left can only grow past what epoch 2 held before.
     ensure!(
-        c1 > 0 && c1 < waiting && left == waiting - c1,
+        c1 > 0 && c1 < waiting && left >= waiting - c1,
         "commit 1 released {c1} of {waiting} held frames and left {left}: epoch 2's must stay:\n{out}"
     );
     ensure!(
