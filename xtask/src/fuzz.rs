@@ -18,7 +18,7 @@ use crate::paths;
 use crate::prereqs::{self, Need};
 
 /// How long `cargo xtask test` runs each target.
-pub const CI_SECONDS: u64 = 8;
+pub const CI_SECONDS: u64 = 5;
 /// libFuzzer's `-rss_limit_mb` (its default): the harnesses map at most a 2 MiB replica and
 /// parse inputs of a few KiB, but AddressSanitizer's quarantine of freed memory alone holds
 /// 256 MiB and a run sits at about 500 MiB; far over that is an allocation an input does not

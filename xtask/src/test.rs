@@ -1,5 +1,5 @@
 //! `cargo xtask test`: unit and host integration tests (`cargo test --workspace`), every fuzz
-//! target for 8 s (`fuzz.rs`), the Buildroot tree's checks (`buildroot.rs`), the image,
+//! target for 5 s (`fuzz.rs`), the Buildroot tree's checks (`buildroot.rs`), the image,
 //! then every QEMU scenario; ends with `summary: N passed, N failed`.
 
 use std::io::{BufRead, BufReader};
