@@ -19,8 +19,9 @@ use crate::error::{HarnessError, Result};
 const GUEST: Duration = Duration::from_secs(200);
 /// TCP lines the node must receive before the primary dies (the connection is established and
 /// carrying data: its survival then means something) and after the failover. Under protection
-/// the guest's lines come about one a second here and one in three seconds on a slow CI machine
-/// (output gating releases them by epoch), so more would only cost minutes.
+/// the guest's lines come about one a second on a quiet machine and one in two on a slow one
+/// (12 in 22.5 s on 2026-12-03; output gating releases them by epoch), so more would only cost
+/// minutes.
 const TCP_BEFORE: usize = 10;
 const TCP_AFTER: usize = 10;
 
