@@ -7,6 +7,7 @@ mod build;
 mod buildroot;
 mod fuzz;
 mod image;
+mod lanes;
 mod paths;
 mod prereqs;
 mod qemu;

@@ -39,9 +39,25 @@ pub fn checked(sub: &str, artifacts: &Path, operands: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// Scenario names, from `qemu-tests list` (first word of each line; `#` lines are comments).
-pub fn list() -> Result<Vec<String>> {
+/// One scenario `qemu-tests list` named.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub name: String,
+    /// How many nodes it boots (`nodes=N` on its line; 2 when the line does not say, so a
+    /// scenario of unknown size never shares the machine).
+    pub nodes: u8,
+}
+
+/// The scenarios `cargo xtask test` runs, from `qemu-tests list` (the first word of each
+/// line is the name; `#` lines are comments).
+pub fn list() -> Result<Vec<Listed>> {
     Ok(parse_list(&list_text()?))
+}
+
+/// The `qemu-tests` binary that `list` (a `cargo run`) has just built: the lanes run it
+/// directly, since two `cargo run`s at once would queue on cargo's lock.
+pub fn binary() -> std::path::PathBuf {
+    paths::target_dir().join("release").join("qemu-tests")
 }
 
 /// What `qemu-tests list` prints: every scenario, the pending ones as `#` comments.
@@ -56,24 +72,62 @@ pub fn list_text() -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn parse_list(text: &str) -> Vec<String> {
+fn parse_list(text: &str) -> Vec<Listed> {
     text.lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .filter_map(|l| l.split_whitespace().next())
-        .map(str::to_string)
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            let name = words.next()?.to_string();
+            let nodes = words
+                .find_map(|w| w.strip_prefix("nodes="))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(2);
+            Some(Listed { name, nodes })
+        })
         .collect()
 }
 
 #[cfg(test)]
 mod tests {
-    use super::parse_list;
+    use super::{parse_list, Listed};
+
+    fn names(list: Vec<Listed>) -> Vec<String> {
+        list.into_iter().map(|l| l.name).collect()
+    }
 
     #[test]
     fn list_takes_first_words() {
         assert_eq!(
-            parse_list("# scenarios\nboot   node boots to the menu\n\nfailover\n"),
+            names(parse_list(
+                "# scenarios\nboot   node boots to the menu\n\nfailover\n"
+            )),
             vec!["boot", "failover"]
+        );
+    }
+
+    #[test]
+    fn list_reads_node_counts_and_assumes_two() {
+        assert_eq!(
+            parse_list("pid1 nodes=1\npair nodes=2\nold\nodd nodes=x\n"),
+            vec![
+                Listed {
+                    name: "pid1".into(),
+                    nodes: 1
+                },
+                Listed {
+                    name: "pair".into(),
+                    nodes: 2
+                },
+                Listed {
+                    name: "old".into(),
+                    nodes: 2
+                },
+                Listed {
+                    name: "odd".into(),
+                    nodes: 2
+                },
+            ]
         );
     }
 
@@ -81,9 +135,9 @@ mod tests {
     fn pending_scenarios_are_not_listed_for_the_test_run() {
         // What `qemu-tests list` prints for a pending scenario: `cargo xtask test` must not run it.
         assert_eq!(
-            parse_list(
+            names(parse_list(
                 "ha-start\n# ha-two-vms (pending: by name only, not in `cargo xtask test`)\n"
-            ),
+            )),
             vec!["ha-start"]
         );
     }

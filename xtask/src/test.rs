@@ -1,6 +1,6 @@
 //! `cargo xtask test`: unit and host integration tests (`cargo test --workspace`), every fuzz
 //! target for 5 s (`fuzz.rs`), the Buildroot tree's checks (`buildroot.rs`), the image,
-//! then every QEMU scenario; ends with `summary: N passed, N failed`.
+//! then every QEMU scenario (one-node ones two at a time: `lanes.rs`); ends with `summary: N passed, N failed`.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 
 use crate::prereqs::{self, Need};
 use crate::step::{seconds, step};
-use crate::{buildroot, fuzz, image, paths, qemu};
+use crate::{buildroot, fuzz, image, lanes, paths, qemu};
 
 /// Passed and failed counts across all stages.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -131,24 +131,30 @@ pub fn run() -> Result<Report> {
     log::info!(
         "xtask: {} QEMU scenarios: {}",
         scenarios.len(),
-        scenarios.join(" ")
+        scenarios
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>()
+            .join(" ")
     );
-    for name in &scenarios {
-        let Some(artifacts) = &artifacts else {
-            log::error!("xtask: scenario {name}: not run (no image)");
-            tally.failed += 1;
-            failed.push(format!("scenario {name} (not run)"));
-            continue;
-        };
-        let result = step(&format!("scenario {name}"), || {
-            qemu::checked("run", &artifacts.dir, &[name])
-        });
-        match result {
-            Ok(()) => tally.passed += 1,
-            Err(e) => {
-                log::error!("xtask: {e:#}");
+    match &artifacts {
+        Some(artifacts) => {
+            for done in lanes::run_all(&artifacts.dir, &scenarios) {
+                match done.result {
+                    Ok(()) => tally.passed += 1,
+                    Err(e) => {
+                        log::error!("xtask: {e:#}");
+                        tally.failed += 1;
+                        failed.push(format!("scenario {}", done.name));
+                    }
+                }
+            }
+        }
+        None => {
+            for s in &scenarios {
+                log::error!("xtask: scenario {}: not run (no image)", s.name);
                 tally.failed += 1;
-                failed.push(format!("scenario {name}"));
+                failed.push(format!("scenario {} (not run)", s.name));
             }
         }
     }

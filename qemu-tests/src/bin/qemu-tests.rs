@@ -22,7 +22,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Print the scenario names, one per line.
+    /// Print the scenario names, one per line, each with `nodes=N` (how many nodes it boots).
     List,
     /// Run the named scenarios (all when none is named; `boot` means every boot-* scenario).
     Run { names: Vec<String> },
@@ -53,7 +53,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::List => {
             for s in scenarios::all() {
-                println!("{}", s.name);
+                println!("{} nodes={}", s.name, s.nodes);
             }
             // Commented out for `cargo xtask test`, which runs every uncommented line's name.
             for s in scenarios::extended() {

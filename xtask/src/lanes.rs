@@ -1,0 +1,155 @@
+//! Runs the QEMU scenarios of `cargo xtask test`: the one-node scenarios two at a time, then
+//! the two-node scenarios one at a time.
+//!
+//! Why two: every node is a QEMU with one TCG vCPU, which keeps one host core busy, and the
+//! machine has two cores. Two one-node scenarios side by side load it as one two-node scenario
+//! does, which the timeouts already allow for; a two-node scenario beside anything would give
+//! its nodes less than a core each. Each scenario is its own `qemu-tests run NAME` process with
+//! its own ports (bound to port 0), work and log directories, so nothing is shared but the
+//! read-only image. While lanes run, every line a scenario prints is prefixed with its name.
+//! `HAVMS_QEMU_LANES=1` runs everything one at a time.
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+
+use anyhow::{bail, Context, Result};
+
+use crate::qemu::{self, Listed};
+use crate::step::step;
+
+/// How many one-node scenarios run at once (`HAVMS_QEMU_LANES`, default 2).
+fn lanes() -> usize {
+    std::env::var("HAVMS_QEMU_LANES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n >= 1)
+        .unwrap_or(2)
+}
+
+/// One scenario's result.
+pub struct Finished {
+    pub name: String,
+    pub result: Result<()>,
+}
+
+/// Runs every scenario in `list` with the image in `artifacts` and returns each one's result,
+/// in the order they finished.
+pub fn run_all(artifacts: &Path, list: &[Listed]) -> Vec<Finished> {
+    let (small, large): (Vec<&Listed>, Vec<&Listed>) = list.iter().partition(|s| s.nodes <= 1);
+    let lanes = lanes();
+    let done = Mutex::new(Vec::new());
+    if lanes > 1 && small.len() > 1 {
+        log::info!(
+            "xtask: {} one-node scenarios, {lanes} at a time: {}",
+            small.len(),
+            names(&small)
+        );
+        let queue = Mutex::new(small.into_iter().collect::<VecDeque<_>>());
+        std::thread::scope(|scope| {
+            for _ in 0..lanes {
+                scope.spawn(|| loop {
+                    let next = lock(&queue).pop_front();
+                    let Some(s) = next else { break };
+                    let result = run_one(artifacts, &s.name, true);
+                    lock(&done).push(Finished {
+                        name: s.name.clone(),
+                        result,
+                    });
+                });
+            }
+        });
+    } else {
+        for s in small {
+            let result = run_one(artifacts, &s.name, false);
+            lock(&done).push(Finished {
+                name: s.name.clone(),
+                result,
+            });
+        }
+    }
+    log::info!(
+        "xtask: {} two-node scenarios, one at a time: {}",
+        large.len(),
+        names(&large)
+    );
+    for s in large {
+        let result = run_one(artifacts, &s.name, false);
+        lock(&done).push(Finished {
+            name: s.name.clone(),
+            result,
+        });
+    }
+    done.into_inner().unwrap_or_else(|p| p.into_inner())
+}
+
+fn names(list: &[&Listed]) -> String {
+    list.iter()
+        .map(|s| s.name.as_str())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// `qemu-tests run --artifacts DIR NAME` as a timed step; with `prefix`, its output goes out
+/// line by line as `NAME| line`, so that two scenarios' lines can be told apart.
+fn run_one(artifacts: &Path, name: &str, prefix: bool) -> Result<()> {
+    step(&format!("scenario {name}"), || {
+        let mut cmd = Command::new(qemu::binary());
+        cmd.arg("run").arg("--artifacts").arg(artifacts).arg(name);
+        if !prefix {
+            let status = cmd
+                .status()
+                .with_context(|| format!("cannot run {}", qemu::binary().display()))?;
+            if !status.success() {
+                bail!("qemu-tests run {name} failed ({status})");
+            }
+            return Ok(());
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot run {}", qemu::binary().display()))?;
+        let stdout = child.stdout.take();
+        let stderr = child.stderr.take();
+        std::thread::scope(|scope| {
+            if let Some(out) = stdout {
+                scope.spawn(|| copy_prefixed(out, name));
+            }
+            if let Some(err) = stderr {
+                scope.spawn(|| copy_prefixed(err, name));
+            }
+        });
+        let status = child
+            .wait()
+            .with_context(|| format!("waiting for qemu-tests run {name}"))?;
+        if !status.success() {
+            bail!("qemu-tests run {name} failed ({status})");
+        }
+        Ok(())
+    })
+}
+
+/// Copies `from` to our stdout a whole line at a time, each as `NAME| line`. Console dumps
+/// may hold bytes that are not UTF-8: they are printed lossily, never dropped.
+fn copy_prefixed(from: impl Read, name: &str) {
+    let mut reader = BufReader::new(from);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {
+                let text = String::from_utf8_lossy(&line);
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{name}| {}", text.trim_end_matches(['\n', '\r']));
+            }
+        }
+    }
+}
