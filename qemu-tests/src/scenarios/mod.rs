@@ -360,9 +360,13 @@ mod tests {
         assert_eq!(
             names(&["engine"]).unwrap(),
             [
+                "engine-boot",
+                "engine-rootfs",
                 "engine-restore",
                 "engine-serial",
                 "engine-failover",
+                "engine-disk-net",
+                "engine-increments",
                 "engine-gating",
             ]
         );
@@ -382,5 +386,23 @@ mod tests {
             err.contains("no scenario \"nope\"") && err.contains("bad-config"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn every_scenario_has_one_name_and_one_or_two_nodes() {
+        let every: Vec<Scenario> = all()
+            .into_iter()
+            .chain(extended())
+            .chain(pending())
+            .collect();
+        for s in &every {
+            assert!(matches!(s.nodes, 1 | 2), "{}: nodes = {}", s.name, s.nodes);
+            assert_eq!(
+                every.iter().filter(|o| o.name == s.name).count(),
+                1,
+                "{} is listed twice",
+                s.name
+            );
+        }
     }
 }
