@@ -5,8 +5,9 @@
 //! machine has two cores. Two one-node scenarios side by side load it as one two-node scenario
 //! does, which the timeouts already allow for; a two-node scenario beside anything would give
 //! its nodes less than a core each. Each scenario is its own `qemu-tests run NAME` process with
-//! its own ports (bound to port 0), work and log directories, so nothing is shared but the
-//! read-only image. While lanes run, every line a scenario prints is prefixed with its name.
+//! its own ports (bound to port 0), work and log directories; what they share is read-only
+//! (the image, firmware, and the package cache the image step has just filled). While lanes
+//! run, every line a scenario prints is prefixed with its name.
 //! `HAVMS_QEMU_LANES=1` runs everything one at a time.
 
 use std::collections::VecDeque;
@@ -144,7 +145,13 @@ fn copy_prefixed(from: impl Read, name: &str) {
     loop {
         line.clear();
         match reader.read_until(b'\n', &mut line) {
-            Ok(0) | Err(_) => break,
+            Ok(0) => break,
+            Err(e) => {
+                // Keep draining, or the scenario would block on a full pipe and time out.
+                println!("{name}| (xtask: its output can no longer be read: {e})");
+                let _ = std::io::copy(&mut reader, &mut std::io::sink());
+                break;
+            }
             Ok(_) => {
                 let text = String::from_utf8_lossy(&line);
                 let mut out = std::io::stdout().lock();
