@@ -1,6 +1,7 @@
 //! `cargo xtask test`: unit and host integration tests (`cargo test --workspace`), every fuzz
 //! target for 5 s (`fuzz.rs`), the Buildroot tree's checks (`buildroot.rs`), the image,
-//! then every QEMU scenario (one-node ones two at a time: `lanes.rs`); ends with `summary: N passed, N failed`.
+//! then every QEMU scenario (the one-node ones two at a time: `lanes.rs`); ends with
+//! `summary: N passed, N failed`.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
