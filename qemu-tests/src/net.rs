@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -19,6 +19,56 @@ use crate::error::{HarnessError, Result};
 const MAX_DATAGRAM: usize = 65536;
 /// How often the hub thread looks at its stop flag while idle.
 const POLL: Duration = Duration::from_millis(100);
+
+/// How many ports one process may reserve from `HAVMS_QEMU_PORT_BASE`.
+pub const PORT_SPAN: u16 = 5000;
+
+/// The next port to try from `HAVMS_QEMU_PORT_BASE` (0: not read yet).
+static NEXT_PORT: AtomicU32 = AtomicU32::new(0);
+
+/// A free loopback UDP port for a node's NIC, which QEMU binds a moment later.
+///
+/// Alone, the kernel picks it (bind port 0, release). With `HAVMS_QEMU_PORT_BASE=N` (set by
+/// `cargo xtask test` per lane) it comes from N..N+PORT_SPAN, counted up: below Linux's
+/// ephemeral range (32768 up), so another lane's bind to port 0 cannot take it between the
+/// release and QEMU's bind, and the lanes' ranges do not overlap.
+fn free_port() -> Result<SocketAddr> {
+    let base = std::env::var("HAVMS_QEMU_PORT_BASE")
+        .ok()
+        .and_then(|v| v.parse::<u16>().ok())
+        .filter(|&b| b >= 1024 && b.checked_add(PORT_SPAN).is_some());
+    let Some(base) = base else {
+        let probe = UdpSocket::bind("127.0.0.1:0")
+            .map_err(|e| HarnessError::io("finding a free UDP port", e))?;
+        return probe
+            .local_addr()
+            .map_err(|e| HarnessError::io("reading a free UDP port", e));
+    };
+    port_from(base, &NEXT_PORT)
+}
+
+/// The next port of `base..base + PORT_SPAN` that binds, counted on in `next`.
+fn port_from(base: u16, next: &AtomicU32) -> Result<SocketAddr> {
+    let _ = next.compare_exchange(0, u32::from(base), Ordering::SeqCst, Ordering::SeqCst);
+    loop {
+        let port = next.fetch_add(1, Ordering::SeqCst);
+        let port = u16::try_from(port)
+            .ok()
+            .filter(|&p| p < base + PORT_SPAN)
+            .ok_or_else(|| {
+                HarnessError::Check(format!(
+                    "no free UDP port left in {base}..{} (HAVMS_QEMU_PORT_BASE)",
+                    base + PORT_SPAN
+                ))
+            })?;
+        // A port something else holds is skipped, not an error.
+        if let Ok(probe) = UdpSocket::bind(("127.0.0.1", port)) {
+            return probe
+                .local_addr()
+                .map_err(|e| HarnessError::io("reading a free UDP port", e));
+        }
+    }
+}
 
 /// Where one NIC attaches: QEMU sends to `hub` and listens on `local`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -100,14 +150,10 @@ impl Hub {
 
     /// Reserves a free loopback port for `node`'s NIC on this segment.
     ///
-    /// The port is found by binding port 0 and releasing it; QEMU binds it right after.
+    /// The port is found by binding it and releasing it ([`free_port`]); QEMU binds it right
+    /// after.
     pub fn attach(&self, node: &str) -> Result<Attachment> {
-        let probe = UdpSocket::bind("127.0.0.1:0")
-            .map_err(|e| HarnessError::io("finding a free UDP port", e))?;
-        let local = probe
-            .local_addr()
-            .map_err(|e| HarnessError::io("reading a free UDP port", e))?;
-        drop(probe);
+        let local = free_port()?;
         self.ports().insert(
             local,
             Port {
@@ -402,5 +448,21 @@ mod tests {
         stranger.send_to(b"spoof", hub.addr()).unwrap();
         assert_eq!(a.recv(), None);
         assert_eq!(hub.counters().1, 1);
+    }
+
+    #[test]
+    fn ports_from_a_base_count_up_and_skip_taken_ones() {
+        let next = AtomicU32::new(0);
+        let first = port_from(21000, &next).unwrap().port();
+        assert!((21000..21000 + PORT_SPAN).contains(&first), "{first}");
+        let _held = UdpSocket::bind(("127.0.0.1", first + 1));
+        let second = port_from(21000, &next).unwrap().port();
+        assert!(second > first, "{first} then {second}");
+        if _held.is_ok() {
+            assert!(second > first + 1, "a held port was handed out: {second}");
+        }
+        let last = AtomicU32::new(u32::from(21000 + PORT_SPAN));
+        let err = port_from(21000, &last).unwrap_err().to_string();
+        assert!(err.contains("HAVMS_QEMU_PORT_BASE"), "{err}");
     }
 }

@@ -6,8 +6,10 @@
 //! does, which the timeouts already allow for; a two-node scenario beside anything would give
 //! its nodes less than a core each. Each scenario is its own `qemu-tests run NAME` process with
 //! its own ports (bound to port 0), work and log directories; what they share is read-only
-//! (the image, firmware, and the package cache the image step has just filled). While lanes
-//! run, every line a scenario prints is prefixed with its name.
+//! (the image, firmware, and the package cache the image step has just filled), and each
+//! lane's nodes take their UDP ports from a range of its own (`HAVMS_QEMU_PORT_BASE`), so a
+//! port one lane reserves for QEMU cannot be taken by the other before QEMU binds it. While
+//! lanes run, every line a scenario prints is prefixed with its name.
 //! `HAVMS_QEMU_LANES=1` runs everything one at a time.
 
 use std::collections::VecDeque;
@@ -50,12 +52,13 @@ pub fn run_all(artifacts: &Path, list: &[Listed]) -> Vec<Finished> {
         );
         let queue = Mutex::new(small.into_iter().collect::<VecDeque<_>>());
         std::thread::scope(|scope| {
-            for _ in 0..lanes {
-                scope.spawn(|| loop {
-                    let next = lock(&queue).pop_front();
+            for lane in 0..lanes {
+                let (queue, done) = (&queue, &done);
+                scope.spawn(move || loop {
+                    let next = lock(queue).pop_front();
                     let Some(s) = next else { break };
-                    let result = run_one(artifacts, &s.name, true);
-                    lock(&done).push(Finished {
+                    let result = run_one(artifacts, &s.name, Some(lane));
+                    lock(done).push(Finished {
                         name: s.name.clone(),
                         result,
                     });
@@ -64,7 +67,7 @@ pub fn run_all(artifacts: &Path, list: &[Listed]) -> Vec<Finished> {
         });
     } else {
         for s in small {
-            let result = run_one(artifacts, &s.name, false);
+            let result = run_one(artifacts, &s.name, None);
             lock(&done).push(Finished {
                 name: s.name.clone(),
                 result,
@@ -77,7 +80,7 @@ pub fn run_all(artifacts: &Path, list: &[Listed]) -> Vec<Finished> {
         names(&large)
     );
     for s in large {
-        let result = run_one(artifacts, &s.name, false);
+        let result = run_one(artifacts, &s.name, None);
         lock(&done).push(Finished {
             name: s.name.clone(),
             result,
@@ -97,13 +100,20 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// `qemu-tests run --artifacts DIR NAME` as a timed step; with `prefix`, its output goes out
-/// line by line as `NAME| line`, so that two scenarios' lines can be told apart.
-fn run_one(artifacts: &Path, name: &str, prefix: bool) -> Result<()> {
+/// Where lane N's nodes take their UDP ports (`HAVMS_QEMU_PORT_BASE`, qemu-tests/src/net.rs):
+/// 20000, 25000, ...: ranges that do not overlap and lie below Linux's ephemeral ports.
+fn port_base(lane: usize) -> u32 {
+    20000 + 5000 * lane as u32
+}
+
+/// `qemu-tests run --artifacts DIR NAME` as a timed step; in a `lane`, its output goes out
+/// line by line as `NAME| line`, so that two scenarios' lines can be told apart, and its
+/// nodes' ports come from that lane's range.
+fn run_one(artifacts: &Path, name: &str, lane: Option<usize>) -> Result<()> {
     step(&format!("scenario {name}"), || {
         let mut cmd = Command::new(qemu::binary());
         cmd.arg("run").arg("--artifacts").arg(artifacts).arg(name);
-        if !prefix {
+        let Some(lane) = lane else {
             let status = cmd
                 .status()
                 .with_context(|| format!("cannot run {}", qemu::binary().display()))?;
@@ -111,7 +121,8 @@ fn run_one(artifacts: &Path, name: &str, prefix: bool) -> Result<()> {
                 bail!("qemu-tests run {name} failed ({status})");
             }
             return Ok(());
-        }
+        };
+        cmd.env("HAVMS_QEMU_PORT_BASE", port_base(lane).to_string());
         let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
