@@ -41,10 +41,20 @@ pub struct Finished {
 /// Runs every scenario in `list` with the image in `artifacts` and returns each one's result,
 /// in the order they finished.
 pub fn run_all(artifacts: &Path, list: &[Listed]) -> Vec<Finished> {
-    let (small, large): (Vec<&Listed>, Vec<&Listed>) = list.iter().partition(|s| s.nodes <= 1);
     let lanes = lanes();
+    let (mut small, mut large): (Vec<&Listed>, Vec<&Listed>) =
+        list.iter().partition(|s| s.nodes <= 1);
+    if lanes == 1 || small.len() == 1 {
+        // Nothing to run side by side: everything goes one at a time, in the list's order.
+        small.clear();
+        large = list.iter().collect();
+    }
+    let run = |s: &Listed, lane| Finished {
+        name: s.name.clone(),
+        result: run_one(artifacts, &s.name, lane),
+    };
     let done = Mutex::new(Vec::new());
-    if lanes > 1 && small.len() > 1 {
+    if !small.is_empty() {
         log::info!(
             "xtask: {} one-node scenarios, {lanes} at a time: {}",
             small.len(),
@@ -53,40 +63,24 @@ pub fn run_all(artifacts: &Path, list: &[Listed]) -> Vec<Finished> {
         let queue = Mutex::new(small.into_iter().collect::<VecDeque<_>>());
         std::thread::scope(|scope| {
             for lane in 0..lanes {
-                let (queue, done) = (&queue, &done);
+                let (queue, done, run) = (&queue, &done, &run);
                 scope.spawn(move || loop {
                     let next = lock(queue).pop_front();
                     let Some(s) = next else { break };
-                    let result = run_one(artifacts, &s.name, Some(lane));
-                    lock(done).push(Finished {
-                        name: s.name.clone(),
-                        result,
-                    });
+                    let finished = run(s, Some(lane));
+                    lock(done).push(finished);
                 });
             }
         });
-    } else {
-        for s in small {
-            let result = run_one(artifacts, &s.name, None);
-            lock(&done).push(Finished {
-                name: s.name.clone(),
-                result,
-            });
-        }
     }
     log::info!(
-        "xtask: {} two-node scenarios, one at a time: {}",
+        "xtask: {} scenarios one at a time: {}",
         large.len(),
         names(&large)
     );
-    for s in large {
-        let result = run_one(artifacts, &s.name, None);
-        lock(&done).push(Finished {
-            name: s.name.clone(),
-            result,
-        });
-    }
-    done.into_inner().unwrap_or_else(|p| p.into_inner())
+    let mut done = done.into_inner().unwrap_or_else(|p| p.into_inner());
+    done.extend(large.into_iter().map(|s| run(s, None)));
+    done
 }
 
 fn names(list: &[&Listed]) -> String {
