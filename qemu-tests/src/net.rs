@@ -20,7 +20,8 @@ const MAX_DATAGRAM: usize = 65536;
 /// How often the hub thread looks at its stop flag while idle.
 const POLL: Duration = Duration::from_millis(100);
 
-/// How many ports one process may reserve from `HAVMS_QEMU_PORT_BASE`.
+/// How many ports one process may reserve from `HAVMS_QEMU_PORT_BASE` (xtask/src/lanes.rs
+/// spaces the lanes' bases by as many).
 pub const PORT_SPAN: u16 = 5000;
 
 /// The next port to try from `HAVMS_QEMU_PORT_BASE` (0: not read yet).
