@@ -56,12 +56,6 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 println!("{} nodes={}", s.name, s.nodes);
             }
             // Commented out for `cargo xtask test`, which runs every uncommented line's name.
-            for s in scenarios::extended() {
-                println!(
-                    "# {} (extended: by name only, outside CI's time budget)",
-                    s.name
-                );
-            }
             for s in scenarios::pending() {
                 println!(
                     "# {} (pending: by name only, not in `cargo xtask test`)",

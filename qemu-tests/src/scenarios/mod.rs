@@ -225,21 +225,6 @@ pub fn all() -> Vec<Scenario> {
                 unchanged, then yes; the node boots from its disk",
             run: install::interactive,
         },
-    ]
-}
-
-/// Scenarios that run only when named (`cargo xtask qemu-test run NAME`): reliable, but
-/// two-node scenarios run one at a time and these four would take CI past its 90-minute
-/// budget, and each was chosen because others in [`all`] cover most of what it checks:
-/// failover-link (ha-failover does the same failover through the supervisor, judged from the
-/// LAN), ha-start (every HA scenario waits for protection first; its own check, memory and
-/// disk hashes equal at one epoch, is only here), bad-frames (the frame parsers are fuzzed in
-/// CI; the live stream's handling of bad frames is only here) and install-uefi (boot-ovmf
-/// boots the ISO's EFI GRUB; the installed disk's EFI GRUB is only here). The one-node
-/// scenarios that were here are back in [`all`] since those run two at a time.
-/// Run them before a release and after touching what they cover (docs/testing.md).
-pub fn extended() -> Vec<Scenario> {
-    vec![
         Scenario {
             name: "failover-link",
             nodes: 2,
@@ -310,11 +295,7 @@ pub fn select(names: &[String]) -> Result<Vec<Scenario>> {
     if names.is_empty() {
         return Ok(all());
     }
-    let all: Vec<Scenario> = all()
-        .into_iter()
-        .chain(extended())
-        .chain(pending())
-        .collect();
+    let all: Vec<Scenario> = all().into_iter().chain(pending()).collect();
     let mut out: Vec<Scenario> = Vec::new();
     for name in names {
         // A scenario's own name selects it alone (`ha-failover` is not also `ha-failover-b`:
@@ -373,10 +354,10 @@ mod tests {
         assert_eq!(names(&["boot"]).unwrap(), ["boot-seabios", "boot-ovmf"]);
         assert_eq!(names(&["pid1", "pair", "pid1"]).unwrap(), ["pid1", "pair"]);
         assert_eq!(names(&["ha-failover"]).unwrap(), ["ha-failover"]);
-        // A pending or extended scenario runs by its name, never as part of a group.
+        // A pending scenario runs by its name, never as part of a group.
         let ha = names(&["ha"]).unwrap();
         assert!(
-            ha.contains(&"ha-failover") && !ha.contains(&"ha-two-vms") && !ha.contains(&"ha-start"),
+            ha.contains(&"ha-failover") && !ha.contains(&"ha-two-vms") && ha.contains(&"ha-start"),
             "{ha:?}"
         );
         assert_eq!(names(&["ha-start"]).unwrap(), ["ha-start"]);
@@ -390,11 +371,7 @@ mod tests {
 
     #[test]
     fn every_scenario_has_one_name_and_one_or_two_nodes() {
-        let every: Vec<Scenario> = all()
-            .into_iter()
-            .chain(extended())
-            .chain(pending())
-            .collect();
+        let every: Vec<Scenario> = all().into_iter().chain(pending()).collect();
         for s in &every {
             assert!(matches!(s.nodes, 1 | 2), "{}: nodes = {}", s.name, s.nodes);
             assert_eq!(
