@@ -90,6 +90,7 @@ fn frames() -> Vec<(&'static str, Frame<'static>)> {
             }),
         ),
         ("ack", Frame::Ack),
+        ("keepalive", Frame::Keepalive),
         (
             "abort",
             Frame::Abort {
@@ -284,7 +285,10 @@ fn answer_files() -> Vec<Seed> {
         (
             "node_b_dhcp.yaml".into(),
             good.replace("node: a", "node: b")
-                .replace("address: 192.168.77.11/24\n  gateway: 192.168.77.1", "address: dhcp")
+                .replace(
+                    "address: 192.168.77.11/24\n  gateway: 192.168.77.1",
+                    "address: dhcp",
+                )
                 .replace("after: poweroff", "witness: 192.168.77.1\nafter: reboot")
                 .into_bytes(),
         ),
@@ -299,7 +303,11 @@ fn answer_files() -> Vec<Seed> {
         ),
         (
             "no_peer.yaml".into(),
-            good.split("peer:").next().unwrap_or_default().as_bytes().to_vec(),
+            good.split("peer:")
+                .next()
+                .unwrap_or_default()
+                .as_bytes()
+                .to_vec(),
         ),
         ("crlf.yaml".into(), good.replace('\n', "\r\n").into_bytes()),
         ("lone_cr.yaml".into(), good.replace('\n', "\r").into_bytes()),

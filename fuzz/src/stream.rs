@@ -193,13 +193,14 @@ pub fn primary(steps: &[script::Step]) -> Sent {
             Op::End => Frame::End {
                 reason: "powered off".into(),
             },
-            Op::Reply { which } => match which % 3 {
+            Op::Reply { which } => match which % 4 {
                 0 => Frame::HelloAck(wire::HelloAck {
                     last_committed_epoch: 0,
                     generation: [0; 16],
                     resume_ok: false,
                 }),
                 1 => Frame::Ack,
+                2 => Frame::Keepalive,
                 _ => Frame::CloseAck {
                     reason: String::new(),
                 },
@@ -421,6 +422,7 @@ pub fn secondary(bytes: &[u8], local: &[PathBuf]) -> u64 {
                 }
                 model.check(&r, local, &format!("after the commit of epoch {epoch}"));
             }
+            Step::Keepalive => {}
             // A Handover ends the stream like Abort and End (the copy is then taken over).
             Step::Hello | Step::Abort(_) | Step::End(_) | Step::Handover(_) => break,
         }

@@ -103,6 +103,10 @@ pub enum Event {
     Acked { stream_id: u64, epoch: u64 },
     /// Replica: epoch `epoch` of stream `stream_id` was applied.
     Committed { stream_id: u64, epoch: u64 },
+    /// The peer was heard on stream `stream_id` `ms_ago` milliseconds ago (a frame or a
+    /// keepalive came, or the secondary is busy with what came): a sign of life between the
+    /// epochs' acks and commits, at most one per 100 ms (replication/liveness.rs).
+    Heard { stream_id: u64, ms_ago: u64 },
     /// Replica: its copy or its connection changed.
     Replica {
         state: ReplicaState,

@@ -118,14 +118,23 @@ fn decide_vm(f: &Facts, v: &VmFacts) -> Option<(Action, Rule)> {
             stream,
             since,
             last_ack,
+            last_heard,
             ..
-        } => primary(f, v, *stream, *since, *last_ack),
+        } => {
+            // A keepalive from before this stream state says nothing about it.
+            let heard = (*last_ack).max(last_heard.filter(|t| t >= since));
+            primary(f, v, *stream, *since, *last_ack, heard)
+        }
         Engine::Replica {
             copy,
             last_commit,
+            last_heard,
             watched_since,
             ..
-        } => replica(f, v, *copy, last_commit.unwrap_or(*watched_since)),
+        } => {
+            let heard = (*last_commit).max(*last_heard).unwrap_or(*watched_since);
+            replica(f, v, *copy, heard)
+        }
         Engine::Crashed { at } => crashed(f, v, *at),
         Engine::None => none(f, v),
     }
@@ -137,6 +146,7 @@ fn primary(
     stream: Stream,
     since: std::time::Instant,
     last_ack: Option<std::time::Instant>,
+    last_heard: Option<std::time::Instant>,
 ) -> Option<(Action, Rule)> {
     if !v.run {
         return (stream != Stream::Ending).then_some((Action::Stop, Rule::Stopped));
@@ -197,9 +207,11 @@ fn primary(
             None
         }
         Stream::Protected | Stream::Syncing | Stream::Connecting => {
-            // The acks count as a sign of life too: a peer whose havmsd restarts stops its
-            // heartbeats, not its replica.
+            // The stream counts as a sign of life too: a peer whose havmsd restarts stops its
+            // heartbeats, not its replica, whose acks and keepalives (while it applies a long
+            // epoch) go on. A failback wants the acks themselves to flow.
             let ack_silent = f.since(last_ack.unwrap_or(since));
+            let stream_silent = f.since(last_heard.unwrap_or(since));
             if stream == Stream::Protected {
                 if let Some(moved) = fail_back(f, v, since, ack_silent) {
                     return Some(moved);
@@ -214,15 +226,18 @@ fn primary(
             if f.maintenance_peer && f.peer.up && ack_silent < f.timings.dead_after && waited {
                 return Some((Action::Unprotect, Rule::PeerInMaintenance));
             }
-            if silent && witness && ack_silent >= f.timings.dead_after {
+            if silent && witness && stream_silent >= f.timings.dead_after {
                 return Some((
                     Action::Release,
-                    Rule::PeerDead(evidence(f, Some(ack_silent))),
+                    Rule::PeerDead(evidence(f, Some(stream_silent))),
                 ));
             }
-            // Acks still coming mean the peer is there, whatever the heartbeats say.
-            if isolated_long && ack_silent >= f.timings.fence {
-                return Some((Action::Fence, Rule::Isolated(evidence(f, Some(ack_silent)))));
+            // A stream still talking means the peer is there, whatever the heartbeats say.
+            if isolated_long && stream_silent >= f.timings.fence {
+                return Some((
+                    Action::Fence,
+                    Rule::Isolated(evidence(f, Some(stream_silent))),
+                ));
             }
             None
         }
@@ -298,7 +313,7 @@ fn replica(
     f: &Facts,
     v: &VmFacts,
     copy: ReplicaState,
-    last_commit: std::time::Instant,
+    last_heard: std::time::Instant,
 ) -> Option<(Action, Rule)> {
     // Its primary paused the guest for good and handed it over: this copy is the VM, and
     // waiting would only lengthen the switchover.
@@ -363,7 +378,7 @@ fn replica(
         if f.peer.up && role == Some(VmRole::Crashed) {
             return Some((Action::TakeOver, Rule::PeerEngineDied));
         }
-        let stream_silent = f.since(last_commit);
+        let stream_silent = f.since(last_heard);
         // Its last word: a primary whose copy here was current (protected, or held since its
         // stream failed), or whose engine died; or nothing heard from it at all.
         let was_primary = matches!(
@@ -389,7 +404,7 @@ fn replica(
     // havmsd, say, just restarted and has not adopted it yet) shows in the commits: only a
     // silent stream counts.
     let nobody = f.peer.up
-        && f.since(last_commit) >= f.timings.dead_after
+        && f.since(last_heard) >= f.timings.dead_after
         && !matches!(
             role,
             Some(VmRole::Primary(_) | VmRole::Starting | VmRole::Crashed)

@@ -136,6 +136,7 @@ impl World {
             stream,
             since: now - ms(since_ms_ago),
             last_ack: ack_ms_ago.map(|a| now - ms(a)),
+            last_heard: None,
             stream_id: 5,
             acked: 40,
         };
@@ -148,11 +149,24 @@ impl World {
             copy,
             connected: true,
             last_commit: Some(now - ms(commit_ms_ago)),
+            last_heard: None,
             watched_since: self.t0,
             port: Some(40_000),
             stream_id: 5,
             committed: 40,
         };
+        self
+    }
+
+    /// The engine's last `Heard`: a keepalive (or, on a replica, frames arriving) `n` ms ago.
+    fn heard(&mut self, n: u64) -> &mut Self {
+        let at = self.f.now - ms(n);
+        match &mut self.vm().engine {
+            Engine::Primary { last_heard, .. } | Engine::Replica { last_heard, .. } => {
+                *last_heard = Some(at)
+            }
+            other => panic!("no stream on {other:?}"),
+        }
         self
     }
 
@@ -448,6 +462,50 @@ fn no_fresh_boot_beside_a_peer_holding_a_ready_copy() {
         None,
         "the peer resumes its copy; this node follows"
     );
+}
+
+#[test]
+fn keepalives_keep_a_long_checkpoint_from_reading_as_a_dead_peer() {
+    // Numbers of ha-supervisor-restart's failures: the peer's havmsd is away (no heartbeats
+    // for 900 ms) while one checkpoint takes longer than dead_after (no ack, no commit).
+    let mut w = World::new();
+    w.peer_says(VmRole::Replica(ReplicaState::Ready));
+    w.peer_silent_for(900);
+    w.primary(Stream::Protected, 5000, Some(700)).heard(60);
+    assert_eq!(
+        w.action(),
+        None,
+        "the replica applies a long epoch: keepalives come"
+    );
+    w.heard(550);
+    assert_eq!(w.action(), Some(Action::Release), "keepalives stopped too");
+    // A keepalive from before this stream state counts for nothing.
+    w.primary(Stream::Protected, 100, None).heard(400);
+    w.vm().engine = match w.vm().engine.clone() {
+        Engine::Primary { since, .. } => Engine::Primary {
+            stream: Stream::Protected,
+            since: since - ms(900),
+            last_ack: None,
+            last_heard: Some(since - ms(1000)),
+            stream_id: 5,
+            acked: 40,
+        },
+        e => e,
+    };
+    assert_eq!(w.action(), Some(Action::Release));
+
+    let mut w = World::new();
+    w.vm().preferred_here = false;
+    w.peer_says(VmRole::Primary(PrimaryState::Protected));
+    w.peer_silent_for(900);
+    w.replica(ReplicaState::Ready, 700).heard(40);
+    assert_eq!(
+        w.action(),
+        None,
+        "the primary pauses a busy guest: keepalives come"
+    );
+    w.heard(600);
+    assert_eq!(w.action(), Some(Action::TakeOver), "and then nothing");
 }
 
 #[test]

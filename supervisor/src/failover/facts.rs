@@ -91,6 +91,9 @@ pub enum Engine {
         since: Instant,
         /// When the peer last acked an epoch (None: not in this stream).
         last_ack: Option<Instant>,
+        /// When the peer was last heard on the stream: acks and its keepalives, which keep
+        /// coming while it applies a long epoch.
+        last_heard: Option<Instant>,
         stream_id: u64,
         acked: u64,
     },
@@ -99,6 +102,9 @@ pub enum Engine {
         connected: bool,
         /// When the last epoch was committed (None: none seen since this havmsd watches).
         last_commit: Option<Instant>,
+        /// When the primary was last heard on the stream: commits, any bytes of its frames,
+        /// its keepalives while it checkpoints, and this engine busy with what it sent.
+        last_heard: Option<Instant>,
         /// Since when havmsd watches this engine (the stream's silence counts from here when
         /// no commit was seen).
         watched_since: Instant,

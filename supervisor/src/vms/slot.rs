@@ -36,6 +36,9 @@ pub struct Running {
     pub stream: Stream,
     pub stream_since: Instant,
     pub last_ack: Option<Instant>,
+    /// When the peer was last heard on the stream (an ack, a commit, a keepalive: the
+    /// engine's `Heard` events).
+    pub last_heard: Option<Instant>,
     pub acked: u64,
     pub stream_id: u64,
     pub copy: ReplicaState,
@@ -65,6 +68,7 @@ impl Running {
             stream: Stream::Unprotected,
             stream_since: now,
             last_ack: None,
+            last_heard: None,
             acked: 0,
             stream_id: 0,
             copy: ReplicaState::Empty,
@@ -87,6 +91,7 @@ impl Running {
             self.stream_since = now;
             if !matches!(s, Stream::Protected | Stream::Syncing) {
                 self.last_ack = None;
+                self.last_heard = None;
             }
         }
     }
@@ -144,6 +149,14 @@ impl Running {
                 self.replica_connected = *connected;
                 self.stream_id = *stream_id;
                 self.committed = *committed_epoch;
+            }
+            Event::Heard { ms_ago, .. } => {
+                // The peer's engine is alive, whichever stream it came on (a replica hears
+                // a new stream's full copy before its first commit names the stream).
+                let at = now
+                    .checked_sub(std::time::Duration::from_millis(*ms_ago))
+                    .unwrap_or(now);
+                self.last_heard = self.last_heard.max(Some(at));
             }
             Event::GuestReset { boot } => self.boots = *boot,
             Event::Exited { .. } => {}
@@ -330,6 +343,7 @@ impl Slot {
                     stream: r.stream,
                     since: r.stream_since,
                     last_ack: r.last_ack,
+                    last_heard: r.last_heard,
                     stream_id: r.stream_id,
                     acked: r.acked,
                 },
@@ -337,6 +351,7 @@ impl Slot {
                     copy: r.copy,
                     connected: r.replica_connected,
                     last_commit: r.last_commit,
+                    last_heard: r.last_heard,
                     watched_since: r.since,
                     port: r.port,
                     stream_id: r.stream_id,

@@ -8,9 +8,12 @@
 //! primary's connection), `compat` (what a takeover here will need, checked at the stream's
 //! start), `replica` (memory, state and disks as of the last committed epoch) and `standby` (a
 //! replica waiting for takeover, then its machine). `verify` hashes both sides at one epoch. Between them: the `wire` format (frames, encoder, nom parsers, `FrameReader`) and
-//! the receiver's `sequence` checker (which frame may come next).
+//! the receiver's `sequence` checker (which frame may come next); `liveness` keeps both
+//! directions talking through long checkpoints (keepalives) and tells each side's supervisor
+//! when the peer was last heard.
 pub mod checkpoint;
 pub mod compat;
+pub mod liveness;
 pub mod primary;
 pub mod replica;
 pub mod secondary;

@@ -73,7 +73,19 @@ impl FakePrimary {
     }
 
     fn hello_ack(&mut self) -> Frame<'static> {
-        self.reader.next_owned().unwrap().unwrap().1
+        self.next().unwrap().unwrap().1
+    }
+
+    /// The server's next frame, past its keepalives.
+    fn next(
+        &mut self,
+    ) -> Result<Option<(crate::replication::wire::Header, Frame<'static>)>, WireError> {
+        loop {
+            match self.reader.next_owned() {
+                Ok(Some((_, Frame::Keepalive))) => continue,
+                other => return other,
+            }
+        }
     }
 
     fn send(&mut self, epoch: u64, f: &Frame<'_>) {
@@ -100,11 +112,11 @@ impl FakePrimary {
     /// Sends a control frame (Abort, End) and reads the server's answer.
     fn close_with(&mut self, f: &Frame<'_>) -> Option<Frame<'static>> {
         wire::write_frame(&mut self.out, VM, 0, f).unwrap();
-        self.reader.next_owned().ok().flatten().map(|(_, f)| f)
+        self.next().ok().flatten().map(|(_, f)| f)
     }
 
     fn ack(&mut self) -> u64 {
-        match self.reader.next_owned().unwrap() {
+        match self.next().unwrap() {
             Some((h, Frame::Ack)) => h.epoch,
             other => panic!("expected an Ack, got {other:?}"),
         }
@@ -232,7 +244,7 @@ fn a_lying_commit_drops_the_connection_and_keeps_the_last_epoch() {
     )
     .unwrap();
     // No ack: the connection is closed instead.
-    assert!(matches!(p.reader.next_owned(), Ok(None) | Err(_)));
+    assert!(matches!(p.next(), Ok(None) | Err(_)));
     wait_for("the error", || server.status().last_error.is_some());
     let err = server.status().last_error.unwrap();
     assert!(
@@ -250,7 +262,7 @@ fn a_stream_for_another_vm_is_refused() {
     let d = disk(&dir);
     let (server, _) = server(Some("web"), &d);
     let mut p = FakePrimary::connect(&server, "mail");
-    match p.reader.next_owned().unwrap() {
+    match p.next().unwrap() {
         Some((_, Frame::Abort { reason })) => assert!(reason.contains("for VM web"), "{reason}"),
         other => panic!("expected an Abort, got {other:?}"),
     }
@@ -405,7 +417,7 @@ fn mark_stale_cuts_the_stream_and_no_later_epoch_revives_the_copy() {
     }
     let c = p.digest.commit();
     let _ = wire::write_frame(&mut p.out, VM, 2, &Frame::Commit(c));
-    assert!(matches!(p.reader.next_owned(), Ok(None) | Err(_)));
+    assert!(matches!(p.next(), Ok(None) | Err(_)));
     wait_for("the cut", || not_connected(&server));
     let r = take(&server, true).unwrap();
     assert_eq!(page_of(&r, 2), 4);
@@ -418,7 +430,7 @@ fn a_stream_that_does_not_fit_this_node_is_refused_at_the_hello() {
     std::fs::write(&d, vec![0u8; 4096]).unwrap();
     let (server, _) = server(None, &d);
     let mut p = FakePrimary::connect(&server, "vm");
-    match p.reader.next_owned().unwrap() {
+    match p.next().unwrap() {
         Some((_, Frame::Abort { reason })) => {
             assert!(reason.contains("4096 bytes here, 65536"), "{reason}")
         }
@@ -473,7 +485,7 @@ fn a_failed_start_gives_the_replica_back() {
     // Once taken over, a primary is turned away.
     assert_eq!(server.status().state, ReplicaState::TakenOver);
     let mut q = FakePrimary::connect(&server, "vm");
-    match q.reader.next_owned() {
+    match q.next() {
         Ok(Some((_, Frame::Abort { reason }))) => {
             assert!(reason.contains("taken over"), "{reason}")
         }
@@ -596,14 +608,14 @@ fn a_new_stream_takes_over_a_half_open_one() {
     let st = server.status();
     assert_eq!((st.state, st.stream_id), (ReplicaState::Ready, 32));
     // The old connection was cut.
-    assert!(matches!(old.reader.next_owned(), Ok(None) | Err(_)));
+    assert!(matches!(old.next(), Ok(None) | Err(_)));
 }
 
 impl FakePrimary {
     /// Sends a control frame with header epoch `epoch` and reads the server's answer.
     fn close_at(&mut self, epoch: u64, f: &Frame<'_>) -> Option<Frame<'static>> {
         wire::write_frame(&mut self.out, VM, epoch, f).unwrap();
-        self.reader.next_owned().ok().flatten().map(|(_, f)| f)
+        self.next().ok().flatten().map(|(_, f)| f)
     }
 }
 

@@ -14,6 +14,9 @@
 //! commit, the copy is now the VM) may come only at a commit boundary: no frame of the next
 //! epoch yet, and at least one epoch committed on this connection or before it.
 //!
+//! Keepalive (a sign of life while the primary checkpoints, no part of any epoch) may come at
+//! any time once streaming, with header epoch 0; it counts in no digest.
+//!
 //! Abort (the primary stops protecting: the copy becomes stale) and End (the VM ended: the copy
 //! is discarded) may come at any time after the Hello (before it they are refused: nobody
 //! who did not introduce a stream can end one); the receiver answers both with CloseAck. Any error,
@@ -39,6 +42,8 @@ pub enum Step {
     /// The primary handed the VM over at the last committed epoch: keep the copy as the VM
     /// (take it over), answer CloseAck and close.
     Handover(String),
+    /// A sign of life: nothing to do (the receiver has noted when it was heard).
+    Keepalive,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -231,6 +236,20 @@ impl SequenceChecker {
                     });
                 }
                 return Ok(Step::Handover(reason.clone()));
+            }
+            Frame::Keepalive => {
+                return match self.phase {
+                    Phase::AwaitHello => Err(SequenceError::ExpectedHello { kind }),
+                    Phase::Answering => Err(SequenceError::NotStarted { kind }),
+                    Phase::Streaming | Phase::Closed if header.epoch != 0 => {
+                        Err(SequenceError::WrongEpoch {
+                            kind,
+                            expected: 0,
+                            got: header.epoch,
+                        })
+                    }
+                    Phase::Streaming | Phase::Closed => Ok(Step::Keepalive),
+                };
             }
             Frame::Abort { reason } => return Ok(Step::Abort(reason.clone())),
             Frame::End { reason } => return Ok(Step::End(reason.clone())),

@@ -54,7 +54,11 @@ impl Primary {
         let sha = write_frame(&mut self.out, vm, epoch, f).unwrap();
         if !matches!(
             f,
-            Frame::Hello(_) | Frame::Commit(_) | Frame::Abort { .. } | Frame::Handover { .. }
+            Frame::Hello(_)
+                | Frame::Commit(_)
+                | Frame::Abort { .. }
+                | Frame::Handover { .. }
+                | Frame::Keepalive
         ) {
             assert!(self.digest.add(&sha));
         }
@@ -174,6 +178,62 @@ fn checker_accessors_follow_the_stream() {
     assert_eq!(
         (c.last_committed(), c.current_epoch(), c.frames_in_epoch()),
         (1, 2, 0)
+    );
+}
+
+#[test]
+fn keepalives_pass_anywhere_in_a_stream_and_count_in_no_digest() {
+    let mut p = Primary::default();
+    p.frame(0, hello())
+        .frame(0, Frame::Keepalive)
+        .frame(1, pages(&[0, 1]))
+        // Mid-epoch (the primary paused a long time, or waits for acks).
+        .frame(0, Frame::Keepalive)
+        .frame(1, state(1))
+        .frame(0, Frame::Keepalive)
+        .commit(1)
+        .frame(0, Frame::Keepalive)
+        .frame(1, handover());
+    let (steps, res) = run(&p.out, Some(VM), 0);
+    res.unwrap();
+    use Step::*;
+    assert_eq!(
+        steps,
+        [
+            Hello,
+            Keepalive,
+            Stage(1),
+            Keepalive,
+            Stage(1),
+            Keepalive,
+            Commit(1),
+            Keepalive,
+            Handover("failback".into())
+        ]
+    );
+}
+
+#[test]
+fn a_keepalive_before_the_stream_or_at_an_epoch_is_refused() {
+    let mut p = Primary::default();
+    p.frame(0, Frame::Keepalive);
+    fails(
+        &p,
+        0,
+        SequenceError::ExpectedHello {
+            kind: Kind::Keepalive,
+        },
+    );
+    let mut p = Primary::default();
+    p.frame(0, hello()).frame(1, Frame::Keepalive);
+    fails(
+        &p,
+        0,
+        SequenceError::WrongEpoch {
+            kind: Kind::Keepalive,
+            expected: 0,
+            got: 1,
+        },
     );
 }
 

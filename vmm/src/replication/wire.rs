@@ -1,7 +1,7 @@
 //! The replication wire format: one frame = a 64-byte header + a payload, all little endian.
 //!
 //! ```text
-//! 0  magic "HVRP"   4  version u16 = 3   6  kind u8   7  flags u8 = 0
+//! 0  magic "HVRP"   4  version u16 = 4   6  kind u8   7  flags u8 = 0
 //! 8  vm_id u64      16 epoch u64         24 payload_len u32 (<= MAX_PAYLOAD)
 //! 28 reserved u32 = 0                    32 sha256 of the payload [u8; 32]
 //! ```
@@ -26,8 +26,8 @@ pub use reader::FrameReader;
 
 pub const MAGIC: [u8; 4] = *b"HVRP";
 /// 2: Hello carries the stream id and the disk sizes, Commit a flags byte, CloseAck and End.
-/// 3: Handover (a planned switchover).
-pub const VERSION: u16 = 3;
+/// 3: Handover (a planned switchover). 4: Keepalive.
+pub const VERSION: u16 = 4;
 pub const HEADER_LEN: usize = 64;
 /// The largest payload accepted, checked before anything is allocated for it.
 pub const MAX_PAYLOAD: usize = 64 << 20;
@@ -67,6 +67,9 @@ pub enum Kind {
     /// paused for good: "resume the VM from this epoch". The secondary answers CloseAck; its
     /// copy is then the VM (it is never marked stale by a later reconnect).
     Handover = 11,
+    /// Either way, epoch 0, no payload: "still here". Sent when a side has written nothing
+    /// for a while (replication/liveness.rs), so a long checkpoint or apply is not silence.
+    Keepalive = 12,
 }
 
 impl Kind {
@@ -83,6 +86,7 @@ impl Kind {
             9 => Kind::CloseAck,
             10 => Kind::End,
             11 => Kind::Handover,
+            12 => Kind::Keepalive,
             _ => return None,
         })
     }
@@ -290,6 +294,7 @@ pub enum Frame<'a> {
     Handover {
         reason: String,
     },
+    Keepalive,
 }
 
 impl Frame<'_> {
@@ -306,6 +311,7 @@ impl Frame<'_> {
             Frame::CloseAck { .. } => Kind::CloseAck,
             Frame::End { .. } => Kind::End,
             Frame::Handover { .. } => Kind::Handover,
+            Frame::Keepalive => Kind::Keepalive,
         }
     }
 
@@ -333,6 +339,7 @@ impl Frame<'_> {
             Frame::CloseAck { reason } => Frame::CloseAck { reason },
             Frame::End { reason } => Frame::End { reason },
             Frame::Handover { reason } => Frame::Handover { reason },
+            Frame::Keepalive => Frame::Keepalive,
         }
     }
 }

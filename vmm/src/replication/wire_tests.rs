@@ -68,6 +68,7 @@ fn samples() -> Vec<Frame<'static>> {
             flags: COMMIT_FLUSH,
         }),
         Frame::Ack,
+        Frame::Keepalive,
         Frame::Abort {
             reason: "secondary: disk full ✗".into(),
         },
@@ -166,7 +167,7 @@ fn header_layout_is_the_documented_one() {
     let empty_sha: [u8; 32] = Sha256::digest([]).into();
     let mut want = Vec::new();
     want.extend_from_slice(b"HVRP");
-    want.extend_from_slice(&[3, 0, 7, 0]);
+    want.extend_from_slice(&[4, 0, 7, 0]);
     want.extend_from_slice(&0x0102u64.to_le_bytes());
     want.extend_from_slice(&0x0304u64.to_le_bytes());
     want.extend_from_slice(&[0; 8]);
@@ -218,7 +219,7 @@ fn unsupported_version() {
 
 #[test]
 fn unknown_kinds() {
-    for k in [0u8, 12, 255] {
+    for k in [0u8, 13, 255] {
         let b = raw_frame(k, &[]);
         assert!(matches!(parse(&b), Err(WireError::UnknownKind { found }) if found == k));
     }

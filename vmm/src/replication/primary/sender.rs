@@ -5,6 +5,7 @@
 
 use crate::events::{Event, StreamState};
 use crate::replication::checkpoint::{self, CheckpointError, Checkpointer, CopyItem, EpochCapture};
+use crate::replication::liveness::{spawn_keepalive, FrameOut, HeardTeller};
 use crate::replication::replica::DiskOp;
 use crate::replication::wire::{
     self, Commit, Disk, DiskAction, EpochDigest, Frame, FrameReader, Hello, Pages, WireError,
@@ -33,8 +34,8 @@ pub(super) fn run(
         Ok(x) => x,
         Err(e) => return (StreamState::Failed, Some(crate::error_chain(&e))),
     };
-    let mut out = match stream.try_clone() {
-        Ok(c) => BufWriter::with_capacity(SEND_BUFFER, c),
+    let out = match stream.try_clone() {
+        Ok(c) => Arc::new(FrameOut::new(BufWriter::with_capacity(SEND_BUFFER, c))),
         Err(e) => {
             return (
                 StreamState::Failed,
@@ -47,10 +48,21 @@ pub(super) fn run(
         Err(e) => return (StreamState::Failed, Some(crate::error_chain(&e))),
     };
     let acks = spawn_ack_reader(reader, vm.clone(), Arc::clone(s));
-    let result = stream_epochs(&mut ckpt, &mut out, cfg, s);
+    // The peer hears from this side while a checkpoint pauses a busy guest, or the stream
+    // waits for acks: it would otherwise count the silence against this node.
+    let keepalive = match spawn_keepalive(Arc::clone(&out), cfg.vm_id, || {}) {
+        Ok(k) => Some(k),
+        Err(e) => {
+            log::warn!("replication: no keepalive thread: {e}");
+            None
+        }
+    };
+    let out = &*out;
+    let result = stream_epochs(&mut ckpt, out, cfg, s);
     if let Some(StopKind::Handover(reason)) = s.stop_requested() {
-        let outcome = hand_over(&mut ckpt, &mut out, cfg, s, reason);
+        let outcome = hand_over(&mut ckpt, out, cfg, s, reason);
         ckpt.stop_capture();
+        drop(keepalive);
         let _ = stream.shutdown(Shutdown::Both);
         let _ = acks.join();
         return outcome;
@@ -60,10 +72,10 @@ pub(super) fn run(
     let outcome = match (result, s.stop_requested()) {
         // A deliberate end: tell the peer and wait for its word.
         (_, Some(StopKind::Abort(reason))) => {
-            deliberate_end(&mut out, cfg, ckpt.epoch(), s, Frame::Abort { reason })
+            deliberate_end(out, cfg, ckpt.epoch(), s, Frame::Abort { reason })
         }
         (_, Some(StopKind::End(reason))) => {
-            deliberate_end(&mut out, cfg, ckpt.epoch(), s, Frame::End { reason })
+            deliberate_end(out, cfg, ckpt.epoch(), s, Frame::End { reason })
         }
         (_, Some(StopKind::Cut)) => (StreamState::Stopped, None),
         // Taken care of above.
@@ -74,7 +86,7 @@ pub(super) fn run(
             // The peer may be fine (a transient fault): tell it, so it can mark its copy
             // stale and its supervisor can say so, but keep holding whatever it answers.
             let reason = format!("primary stops: {e}");
-            let _ = wire::write_frame(&mut out, cfg.vm_id, ckpt.epoch(), &Frame::Abort { reason });
+            let _ = out.frame(cfg.vm_id, ckpt.epoch(), &Frame::Abort { reason });
             let _ = out.flush();
             if gating {
                 (StreamState::Held, Some(e))
@@ -157,7 +169,7 @@ fn introduce(
 /// supervisor finds out (a peer that took the Handover refuses to mark its copy stale).
 fn hand_over<W: Write>(
     ckpt: &mut Checkpointer,
-    out: &mut W,
+    out: &FrameOut<W>,
     cfg: &ProtectConfig,
     s: &Arc<Shared>,
     reason: String,
@@ -210,7 +222,7 @@ fn hand_over<W: Write>(
 /// Sends `frame` (Abort or End) and waits for the peer's CloseAck. Stopped (and the caller
 /// releases) when it came; Held when not.
 fn deliberate_end<W: Write>(
-    out: &mut W,
+    out: &FrameOut<W>,
     cfg: &ProtectConfig,
     epoch: u64,
     s: &Shared,
@@ -220,8 +232,9 @@ fn deliberate_end<W: Write>(
     if what != wire::Kind::Handover {
         s.set_state(StreamState::Ending, None);
     }
-    let sent = wire::write_frame(out, cfg.vm_id, epoch, &frame)
-        .and_then(|_| out.flush().map_err(WireError::from));
+    let sent = out
+        .frame(cfg.vm_id, epoch, &frame)
+        .and_then(|_| out.flush());
     if let Err(e) = sent {
         return (
             StreamState::Held,
@@ -271,8 +284,22 @@ fn connect(peer: &str, timeout: Duration) -> Result<TcpStream, StreamError> {
 
 /// Reads acks until the stream ends; each releases its epoch's output.
 fn spawn_ack_reader(mut reader: FrameReader<TcpStream>, vm: Vm, s: Arc<Shared>) -> JoinHandle<()> {
+    let mut teller = HeardTeller::default();
     std::thread::spawn(move || loop {
         let why = match reader.next_frame() {
+            Ok(Some((_, Frame::Keepalive))) => {
+                // The peer is there (applying a big epoch, say): its supervisor-visible
+                // sign of life between acks.
+                let now = Instant::now();
+                if let Some(ago) = teller.tell(Some(now), now) {
+                    let stream_id = lock(&s.status).stream_id;
+                    s.events.publish(Event::Heard {
+                        stream_id,
+                        ms_ago: ago.as_millis() as u64,
+                    });
+                }
+                continue;
+            }
             Ok(Some((h, Frame::Ack))) if h.epoch > s.committed_sent.load(Ordering::SeqCst) => {
                 format!("the peer acked epoch {}, which was not sent", h.epoch)
             }
@@ -319,7 +346,7 @@ fn spawn_ack_reader(mut reader: FrameReader<TcpStream>, vm: Vm, s: Arc<Shared>) 
 
 fn stream_epochs<W: Write>(
     ckpt: &mut Checkpointer,
-    out: &mut W,
+    out: &FrameOut<W>,
     cfg: &ProtectConfig,
     s: &Arc<Shared>,
 ) -> Result<(), StreamError> {
@@ -474,14 +501,14 @@ fn disk_frame(op: &DiskOp) -> Frame<'_> {
 }
 
 fn send<W: Write>(
-    out: &mut W,
+    out: &FrameOut<W>,
     vm_id: u64,
     epoch: u64,
     digest: &mut EpochDigest,
     sent: &mut u64,
     frame: &Frame<'_>,
 ) -> Result<(), StreamError> {
-    let sha = wire::write_frame(out, vm_id, epoch, frame)?;
+    let sha = out.frame(vm_id, epoch, frame)?;
     if !digest.add(&sha) {
         return Err(WireError::Io(std::io::Error::other(
             "more than u32::MAX frames in an epoch",
@@ -494,7 +521,7 @@ fn send<W: Write>(
 
 /// The rest of an epoch after its checkpoint: pages, disk changes, state, commit.
 fn send_epoch<W: Write>(
-    out: &mut W,
+    out: &FrameOut<W>,
     vm_id: u64,
     cap: EpochCapture,
     mut digest: EpochDigest,
@@ -535,8 +562,7 @@ fn send_epoch<W: Write>(
     // Recorded before the Commit leaves: a fast peer's Ack must find it sent.
     s.committed_sent.store(e, Ordering::SeqCst);
     lock(&s.counters).unacked.push_back((e, Instant::now()));
-    wire::write_frame(
-        out,
+    out.frame(
         vm_id,
         e,
         &Frame::Commit(Commit {
@@ -545,7 +571,7 @@ fn send_epoch<W: Write>(
             flags,
         }),
     )?;
-    out.flush().map_err(WireError::from)?;
+    out.flush()?;
     let bytes = cap.pages.data.len() as u64 + disk_bytes + cap.state.len() as u64;
     let pause_us = cap.pause.as_micros().min(u128::from(u32::MAX)) as u32;
     {

@@ -4,6 +4,7 @@
 
 use crate::events::Event;
 use crate::replication::compat;
+use crate::replication::liveness::{spawn_keepalive, FrameOut, HeardClock, HeardTeller, Stamped};
 use crate::replication::replica::{DiskOp, Replica, ReplicaError};
 use crate::replication::sequence::{SequenceChecker, Step};
 use crate::replication::wire::{
@@ -110,9 +111,14 @@ enum Refusal {
     Stream(ConnError),
 }
 
+/// The stream's reader: every byte arriving is a sign of the primary's life.
+type Reader = FrameReader<Stamped<TcpStream>>;
+/// The stream's writer, shared with its keepalive thread.
+type Out = FrameOut<BufWriter<TcpStream>>;
+
 /// Reads the first frame, which must be a Hello this node accepts.
 fn read_hello(
-    reader: &mut FrameReader<TcpStream>,
+    reader: &mut Reader,
     out: &mut BufWriter<TcpStream>,
     checker: &mut SequenceChecker,
     s: &Shared,
@@ -149,10 +155,15 @@ fn serve(conn: TcpStream, peer: &str, s: &Shared) -> Result<Served, Refusal> {
     conn.set_read_timeout(Some(HELLO_TIMEOUT))
         .map_err(|e| before(e.into()))?;
     let mut out = BufWriter::new(conn.try_clone().map_err(|e| before(e.into()))?);
-    let mut reader = FrameReader::new(conn.try_clone().map_err(|e| before(e.into()))?);
+    let clock = Arc::new(HeardClock::new());
+    let mut reader = FrameReader::new(Stamped::new(
+        conn.try_clone().map_err(|e| before(e.into()))?,
+        Arc::clone(&clock),
+    ));
     let mut checker = SequenceChecker::new(None);
     let (vm_id, hello) =
         read_hello(&mut reader, &mut out, &mut checker, s).map_err(Refusal::BeforeHello)?;
+    let out = Arc::new(FrameOut::new(out));
     *lock(&s.last_frame) = Some(Instant::now());
     // This connection is the stream now: the one before (if any) is cut, and served no more
     // once we hold the serving lock.
@@ -181,7 +192,7 @@ fn serve(conn: TcpStream, peer: &str, s: &Shared) -> Result<Served, Refusal> {
         "replica: primary {peer} connected (stream {:x})",
         hello.stream_id
     );
-    let result = stream(s, &mut reader, &mut out, &mut checker, vm_id, &hello);
+    let result = stream(s, &mut reader, &out, &clock, &mut checker, vm_id, &hello);
     {
         let mut cur = lock(&s.conn);
         if cur.as_ref().is_some_and(|(g, _)| *g == generation) {
@@ -206,8 +217,9 @@ fn serve(conn: TcpStream, peer: &str, s: &Shared) -> Result<Served, Refusal> {
 /// The stream after its Hello was accepted: the fresh replica, HelloAck, then epochs.
 fn stream(
     s: &Shared,
-    reader: &mut FrameReader<TcpStream>,
-    out: &mut BufWriter<TcpStream>,
+    reader: &mut Reader,
+    out: &Arc<Out>,
+    clock: &Arc<HeardClock>,
     checker: &mut SequenceChecker,
     vm_id: u64,
     hello: &wire::Hello,
@@ -243,8 +255,7 @@ fn stream(
         st.receiving_stream_id = stream_id;
     }
     s.announce();
-    wire::write_frame(
-        out,
+    out.frame(
         vm_id,
         0,
         &Frame::HelloAck(HelloAck {
@@ -253,18 +264,41 @@ fn stream(
             resume_ok: false,
         }),
     )?;
-    out.flush().map_err(WireError::from)?;
+    out.flush()?;
     checker.start_at(0)?;
+    // Keepalives to the primary while this side applies a big epoch, and the supervisor told
+    // when the primary was last heard (busy with its frames counts: the silence is ours).
+    let _keepalive = {
+        let (clock, events, mut teller) = (
+            Arc::clone(clock),
+            s.cfg.events.clone(),
+            HeardTeller::default(),
+        );
+        let tick = move || {
+            let now = Instant::now();
+            if let Some(ago) = teller.tell(clock.last_heard(now), now) {
+                events.publish(Event::Heard {
+                    stream_id,
+                    ms_ago: ago.as_millis() as u64,
+                });
+            }
+        };
+        spawn_keepalive(Arc::clone(out), vm_id, tick).map_err(WireError::from)?
+    };
     loop {
         if s.stop.load(Ordering::SeqCst) || s.taking_over.load(Ordering::SeqCst) {
             return Ok(());
         }
-        let Some((header, frame)) = reader.next_frame()? else {
+        clock.reading();
+        let next = reader.next_frame();
+        clock.busy(Instant::now());
+        let Some((header, frame)) = next? else {
             return Ok(());
         };
         *lock(&s.last_frame) = Some(Instant::now());
         match checker.check(&header, &frame)? {
             Step::Hello => return Err(ConnError::Refused("a second Hello".into())),
+            Step::Keepalive => {}
             Step::Stage(epoch) => {
                 let mut c = lock(&s.copy);
                 let r = match fresh.as_mut() {
@@ -279,8 +313,8 @@ fn stream(
             Step::Commit(epoch) => {
                 let flush = matches!(&frame, Frame::Commit(c) if c.flags & COMMIT_FLUSH != 0);
                 commit(s, &mut fresh, stream_id, epoch, flush)?;
-                wire::write_frame(out, header.vm_id, epoch, &Frame::Ack)?;
-                out.flush().map_err(WireError::from)?;
+                out.frame(header.vm_id, epoch, &Frame::Ack)?;
+                out.flush()?;
                 s.cfg.events.publish(Event::Committed { stream_id, epoch });
             }
             Step::Abort(reason) => {
@@ -333,9 +367,8 @@ fn stream(
     }
 }
 
-fn close_ack<W: Write>(out: &mut W, vm_id: u64, what: &str) {
-    let _ = wire::write_frame(
-        out,
+fn close_ack(out: &Out, vm_id: u64, what: &str) {
+    let _ = out.frame(
         vm_id,
         0,
         &Frame::CloseAck {

@@ -136,7 +136,7 @@ fn encode_payload<'f>(frame: &'f Frame<'_>, out: &mut Vec<u8>) -> Result<&'f [u8
             out.push(c.flags);
             Ok(&[])
         }
-        Frame::Ack => Ok(&[]),
+        Frame::Ack | Frame::Keepalive => Ok(&[]),
         Frame::Abort { reason }
         | Frame::CloseAck { reason }
         | Frame::End { reason }

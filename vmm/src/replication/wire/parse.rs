@@ -324,6 +324,7 @@ pub fn parse_payload(kind: Kind, payload: &[u8]) -> Result<Frame<'_>, WireError>
             })
         }
         Kind::Ack => Frame::Ack,
+        Kind::Keepalive => Frame::Keepalive,
         Kind::Abort => Frame::Abort {
             reason: f.string("reason", MAX_REASON)?,
         },

@@ -1,0 +1,302 @@
+//! Signs of life on a replication stream, so that a long checkpoint is not mistaken for a
+//! dead peer.
+//!
+//! Epochs alone are a poor pulse: a primary pausing a busy guest, a secondary applying and
+//! syncing a big epoch, or a full copy with nothing committed yet can each leave one
+//! direction silent for longer than `dead_after`, and while a supervisor is restarting the
+//! stream is the only path the peer is heard on. So:
+//! - each side writes its frames through a [`FrameOut`], whose keepalive thread
+//!   ([`spawn_keepalive`]) sends a Keepalive frame when that side has written nothing for
+//!   [`KEEPALIVE_EVERY`] (never inside another frame: each frame is written whole under the
+//!   lock);
+//! - each side tells its supervisor when it last heard the peer (`Event::Heard`), which the
+//!   supervisor counts as a sign of life beside the heartbeats. The secondary counts the
+//!   bytes arriving ([`Stamped`]) and the time it is busy applying what came ([`HeardClock`]):
+//!   the primary is not silent while the secondary is the one not reading, but only for
+//!   [`BUSY_LIMIT`] (an apply that hangs must not hide a dead primary forever).
+
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::replication::wire::{self, Frame, WireError};
+use crate::sync::lock;
+
+/// How long a side may write nothing before its keepalive thread sends a Keepalive, and how
+/// often each side tells its supervisor it heard the peer.
+pub const KEEPALIVE_EVERY: Duration = Duration::from_millis(100);
+
+/// How long the secondary's own work on what arrived (staging, applying, syncing) counts as
+/// hearing the primary.
+pub const BUSY_LIMIT: Duration = Duration::from_secs(10);
+
+/// A frame writer shared by a stream's thread and its keepalive thread.
+pub struct FrameOut<W> {
+    w: Mutex<W>,
+    last_write: Mutex<Instant>,
+}
+
+impl<W: Write> FrameOut<W> {
+    pub fn new(w: W) -> FrameOut<W> {
+        FrameOut {
+            w: Mutex::new(w),
+            last_write: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// Writes one whole frame (buffered until `flush`); its payload sha256.
+    pub fn frame(&self, vm_id: u64, epoch: u64, frame: &Frame<'_>) -> Result<[u8; 32], WireError> {
+        let mut w = lock(&self.w);
+        let sha = wire::write_frame(&mut *w, vm_id, epoch, frame)?;
+        *lock(&self.last_write) = Instant::now();
+        Ok(sha)
+    }
+
+    pub fn flush(&self) -> Result<(), WireError> {
+        lock(&self.w).flush()?;
+        Ok(())
+    }
+
+    /// Sends a Keepalive when nothing was written for `idle` and no frame is being written
+    /// now (a frame being written is a sign of life already). True when one went out.
+    pub fn keepalive_if_idle(&self, vm_id: u64, idle: Duration) -> Result<bool, WireError> {
+        let Ok(mut w) = self.w.try_lock() else {
+            return Ok(false);
+        };
+        if lock(&self.last_write).elapsed() < idle {
+            return Ok(false);
+        }
+        wire::write_frame(&mut *w, vm_id, 0, &Frame::Keepalive)?;
+        w.flush()?;
+        *lock(&self.last_write) = Instant::now();
+        Ok(true)
+    }
+}
+
+/// A keepalive thread; stops (and is joined) when dropped.
+pub struct Keepalive {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for Keepalive {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Every `KEEPALIVE_EVERY`: a Keepalive on `out` if it was idle, then `tick` (which tells the
+/// supervisor what was heard). Ends when dropped or when a write fails (the stream's own
+/// thread finds the broken connection by itself).
+pub fn spawn_keepalive<W: Write + Send + 'static>(
+    out: Arc<FrameOut<W>>,
+    vm_id: u64,
+    mut tick: impl FnMut() + Send + 'static,
+) -> std::io::Result<Keepalive> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = Arc::clone(&stop);
+    let thread = std::thread::Builder::new()
+        .name("keepalive".into())
+        .spawn(move || {
+            while !stop2.load(Ordering::SeqCst) {
+                std::thread::sleep(KEEPALIVE_EVERY / 4);
+                if stop2.load(Ordering::SeqCst) {
+                    return;
+                }
+                if let Err(e) = out.keepalive_if_idle(vm_id, KEEPALIVE_EVERY) {
+                    log::debug!("replication: keepalive not sent: {e}");
+                    return;
+                }
+                tick();
+            }
+        })?;
+    Ok(Keepalive {
+        stop,
+        thread: Some(thread),
+    })
+}
+
+/// When the peer was last heard, as the receiving side sees it.
+#[derive(Debug)]
+pub struct HeardClock {
+    base: Instant,
+    /// Milliseconds after `base` plus one (0: never).
+    heard: AtomicU64,
+    /// The receiving thread is waiting for bytes (not busy with what came).
+    reading: AtomicBool,
+    /// When it last stopped reading (ms after `base`).
+    busy_since: AtomicU64,
+}
+
+impl Default for HeardClock {
+    fn default() -> Self {
+        HeardClock::new()
+    }
+}
+
+impl HeardClock {
+    pub fn new() -> HeardClock {
+        HeardClock {
+            base: Instant::now(),
+            heard: AtomicU64::new(0),
+            reading: AtomicBool::new(false),
+            busy_since: AtomicU64::new(0),
+        }
+    }
+
+    fn ms(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.base).as_millis() as u64 + 1
+    }
+
+    /// Bytes from the peer arrived at `now`.
+    pub fn heard(&self, now: Instant) {
+        self.heard.fetch_max(self.ms(now), Ordering::SeqCst);
+    }
+
+    /// The receiving thread waits for the next frame.
+    pub fn reading(&self) {
+        self.reading.store(true, Ordering::SeqCst);
+    }
+
+    /// The receiving thread has a frame and works on it from `now`.
+    pub fn busy(&self, now: Instant) {
+        self.heard(now);
+        self.busy_since.store(self.ms(now), Ordering::SeqCst);
+        self.reading.store(false, Ordering::SeqCst);
+    }
+
+    /// When the peer was last heard as of `now`: now while this side is busy with what it
+    /// sent (for at most `BUSY_LIMIT`), else when its last bytes came.
+    pub fn last_heard(&self, now: Instant) -> Option<Instant> {
+        let at = |ms: u64| (ms > 0).then(|| self.base + Duration::from_millis(ms - 1));
+        let mut heard = at(self.heard.load(Ordering::SeqCst));
+        if !self.reading.load(Ordering::SeqCst) {
+            if let Some(busy) = at(self.busy_since.load(Ordering::SeqCst)) {
+                heard = heard.max(Some(now.min(busy + BUSY_LIMIT)));
+            }
+        }
+        heard
+    }
+}
+
+/// A reader that stamps a `HeardClock` whenever bytes arrive (a big frame coming slowly is
+/// a sign of life before it is whole).
+pub struct Stamped<R> {
+    inner: R,
+    clock: Arc<HeardClock>,
+}
+
+impl<R> Stamped<R> {
+    pub fn new(inner: R, clock: Arc<HeardClock>) -> Stamped<R> {
+        Stamped { inner, clock }
+    }
+}
+
+impl<R: Read> Read for Stamped<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n > 0 {
+            self.clock.heard(Instant::now());
+        }
+        Ok(n)
+    }
+}
+
+/// Rate-limits the `Event::Heard` a side publishes: at most one per `KEEPALIVE_EVERY`, and
+/// only for something newer than what was told.
+#[derive(Debug, Default)]
+pub struct HeardTeller {
+    told: Option<Instant>,
+    said_at: Option<Instant>,
+}
+
+impl HeardTeller {
+    /// How long ago the peer was heard, if the supervisor should be told now.
+    pub fn tell(&mut self, heard: Option<Instant>, now: Instant) -> Option<Duration> {
+        let heard = heard?;
+        let newer = self.told.is_none_or(|t| heard > t);
+        let due = self
+            .said_at
+            .is_none_or(|t| now.saturating_duration_since(t) >= KEEPALIVE_EVERY);
+        if !(newer && due) {
+            return None;
+        }
+        self.told = Some(heard);
+        self.said_at = Some(now);
+        Some(now.saturating_duration_since(heard))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn busy_counts_as_heard_for_at_most_the_busy_limit() {
+        let c = HeardClock::new();
+        let t0 = c.base + Duration::from_secs(1);
+        assert_eq!(c.last_heard(t0), None);
+        c.busy(t0);
+        // Busy with what came: heard now, up to the limit.
+        let t1 = t0 + Duration::from_secs(3);
+        assert_eq!(c.last_heard(t1), Some(t1));
+        assert_eq!(
+            c.last_heard(t0 + Duration::from_secs(60)),
+            Some(t0 + BUSY_LIMIT)
+        );
+        // Waiting for bytes: heard when they last came.
+        c.reading();
+        assert_eq!(c.last_heard(t1), Some(t0));
+        let t2 = t0 + Duration::from_millis(1500);
+        c.heard(t2);
+        assert_eq!(c.last_heard(t1 + Duration::from_secs(5)), Some(t2));
+    }
+
+    #[test]
+    fn stamped_reads_stamp_the_clock() {
+        let c = Arc::new(HeardClock::new());
+        c.reading();
+        let mut r = Stamped::new(&b"abc"[..], Arc::clone(&c));
+        let mut buf = [0u8; 2];
+        assert_eq!(r.read(&mut buf).unwrap(), 2);
+        assert!(c.last_heard(Instant::now()).is_some());
+    }
+
+    #[test]
+    fn the_teller_says_each_new_hearing_once_per_interval() {
+        let mut t = HeardTeller::default();
+        let t0 = Instant::now();
+        assert_eq!(t.tell(None, t0), None);
+        assert_eq!(t.tell(Some(t0), t0), Some(Duration::ZERO));
+        // Too soon, and nothing newer.
+        assert_eq!(t.tell(Some(t0), t0 + KEEPALIVE_EVERY), None);
+        let t1 = t0 + Duration::from_millis(30);
+        assert_eq!(t.tell(Some(t1), t0 + Duration::from_millis(50)), None);
+        assert_eq!(
+            t.tell(Some(t1), t0 + KEEPALIVE_EVERY),
+            Some(KEEPALIVE_EVERY - Duration::from_millis(30))
+        );
+    }
+
+    #[test]
+    fn a_keepalive_goes_out_only_after_the_idle_time_and_between_frames() {
+        let out = FrameOut::new(Vec::new());
+        assert!(!out.keepalive_if_idle(7, Duration::from_secs(60)).unwrap());
+        out.frame(7, 0, &Frame::Ack).unwrap();
+        assert!(out.keepalive_if_idle(7, Duration::ZERO).unwrap());
+        let bytes = lock(&out.w).clone();
+        let mut r = wire::FrameReader::new(&bytes[..]);
+        assert!(matches!(r.next_frame().unwrap(), Some((_, Frame::Ack))));
+        let (h, f) = r.next_owned().unwrap().unwrap();
+        assert_eq!((h.vm_id, h.epoch, f), (7, 0, Frame::Keepalive));
+        // While another frame is being written, none.
+        let held = lock(&out.w);
+        assert!(!out.keepalive_if_idle(7, Duration::ZERO).unwrap());
+        drop(held);
+    }
+}
