@@ -509,6 +509,20 @@ mod tests {
             },
             t0,
         );
+        // A keepalive heard 30 ms before the event came.
+        let t1 = t0 + std::time::Duration::from_millis(500);
+        r.on_event(
+            &Event::Heard {
+                stream_id: 7,
+                ms_ago: 30,
+            },
+            t1,
+        );
+        let heard = t1 - std::time::Duration::from_millis(30);
+        assert!(
+            matches!(s.engine(), Engine::Primary { last_heard: Some(h), last_ack: Some(a), .. } if h == heard && a == t0)
+        );
+        let r = s.running_mut().unwrap();
         r.on_event(
             &Event::Stream {
                 state: StreamState::Held,
