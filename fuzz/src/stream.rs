@@ -222,6 +222,12 @@ pub fn primary(steps: &[script::Step]) -> Sent {
                 break;
             }
         };
+        // A keepalive goes out at epoch 0, as a primary sends it, unless the script says
+        // otherwise.
+        let header_epoch = match frame {
+            Frame::Keepalive if step.modifier & 7 == 0 => 0,
+            _ => header_epoch,
+        };
         let start = out.len();
         // A frame the encoder refuses (an empty disk change, say) is not sent.
         let Ok(sha) = wire::write_frame(&mut out, vm_id, header_epoch, &frame) else {

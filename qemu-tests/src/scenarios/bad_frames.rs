@@ -86,6 +86,12 @@ fn attacks() -> Result<Vec<(&'static str, Vec<u8>, &'static str)>> {
             "expected a Hello first, got a Pages",
         ),
         ("bare abort", abort, "expected a Hello first, got a Abort"),
+        // A keepalive proves nothing before a stream exists: it must not pass for one.
+        (
+            "keepalive first",
+            frame(&Frame::Keepalive, 0)?,
+            "expected a Hello first, got a Keepalive",
+        ),
         (
             "another VM",
             hello("mail", 1 << 20)?,

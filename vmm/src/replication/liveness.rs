@@ -14,8 +14,18 @@
 //!   bytes arriving ([`Stamped`]) and the time it is busy applying what came ([`HeardClock`]):
 //!   the primary is not silent while the secondary is the one not reading, but only for
 //!   [`BUSY_LIMIT`] (an apply that hangs must not hide a dead primary forever).
+//!
+//! A keepalive says "this side's stream is alive", so it is held back when that is not so
+//! or would add nothing: while the side's own stream thread is stuck (the primary's sender
+//! has not shown progress, [`FrameOut::working`], or the secondary has been busy with one
+//! frame, for [`BUSY_LIMIT`]), after the side's last word (a terminal frame,
+//! [`FrameOut::close`]: the peer closes on it, and bytes it never reads could reset the
+//! connection before it read that word), and while the socket still holds bytes the peer
+//! has not taken ([`unsent_bytes`]: the peer hears those, and a keepalive could only block).
 
 use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -28,14 +38,19 @@ use crate::sync::lock;
 /// often each side tells its supervisor it heard the peer.
 pub const KEEPALIVE_EVERY: Duration = Duration::from_millis(100);
 
-/// How long the secondary's own work on what arrived (staging, applying, syncing) counts as
-/// hearing the primary.
+/// How long one frame's work on the secondary (staging, applying, syncing an epoch's commit)
+/// counts as hearing the primary, and how long a side's stream thread may show no progress
+/// before its keepalives stop.
 pub const BUSY_LIMIT: Duration = Duration::from_secs(10);
 
 /// A frame writer shared by a stream's thread and its keepalive thread.
 pub struct FrameOut<W> {
     w: Mutex<W>,
     last_write: Mutex<Instant>,
+    /// When the stream's own thread last wrote a frame or said it is `working`.
+    worked: Mutex<Instant>,
+    /// The side's last frame went out (`close`): nothing follows it.
+    closed: AtomicBool,
 }
 
 impl<W: Write> FrameOut<W> {
@@ -43,6 +58,8 @@ impl<W: Write> FrameOut<W> {
         FrameOut {
             w: Mutex::new(w),
             last_write: Mutex::new(Instant::now()),
+            worked: Mutex::new(Instant::now()),
+            closed: AtomicBool::new(false),
         }
     }
 
@@ -50,7 +67,9 @@ impl<W: Write> FrameOut<W> {
     pub fn frame(&self, vm_id: u64, epoch: u64, frame: &Frame<'_>) -> Result<[u8; 32], WireError> {
         let mut w = lock(&self.w);
         let sha = wire::write_frame(&mut *w, vm_id, epoch, frame)?;
-        *lock(&self.last_write) = Instant::now();
+        let now = Instant::now();
+        *lock(&self.last_write) = now;
+        *lock(&self.worked) = now;
         Ok(sha)
     }
 
@@ -59,13 +78,35 @@ impl<W: Write> FrameOut<W> {
         Ok(())
     }
 
-    /// Sends a Keepalive when nothing was written for `idle` and no frame is being written
-    /// now (a frame being written is a sign of life already). True when one went out.
+    /// Writes and flushes this side's last frame (Abort, End, Handover, CloseAck): no
+    /// keepalive follows it.
+    pub fn close(&self, vm_id: u64, epoch: u64, frame: &Frame<'_>) -> Result<(), WireError> {
+        let mut w = lock(&self.w);
+        // Closed before the write: a write that fails half-way ends the stream as well.
+        self.closed.store(true, Ordering::SeqCst);
+        wire::write_frame(&mut *w, vm_id, epoch, frame)?;
+        w.flush()?;
+        Ok(())
+    }
+
+    /// The stream's thread is alive and working (waiting for acks, say) without writing.
+    pub fn working(&self) {
+        *lock(&self.worked) = Instant::now();
+    }
+
+    /// Whether the stream's thread has shown no progress for `BUSY_LIMIT` as of `now`.
+    pub fn stalled(&self, now: Instant) -> bool {
+        now.saturating_duration_since(*lock(&self.worked)) > BUSY_LIMIT
+    }
+
+    /// Sends a Keepalive when nothing was written for `idle`, no frame is being written now
+    /// (a frame being written is a sign of life already) and the side has not closed. True
+    /// when one went out.
     pub fn keepalive_if_idle(&self, vm_id: u64, idle: Duration) -> Result<bool, WireError> {
         let Ok(mut w) = self.w.try_lock() else {
             return Ok(false);
         };
-        if lock(&self.last_write).elapsed() < idle {
+        if self.closed.load(Ordering::SeqCst) || lock(&self.last_write).elapsed() < idle {
             return Ok(false);
         }
         wire::write_frame(&mut *w, vm_id, 0, &Frame::Keepalive)?;
@@ -73,6 +114,15 @@ impl<W: Write> FrameOut<W> {
         *lock(&self.last_write) = Instant::now();
         Ok(true)
     }
+}
+
+/// Bytes in `conn`'s send queue that the peer's kernel has not acknowledged (SIOCOUTQ).
+pub fn unsent_bytes(conn: &TcpStream) -> Option<u32> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ writes one int through the pointer, which points at `n`, alive for the
+    // call; the fd is the open socket `conn` owns.
+    let r = unsafe { libc::ioctl(conn.as_raw_fd(), libc::TIOCOUTQ, &mut n as *mut libc::c_int) };
+    (r == 0).then(|| n.max(0) as u32)
 }
 
 /// A keepalive thread; stops (and is joined) when dropped.
@@ -90,12 +140,15 @@ impl Drop for Keepalive {
     }
 }
 
-/// Every `KEEPALIVE_EVERY`: a Keepalive on `out` if it was idle, then `tick` (which tells the
-/// supervisor what was heard). Ends when dropped or when a write fails (the stream's own
-/// thread finds the broken connection by itself).
+/// Every `KEEPALIVE_EVERY`: a Keepalive on `out` if it was idle and `hold(now)` does not
+/// hold it back (the side's stream is stuck, or its socket still holds unsent bytes), then
+/// `tick` (which tells the supervisor what was heard). Ends when dropped or when a write
+/// fails (the stream's own thread finds the broken connection by itself). Whoever drops it
+/// shuts the socket down first: a keepalive blocked in a write then returns at once.
 pub fn spawn_keepalive<W: Write + Send + 'static>(
     out: Arc<FrameOut<W>>,
     vm_id: u64,
+    hold: impl Fn(Instant) -> bool + Send + 'static,
     mut tick: impl FnMut() + Send + 'static,
 ) -> std::io::Result<Keepalive> {
     let stop = Arc::new(AtomicBool::new(false));
@@ -108,9 +161,11 @@ pub fn spawn_keepalive<W: Write + Send + 'static>(
                 if stop2.load(Ordering::SeqCst) {
                     return;
                 }
-                if let Err(e) = out.keepalive_if_idle(vm_id, KEEPALIVE_EVERY) {
-                    log::debug!("replication: keepalive not sent: {e}");
-                    return;
+                if !hold(Instant::now()) {
+                    if let Err(e) = out.keepalive_if_idle(vm_id, KEEPALIVE_EVERY) {
+                        log::debug!("replication: keepalive not sent: {e}");
+                        return;
+                    }
                 }
                 tick();
             }
@@ -170,8 +225,21 @@ impl HeardClock {
         self.reading.store(false, Ordering::SeqCst);
     }
 
-    /// When the peer was last heard as of `now`: now while this side is busy with what it
-    /// sent (for at most `BUSY_LIMIT`), else when its last bytes came.
+    /// Whether the receiving thread has been busy with one frame for longer than
+    /// `BUSY_LIMIT` as of `now` (hung, or far too slow: its keepalives stop).
+    pub fn stuck(&self, now: Instant) -> bool {
+        if self.reading.load(Ordering::SeqCst) {
+            return false;
+        }
+        let since = self.busy_since.load(Ordering::SeqCst);
+        since > 0
+            && now.saturating_duration_since(self.base + Duration::from_millis(since - 1))
+                > BUSY_LIMIT
+    }
+
+    /// When the peer was last heard as of `now`: now while this side is busy with the frame
+    /// it last read (for at most `BUSY_LIMIT` from when it was read), else when its last
+    /// bytes came.
     pub fn last_heard(&self, now: Instant) -> Option<Instant> {
         let at = |ms: u64| (ms > 0).then(|| self.base + Duration::from_millis(ms - 1));
         let mut heard = at(self.heard.load(Ordering::SeqCst));
@@ -194,6 +262,10 @@ pub struct Stamped<R> {
 impl<R> Stamped<R> {
     pub fn new(inner: R, clock: Arc<HeardClock>) -> Stamped<R> {
         Stamped { inner, clock }
+    }
+
+    pub fn get_ref(&self) -> &R {
+        &self.inner
     }
 }
 
@@ -298,5 +370,74 @@ mod tests {
         let held = lock(&out.w);
         assert!(!out.keepalive_if_idle(7, Duration::ZERO).unwrap());
         drop(held);
+    }
+
+    #[test]
+    fn nothing_follows_the_last_frame() {
+        let out = FrameOut::new(Vec::new());
+        out.close(7, 3, &Frame::CloseAck { reason: "x".into() })
+            .unwrap();
+        assert!(!out.keepalive_if_idle(7, Duration::ZERO).unwrap());
+        let bytes = lock(&out.w).clone();
+        let mut r = wire::FrameReader::new(&bytes[..]);
+        assert!(matches!(
+            r.next_frame().unwrap(),
+            Some((_, Frame::CloseAck { .. }))
+        ));
+        assert!(r.next_frame().unwrap().is_none());
+    }
+
+    #[test]
+    fn a_stream_thread_without_progress_for_the_busy_limit_is_stalled() {
+        let out = FrameOut::new(Vec::new());
+        let t0 = *lock(&out.worked);
+        assert!(!out.stalled(t0 + BUSY_LIMIT));
+        assert!(out.stalled(t0 + BUSY_LIMIT + Duration::from_millis(1)));
+        std::thread::sleep(Duration::from_millis(5));
+        out.working();
+        assert!(!out.stalled(t0 + BUSY_LIMIT + Duration::from_millis(1)));
+    }
+
+    #[test]
+    fn a_receiver_busy_with_one_frame_past_the_busy_limit_is_stuck() {
+        let c = HeardClock::new();
+        let t0 = c.base + Duration::from_secs(1);
+        assert!(!c.stuck(t0 + BUSY_LIMIT * 2), "never busy");
+        c.busy(t0);
+        assert!(!c.stuck(t0 + BUSY_LIMIT));
+        assert!(c.stuck(t0 + BUSY_LIMIT + Duration::from_millis(1)));
+        // Waiting for the primary is not being stuck, however long.
+        c.reading();
+        assert!(!c.stuck(t0 + BUSY_LIMIT * 2));
+    }
+
+    /// The keepalive thread, for real: a Keepalive within a few intervals when nothing holds
+    /// it back, none at all while `hold` does.
+    #[test]
+    fn the_keepalive_thread_sends_unless_held_back() {
+        let run = |hold: bool| {
+            let out = Arc::new(FrameOut::new(Vec::new()));
+            let k = spawn_keepalive(Arc::clone(&out), 7, move |_| hold, || {}).unwrap();
+            // Held back: five intervals of silence; else the first within five seconds.
+            let wait = if hold {
+                KEEPALIVE_EVERY * 5
+            } else {
+                Duration::from_secs(5)
+            };
+            let until = Instant::now() + wait;
+            while Instant::now() < until && lock(&out.w).is_empty() {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            drop(k);
+            let bytes = lock(&out.w).clone();
+            bytes
+        };
+        let sent = run(false);
+        let mut r = wire::FrameReader::new(&sent[..]);
+        assert!(matches!(
+            r.next_frame().unwrap(),
+            Some((_, Frame::Keepalive))
+        ));
+        assert!(run(true).is_empty(), "held back, yet sent");
     }
 }

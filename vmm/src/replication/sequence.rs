@@ -241,6 +241,7 @@ impl SequenceChecker {
                 return match self.phase {
                     Phase::AwaitHello => Err(SequenceError::ExpectedHello { kind }),
                     Phase::Answering => Err(SequenceError::NotStarted { kind }),
+                    // (Closed returned above.)
                     Phase::Streaming | Phase::Closed if header.epoch != 0 => {
                         Err(SequenceError::WrongEpoch {
                             kind,

@@ -5,7 +5,7 @@
 
 use crate::events::{Event, StreamState};
 use crate::replication::checkpoint::{self, CheckpointError, Checkpointer, CopyItem, EpochCapture};
-use crate::replication::liveness::{spawn_keepalive, FrameOut, HeardTeller};
+use crate::replication::liveness::{spawn_keepalive, unsent_bytes, FrameOut, HeardTeller};
 use crate::replication::replica::DiskOp;
 use crate::replication::wire::{
     self, Commit, Disk, DiskAction, EpochDigest, Frame, FrameReader, Hello, Pages, WireError,
@@ -49,10 +49,17 @@ pub(super) fn run(
     };
     let acks = spawn_ack_reader(reader, vm.clone(), Arc::clone(s));
     // The peer hears from this side while a checkpoint pauses a busy guest, or the stream
-    // waits for acks: it would otherwise count the silence against this node.
-    let keepalive = match spawn_keepalive(Arc::clone(&out), cfg.vm_id, || {}) {
+    // waits for acks: it would otherwise count the silence against this node. Not while this
+    // stream's thread is stuck, nor while the socket still holds what the peer has not taken.
+    let hold = {
+        let (out, conn) = (Arc::clone(&out), stream.try_clone().ok());
+        move |now| out.stalled(now) || conn.as_ref().and_then(unsent_bytes).is_some_and(|q| q > 0)
+    };
+    let keepalive = match spawn_keepalive(Arc::clone(&out), cfg.vm_id, hold, || {}) {
         Ok(k) => Some(k),
         Err(e) => {
+            // Protected all the same, as before keepalives: only a long silence may now read
+            // as a dead node.
             log::warn!("replication: no keepalive thread: {e}");
             None
         }
@@ -62,8 +69,9 @@ pub(super) fn run(
     if let Some(StopKind::Handover(reason)) = s.stop_requested() {
         let outcome = hand_over(&mut ckpt, out, cfg, s, reason);
         ckpt.stop_capture();
-        drop(keepalive);
+        // Shut first: a keepalive blocked in a write returns, and its thread can be joined.
         let _ = stream.shutdown(Shutdown::Both);
+        drop(keepalive);
         let _ = acks.join();
         return outcome;
     }
@@ -86,8 +94,7 @@ pub(super) fn run(
             // The peer may be fine (a transient fault): tell it, so it can mark its copy
             // stale and its supervisor can say so, but keep holding whatever it answers.
             let reason = format!("primary stops: {e}");
-            let _ = out.frame(cfg.vm_id, ckpt.epoch(), &Frame::Abort { reason });
-            let _ = out.flush();
+            let _ = out.close(cfg.vm_id, ckpt.epoch(), &Frame::Abort { reason });
             if gating {
                 (StreamState::Held, Some(e))
             } else {
@@ -97,6 +104,7 @@ pub(super) fn run(
         }
     };
     let _ = stream.shutdown(Shutdown::Both);
+    drop(keepalive);
     let _ = acks.join();
     if outcome.0 == StreamState::Stopped && !matches!(s.stop_requested(), Some(StopKind::Cut)) {
         checkpoint::release(vm);
@@ -196,6 +204,7 @@ fn hand_over<W: Write>(
     // Its Ack: the peer holds the guest as it is now, paused.
     let deadline = Instant::now() + cfg.ack_timeout;
     while s.acked.load(Ordering::SeqCst) < epoch {
+        out.working();
         if let Some(e) = lock(&s.ack_error).clone() {
             return held(format!(
                 "waiting for the ack of the last epoch {epoch}: {e}"
@@ -232,10 +241,7 @@ fn deliberate_end<W: Write>(
     if what != wire::Kind::Handover {
         s.set_state(StreamState::Ending, None);
     }
-    let sent = out
-        .frame(cfg.vm_id, epoch, &frame)
-        .and_then(|_| out.flush());
-    if let Err(e) = sent {
+    if let Err(e) = out.close(cfg.vm_id, epoch, &frame) {
         return (
             StreamState::Held,
             Some(format!("sending {what} to the peer: {e}")),
@@ -244,6 +250,7 @@ fn deliberate_end<W: Write>(
     let deadline = Instant::now() + cfg.end_timeout;
     let mut acked = lock(&s.close_acked);
     while !*acked {
+        out.working();
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() || lock(&s.ack_error).is_some() {
             break;
@@ -383,6 +390,7 @@ fn stream_epochs<W: Write>(
     }
     let mut tcp = TcpProgress::new(lock(&s.conn).as_ref().and_then(|c| c.try_clone().ok()));
     loop {
+        out.working();
         check(s)?;
         if ckpt.vm().has_ended() {
             // The guest reset or powered off: the machine says how the stream ends (Abort or
@@ -408,6 +416,7 @@ fn stream_epochs<W: Write>(
         let deadline = Instant::now() + cfg.epoch;
         // Wait out the epoch, and longer while too many epochs wait for their ack.
         loop {
+            out.working();
             check(s)?;
             let acked = s.acked.load(Ordering::SeqCst);
             if acked >= 1 && lock(&s.status).state == StreamState::Syncing {
@@ -460,7 +469,7 @@ impl TcpProgress {
 
     /// When TCP last made progress (at least `since`).
     fn last_progress(&mut self, since: Instant) -> Instant {
-        if let Some(q) = self.conn.as_ref().and_then(outq) {
+        if let Some(q) = self.conn.as_ref().and_then(unsent_bytes) {
             let moved = self.last_outq.is_some_and(|last| q < last);
             if moved || q == 0 {
                 self.last_progress = Some(Instant::now());
@@ -469,16 +478,6 @@ impl TcpProgress {
         }
         self.last_progress.map_or(since, |p| p.max(since))
     }
-}
-
-/// Bytes in `conn`'s send queue that the peer has not acknowledged (SIOCOUTQ).
-fn outq(conn: &TcpStream) -> Option<u32> {
-    use std::os::fd::AsRawFd;
-    let mut n: libc::c_int = 0;
-    // SAFETY: SIOCOUTQ writes one int through the pointer, which points at `n`, alive for the
-    // call; the fd is the open socket `conn` owns.
-    let r = unsafe { libc::ioctl(conn.as_raw_fd(), libc::TIOCOUTQ, &mut n as *mut libc::c_int) };
-    (r == 0).then(|| n.max(0) as u32)
 }
 
 fn pages_frame<'a>(numbers: &'a [u64], data: &'a [u8]) -> Frame<'a> {

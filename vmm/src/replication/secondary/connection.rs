@@ -4,7 +4,9 @@
 
 use crate::events::Event;
 use crate::replication::compat;
-use crate::replication::liveness::{spawn_keepalive, FrameOut, HeardClock, HeardTeller, Stamped};
+use crate::replication::liveness::{
+    spawn_keepalive, unsent_bytes, FrameOut, HeardClock, HeardTeller, Stamped, BUSY_LIMIT,
+};
 use crate::replication::replica::{DiskOp, Replica, ReplicaError};
 use crate::replication::sequence::{SequenceChecker, Step};
 use crate::replication::wire::{
@@ -154,6 +156,10 @@ fn serve(conn: TcpStream, peer: &str, s: &Shared) -> Result<Served, Refusal> {
     let _ = conn.set_nodelay(true);
     conn.set_read_timeout(Some(HELLO_TIMEOUT))
         .map_err(|e| before(e.into()))?;
+    // A primary that stops reading must not block this side's acks and keepalives (and the
+    // end of the stream, which joins the keepalive thread) for TCP's quarter of an hour.
+    conn.set_write_timeout(Some(BUSY_LIMIT))
+        .map_err(|e| before(e.into()))?;
     let mut out = BufWriter::new(conn.try_clone().map_err(|e| before(e.into()))?);
     let clock = Arc::new(HeardClock::new());
     let mut reader = FrameReader::new(Stamped::new(
@@ -268,12 +274,21 @@ fn stream(
     checker.start_at(0)?;
     // Keepalives to the primary while this side applies a big epoch, and the supervisor told
     // when the primary was last heard (busy with its frames counts: the silence is ours).
+    // Not while this side has been busy with one frame too long (hung: the primary must see
+    // it), nor while the socket holds what the primary has not taken.
     let _keepalive = {
         let (clock, events, mut teller) = (
             Arc::clone(clock),
             s.cfg.events.clone(),
             HeardTeller::default(),
         );
+        let hold = {
+            let clock = Arc::clone(&clock);
+            let conn = reader.get_ref().get_ref().try_clone().ok();
+            move |now| {
+                clock.stuck(now) || conn.as_ref().and_then(unsent_bytes).is_some_and(|q| q > 0)
+            }
+        };
         let tick = move || {
             let now = Instant::now();
             if let Some(ago) = teller.tell(clock.last_heard(now), now) {
@@ -283,7 +298,14 @@ fn stream(
                 });
             }
         };
-        spawn_keepalive(Arc::clone(out), vm_id, tick).map_err(WireError::from)?
+        match spawn_keepalive(Arc::clone(out), vm_id, hold, tick) {
+            Ok(k) => Some(k),
+            Err(e) => {
+                // Served all the same, as before keepalives (the primary does the same).
+                log::warn!("replica: no keepalive thread: {e}");
+                None
+            }
+        }
     };
     loop {
         if s.stop.load(Ordering::SeqCst) || s.taking_over.load(Ordering::SeqCst) {
@@ -368,14 +390,13 @@ fn stream(
 }
 
 fn close_ack(out: &Out, vm_id: u64, what: &str) {
-    let _ = out.frame(
+    let _ = out.close(
         vm_id,
         0,
         &Frame::CloseAck {
             reason: what.into(),
         },
     );
-    let _ = out.flush();
 }
 
 /// Whether this node takes the stream the Hello announces; the reason when not.
