@@ -11,6 +11,15 @@ pub fn addresses(n: u8) -> (String, String) {
     )
 }
 
+/// The test config's clocks. `dead_after` is three times the default's 500 ms: a nested TCG
+/// node (one emulated CPU running its engines, their guests and a full sync) now and then
+/// stalls whole, sending nothing on any path, keepalives included, for 600-815 ms (seen in
+/// `ha-two-vms` and `ha-supervisor-restart`, docs/testing.md); a real node does not.
+pub const HEARTBEAT_MS: u64 = 100;
+pub const DEAD_AFTER_MS: u64 = 1500;
+pub const FENCE_MS: u64 = 2000;
+pub const EPOCH_MS: u64 = 50;
+
 /// The pair configuration: nodes a (primary) and b (secondary), no VMs.
 pub fn pair_yaml() -> String {
     let (link_a, lan_a) = addresses(1);
@@ -28,7 +37,7 @@ nodes:
     link: {{ interface: eth1, address: {link_b} }}
     lan: {{ interface: eth0, bridge: br0, address: {lan_b}, gateway: 192.168.77.1 }}
 witness: 192.168.77.1
-timings: {{ heartbeat_ms: 100, dead_after_ms: 500, fence_ms: 2000, epoch_ms: 50 }}
+timings: {{ heartbeat_ms: {HEARTBEAT_MS}, dead_after_ms: {DEAD_AFTER_MS}, fence_ms: {FENCE_MS}, epoch_ms: {EPOCH_MS} }}
 vms: []
 "
     )

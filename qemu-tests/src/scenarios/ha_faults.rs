@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use super::ha_failover::{ledger_vm, CLIENT_IP, LEDGER_PORT};
 use super::{Ctx, BOOT_KERNEL, STEP};
+use crate::cluster_config::{DEAD_AFTER_MS, EPOCH_MS, FENCE_MS};
 use crate::engine::parse::number;
 use crate::ensure;
 use crate::error::{HarnessError, Result};
@@ -24,10 +25,6 @@ use crate::lan_client::{LanHost, LedgerClient};
 use crate::shell::Shell;
 
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(90);
-/// The test config's timings (cluster_config.rs).
-const DEAD_AFTER_MS: u64 = 500;
-const EPOCH_MS: u64 = 50;
-const FENCE_MS: u64 = 2000;
 /// Appends acknowledged before a fault (and after a recovery) before going on. Each waits for
 /// its answer, which under protection on these nested nodes takes 0.7 s at the median and
 /// over 2 s at p99: 50 of them took 37-44 s of every scenario and came near the 60 s allowed.

@@ -73,7 +73,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     node_a.start()?;
     let mut a = Shell::from_menu(node_a, BOOT_KERNEL)?;
     ha::shell::define(&mut a)?;
-    // Long enough to have heard b and decided what it would (dead_after is 0.5 s in the test
+    // Long enough to have heard b and decided what it would (dead_after is 1.5 s in the test
     // config): a starts nothing, b protects nothing onto it.
     let out = a.ok("sleep 10; havms status", STEP)?;
     ensure!(
