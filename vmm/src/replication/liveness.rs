@@ -21,7 +21,8 @@
 //! frame, for [`BUSY_LIMIT`]), after the side's last word (a terminal frame,
 //! [`FrameOut::close`]: the peer closes on it, and bytes it never reads could reset the
 //! connection before it read that word), and while the socket still holds bytes the peer
-//! has not taken ([`unsent_bytes`]: the peer hears those, and a keepalive could only block).
+//! has not acknowledged ([`unacked_bytes`]: the peer hears those, and a keepalive could only
+//! wait behind them).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -117,7 +118,7 @@ impl<W: Write> FrameOut<W> {
 }
 
 /// Bytes in `conn`'s send queue that the peer's kernel has not acknowledged (SIOCOUTQ).
-pub fn unsent_bytes(conn: &TcpStream) -> Option<u32> {
+pub fn unacked_bytes(conn: &TcpStream) -> Option<u32> {
     let mut n: libc::c_int = 0;
     // SAFETY: SIOCOUTQ writes one int through the pointer, which points at `n`, alive for the
     // call; the fd is the open socket `conn` owns.
@@ -140,15 +141,17 @@ impl Drop for Keepalive {
     }
 }
 
-/// Every `KEEPALIVE_EVERY`: a Keepalive on `out` if it was idle and `hold(now)` does not
-/// hold it back (the side's stream is stuck, or its socket still holds unsent bytes), then
-/// `tick` (which tells the supervisor what was heard). Ends when dropped or when a write
-/// fails (the stream's own thread finds the broken connection by itself). Whoever drops it
-/// shuts the socket down first: a keepalive blocked in a write then returns at once.
+/// Every `KEEPALIVE_EVERY`: a Keepalive on `out` if it was idle, unless `hold(now)` holds it
+/// back (the side's stream is stuck) or `conn`'s send queue holds bytes the peer has not
+/// acknowledged; then `tick` (which tells the supervisor what was heard). Ends when dropped
+/// or when a write fails other than by timing out (the stream's own thread finds the broken
+/// connection by itself). Whoever drops it shuts the socket down first: a keepalive blocked
+/// in a write then returns at once.
 pub fn spawn_keepalive<W: Write + Send + 'static>(
     out: Arc<FrameOut<W>>,
     vm_id: u64,
-    hold: impl Fn(Instant) -> bool + Send + 'static,
+    conn: Option<TcpStream>,
+    mut hold: impl FnMut(Instant) -> bool + Send + 'static,
     mut tick: impl FnMut() + Send + 'static,
 ) -> std::io::Result<Keepalive> {
     let stop = Arc::new(AtomicBool::new(false));
@@ -161,10 +164,25 @@ pub fn spawn_keepalive<W: Write + Send + 'static>(
                 if stop2.load(Ordering::SeqCst) {
                     return;
                 }
-                if !hold(Instant::now()) {
-                    if let Err(e) = out.keepalive_if_idle(vm_id, KEEPALIVE_EVERY) {
-                        log::debug!("replication: keepalive not sent: {e}");
-                        return;
+                let queued = conn.as_ref().and_then(unacked_bytes).is_some_and(|q| q > 0);
+                if !hold(Instant::now()) && !queued {
+                    match out.keepalive_if_idle(vm_id, KEEPALIVE_EVERY) {
+                        Ok(_) => {}
+                        // A keepalive is one write of its header into the buffered writer,
+                        // whole or not at all; what a timed-out flush left stays buffered, and
+                        // the next flush goes on with it: the stream is whole.
+                        Err(WireError::Io(e))
+                            if matches!(
+                                e.kind(),
+                                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                            ) =>
+                        {
+                            log::debug!("replication: keepalive write timed out: {e}")
+                        }
+                        Err(e) => {
+                            log::debug!("replication: keepalive not sent: {e}");
+                            return;
+                        }
                     }
                 }
                 tick();
@@ -411,13 +429,58 @@ mod tests {
         assert!(!c.stuck(t0 + BUSY_LIMIT * 2));
     }
 
+    /// A writer that times out its first `fails` writes, then takes everything.
+    struct Flaky {
+        fails: usize,
+        got: Arc<Mutex<Vec<u8>>>,
+    }
+
+    impl Write for Flaky {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.fails > 0 {
+                self.fails -= 1;
+                return Err(std::io::ErrorKind::WouldBlock.into());
+            }
+            lock(&self.got).extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A write that times out (a peer not reading for a while) does not end the keepalives,
+    /// and leaves no torn frame.
+    #[test]
+    fn keepalives_go_on_whole_after_a_timed_out_write() {
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let w = std::io::BufWriter::new(Flaky {
+            fails: 3,
+            got: Arc::clone(&got),
+        });
+        let out = Arc::new(FrameOut::new(w));
+        let k = spawn_keepalive(Arc::clone(&out), 7, None, |_| false, || {}).unwrap();
+        let until = Instant::now() + Duration::from_secs(10);
+        let whole = 2 * wire::HEADER_LEN;
+        while Instant::now() < until && lock(&got).len() < whole {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        drop(k);
+        let bytes = lock(&got).clone();
+        assert!(bytes.len() >= whole, "{} bytes", bytes.len());
+        let mut r = wire::FrameReader::new(&bytes[..]);
+        while let Some((h, f)) = r.next_owned().unwrap() {
+            assert_eq!((h.vm_id, h.epoch, f), (7, 0, Frame::Keepalive));
+        }
+    }
+
     /// The keepalive thread, for real: a Keepalive within a few intervals when nothing holds
     /// it back, none at all while `hold` does.
     #[test]
     fn the_keepalive_thread_sends_unless_held_back() {
         let run = |hold: bool| {
             let out = Arc::new(FrameOut::new(Vec::new()));
-            let k = spawn_keepalive(Arc::clone(&out), 7, move |_| hold, || {}).unwrap();
+            let k = spawn_keepalive(Arc::clone(&out), 7, None, move |_| hold, || {}).unwrap();
             // Held back: five intervals of silence; else the first within five seconds.
             let wait = if hold {
                 KEEPALIVE_EVERY * 5

@@ -241,15 +241,13 @@ impl SequenceChecker {
                 return match self.phase {
                     Phase::AwaitHello => Err(SequenceError::ExpectedHello { kind }),
                     Phase::Answering => Err(SequenceError::NotStarted { kind }),
-                    // (Closed returned above.)
-                    Phase::Streaming | Phase::Closed if header.epoch != 0 => {
-                        Err(SequenceError::WrongEpoch {
-                            kind,
-                            expected: 0,
-                            got: header.epoch,
-                        })
-                    }
-                    Phase::Streaming | Phase::Closed => Ok(Step::Keepalive),
+                    Phase::Closed => Err(SequenceError::Closed),
+                    Phase::Streaming if header.epoch != 0 => Err(SequenceError::WrongEpoch {
+                        kind,
+                        expected: 0,
+                        got: header.epoch,
+                    }),
+                    Phase::Streaming => Ok(Step::Keepalive),
                 };
             }
             Frame::Abort { reason } => return Ok(Step::Abort(reason.clone())),

@@ -5,7 +5,7 @@
 
 use crate::events::{Event, StreamState};
 use crate::replication::checkpoint::{self, CheckpointError, Checkpointer, CopyItem, EpochCapture};
-use crate::replication::liveness::{spawn_keepalive, unsent_bytes, FrameOut, HeardTeller};
+use crate::replication::liveness::{spawn_keepalive, unacked_bytes, FrameOut, HeardTeller};
 use crate::replication::replica::DiskOp;
 use crate::replication::wire::{
     self, Commit, Disk, DiskAction, EpochDigest, Frame, FrameReader, Hello, Pages, WireError,
@@ -50,12 +50,22 @@ pub(super) fn run(
     let acks = spawn_ack_reader(reader, vm.clone(), Arc::clone(s));
     // The peer hears from this side while a checkpoint pauses a busy guest, or the stream
     // waits for acks: it would otherwise count the silence against this node. Not while this
-    // stream's thread is stuck, nor while the socket still holds what the peer has not taken.
+    // stream's thread is stuck.
     let hold = {
-        let (out, conn) = (Arc::clone(&out), stream.try_clone().ok());
-        move |now| out.stalled(now) || conn.as_ref().and_then(unsent_bytes).is_some_and(|q| q > 0)
+        let (out, s) = (Arc::clone(&out), Arc::clone(s));
+        let mut scanned = 0;
+        move |now| {
+            // A full copy scanning a long run of zero pages sends nothing, yet it works.
+            let n = s.scanned.load(Ordering::Relaxed);
+            if n != scanned {
+                scanned = n;
+                out.working();
+            }
+            out.stalled(now)
+        }
     };
-    let keepalive = match spawn_keepalive(Arc::clone(&out), cfg.vm_id, hold, || {}) {
+    let conn = stream.try_clone().ok();
+    let keepalive = match spawn_keepalive(Arc::clone(&out), cfg.vm_id, conn, hold, || {}) {
         Ok(k) => Some(k),
         Err(e) => {
             // Protected all the same, as before keepalives: only a long silence may now read
@@ -250,7 +260,6 @@ fn deliberate_end<W: Write>(
     let deadline = Instant::now() + cfg.end_timeout;
     let mut acked = lock(&s.close_acked);
     while !*acked {
-        out.working();
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() || lock(&s.ack_error).is_some() {
             break;
@@ -469,7 +478,7 @@ impl TcpProgress {
 
     /// When TCP last made progress (at least `since`).
     fn last_progress(&mut self, since: Instant) -> Instant {
-        if let Some(q) = self.conn.as_ref().and_then(unsent_bytes) {
+        if let Some(q) = self.conn.as_ref().and_then(unacked_bytes) {
             let moved = self.last_outq.is_some_and(|last| q < last);
             if moved || q == 0 {
                 self.last_progress = Some(Instant::now());

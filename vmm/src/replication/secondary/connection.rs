@@ -5,7 +5,7 @@
 use crate::events::Event;
 use crate::replication::compat;
 use crate::replication::liveness::{
-    spawn_keepalive, unsent_bytes, FrameOut, HeardClock, HeardTeller, Stamped, BUSY_LIMIT,
+    spawn_keepalive, FrameOut, HeardClock, HeardTeller, Stamped, BUSY_LIMIT,
 };
 use crate::replication::replica::{DiskOp, Replica, ReplicaError};
 use crate::replication::sequence::{SequenceChecker, Step};
@@ -275,7 +275,7 @@ fn stream(
     // Keepalives to the primary while this side applies a big epoch, and the supervisor told
     // when the primary was last heard (busy with its frames counts: the silence is ours).
     // Not while this side has been busy with one frame too long (hung: the primary must see
-    // it), nor while the socket holds what the primary has not taken.
+    // it).
     let _keepalive = {
         let (clock, events, mut teller) = (
             Arc::clone(clock),
@@ -284,11 +284,9 @@ fn stream(
         );
         let hold = {
             let clock = Arc::clone(&clock);
-            let conn = reader.get_ref().get_ref().try_clone().ok();
-            move |now| {
-                clock.stuck(now) || conn.as_ref().and_then(unsent_bytes).is_some_and(|q| q > 0)
-            }
+            move |now| clock.stuck(now)
         };
+        let conn = reader.get_ref().get_ref().try_clone().ok();
         let tick = move || {
             let now = Instant::now();
             if let Some(ago) = teller.tell(clock.last_heard(now), now) {
@@ -298,7 +296,7 @@ fn stream(
                 });
             }
         };
-        match spawn_keepalive(Arc::clone(out), vm_id, hold, tick) {
+        match spawn_keepalive(Arc::clone(out), vm_id, conn, hold, tick) {
             Ok(k) => Some(k),
             Err(e) => {
                 // Served all the same, as before keepalives (the primary does the same).
