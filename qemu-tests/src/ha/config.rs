@@ -1,6 +1,6 @@
 //! The havms.yaml of an HA scenario: the pair of `cluster_config`, with VMs.
 
-use crate::cluster_config::pair_yaml;
+use crate::cluster_config::{pair_yaml, EPOCH_MS};
 use crate::engine::payload::NODE_DIR;
 
 /// One VM of the test config: the engine scenarios' guest in `mode`, its NIC on the LAN
@@ -77,14 +77,14 @@ impl TestVm {
 
 /// The pair config with `vms` (each guest writes `marker` to its disk).
 pub fn yaml(vms: &[TestVm], marker: &str) -> String {
-    yaml_with_epoch(vms, marker, 50)
+    yaml_with_epoch(vms, marker, EPOCH_MS)
 }
 
-/// `yaml` with `epoch_ms` instead of the test config's 50.
+/// `yaml` with `epoch_ms` instead of the test config's `EPOCH_MS`.
 pub fn yaml_with_epoch(vms: &[TestVm], marker: &str, epoch_ms: u64) -> String {
     // A returning node proves itself for 3 s before a VM fails back to it (10 s by default).
     let base = pair_yaml().replace(
-        "epoch_ms: 50",
+        &format!("epoch_ms: {EPOCH_MS}"),
         &format!("epoch_ms: {epoch_ms}, failback_delay_ms: 3000"),
     );
     let mut out = base.replace("vms: []\n", "vms:\n");

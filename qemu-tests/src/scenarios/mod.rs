@@ -343,7 +343,8 @@ mod tests {
         assert_eq!(names(&["boot"]).unwrap(), ["boot-seabios", "boot-ovmf"]);
         assert_eq!(names(&["pid1", "pair", "pid1"]).unwrap(), ["pid1", "pair"]);
         assert_eq!(names(&["ha-failover"]).unwrap(), ["ha-failover"]);
-        // A pending scenario runs by its name, never as part of a group.
+        // A group holds every scenario of `all` its name starts (and never a pending one:
+        // `select` builds groups from `all` alone).
         let ha = names(&["ha"]).unwrap();
         assert!(
             ha.contains(&"ha-failover") && ha.contains(&"ha-two-vms") && ha.contains(&"ha-start"),

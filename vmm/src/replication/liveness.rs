@@ -52,6 +52,9 @@ pub struct FrameOut<W> {
     worked: Mutex<Instant>,
     /// The side's last frame went out (`close`): nothing follows it.
     closed: AtomicBool,
+    /// A frame's write failed, perhaps half-way: nothing more goes out (it would follow a
+    /// torn frame, and the peer would read it as part of that one).
+    broken: AtomicBool,
 }
 
 impl<W: Write> FrameOut<W> {
@@ -61,13 +64,18 @@ impl<W: Write> FrameOut<W> {
             last_write: Mutex::new(Instant::now()),
             worked: Mutex::new(Instant::now()),
             closed: AtomicBool::new(false),
+            broken: AtomicBool::new(false),
         }
     }
 
     /// Writes one whole frame (buffered until `flush`); its payload sha256.
     pub fn frame(&self, vm_id: u64, epoch: u64, frame: &Frame<'_>) -> Result<[u8; 32], WireError> {
         let mut w = lock(&self.w);
-        let sha = wire::write_frame(&mut *w, vm_id, epoch, frame)?;
+        if self.broken.load(Ordering::SeqCst) {
+            return Err(torn());
+        }
+        let sha = wire::write_frame(&mut *w, vm_id, epoch, frame)
+            .inspect_err(|_| self.broken.store(true, Ordering::SeqCst))?;
         let now = Instant::now();
         *lock(&self.last_write) = now;
         *lock(&self.worked) = now;
@@ -85,6 +93,9 @@ impl<W: Write> FrameOut<W> {
         let mut w = lock(&self.w);
         // Closed before the write: a write that fails half-way ends the stream as well.
         self.closed.store(true, Ordering::SeqCst);
+        if self.broken.load(Ordering::SeqCst) {
+            return Err(torn());
+        }
         wire::write_frame(&mut *w, vm_id, epoch, frame)?;
         w.flush()?;
         Ok(())
@@ -107,14 +118,24 @@ impl<W: Write> FrameOut<W> {
         let Ok(mut w) = self.w.try_lock() else {
             return Ok(false);
         };
-        if self.closed.load(Ordering::SeqCst) || lock(&self.last_write).elapsed() < idle {
+        let done = self.closed.load(Ordering::SeqCst) || self.broken.load(Ordering::SeqCst);
+        if done || lock(&self.last_write).elapsed() < idle {
             return Ok(false);
         }
+        // One write of a header into the buffered writer: whole or not at all. Once buffered
+        // it is written: a flush that times out leaves it for the next flush, and no second
+        // keepalive joins it meanwhile.
         wire::write_frame(&mut *w, vm_id, 0, &Frame::Keepalive)?;
-        w.flush()?;
         *lock(&self.last_write) = Instant::now();
+        w.flush()?;
         Ok(true)
     }
+}
+
+fn torn() -> WireError {
+    WireError::Io(std::io::Error::other(
+        "an earlier frame was cut off: nothing more can be sent on this stream",
+    ))
 }
 
 /// Bytes in `conn`'s send queue that the peer's kernel has not acknowledged (SIOCOUTQ).
@@ -165,7 +186,8 @@ pub fn spawn_keepalive<W: Write + Send + 'static>(
                     return;
                 }
                 let queued = conn.as_ref().and_then(unacked_bytes).is_some_and(|q| q > 0);
-                if !hold(Instant::now()) && !queued {
+                let held = hold(Instant::now());
+                if !held && !queued {
                     match out.keepalive_if_idle(vm_id, KEEPALIVE_EVERY) {
                         Ok(_) => {}
                         // A keepalive is one write of its header into the buffered writer,
@@ -429,20 +451,29 @@ mod tests {
         assert!(!c.stuck(t0 + BUSY_LIMIT * 2));
     }
 
-    /// A writer that times out its first `fails` writes, then takes everything.
+    /// A writer that takes at most `chunk` bytes a call and times out every other call
+    /// while `fails` lasts (a socket whose peer reads slowly), then every call once `take`
+    /// bytes went through.
     struct Flaky {
         fails: usize,
+        chunk: usize,
+        take: usize,
+        calls: usize,
         got: Arc<Mutex<Vec<u8>>>,
     }
 
     impl Write for Flaky {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            if self.fails > 0 {
-                self.fails -= 1;
+            self.calls += 1;
+            let mut got = lock(&self.got);
+            let timed_out = self.fails > 0 && self.calls.is_multiple_of(2);
+            if timed_out || got.len() >= self.take {
+                self.fails = self.fails.saturating_sub(1);
                 return Err(std::io::ErrorKind::WouldBlock.into());
             }
-            lock(&self.got).extend_from_slice(buf);
-            Ok(buf.len())
+            let n = buf.len().min(self.chunk).min(self.take - got.len());
+            got.extend_from_slice(&buf[..n]);
+            Ok(n)
         }
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
@@ -455,7 +486,10 @@ mod tests {
     fn keepalives_go_on_whole_after_a_timed_out_write() {
         let got = Arc::new(Mutex::new(Vec::new()));
         let w = std::io::BufWriter::new(Flaky {
-            fails: 3,
+            fails: 6,
+            chunk: 10,
+            take: usize::MAX,
+            calls: 0,
             got: Arc::clone(&got),
         });
         let out = Arc::new(FrameOut::new(w));
@@ -468,10 +502,40 @@ mod tests {
         drop(k);
         let bytes = lock(&got).clone();
         assert!(bytes.len() >= whole, "{} bytes", bytes.len());
-        let mut r = wire::FrameReader::new(&bytes[..]);
+        // Whole frames up to the last byte that went out (the thread may have been stopped
+        // inside a flush).
+        let whole_len = bytes.len() - bytes.len() % wire::HEADER_LEN;
+        let mut r = wire::FrameReader::new(&bytes[..whole_len]);
+        let mut n = 0;
         while let Some((h, f)) = r.next_owned().unwrap() {
             assert_eq!((h.vm_id, h.epoch, f), (7, 0, Frame::Keepalive));
+            n += 1;
         }
+        assert!(n >= 2, "{n} keepalives");
+    }
+
+    /// A frame cut off half-way (a write that timed out inside it): nothing follows it, not a
+    /// keepalive, not the side's last word.
+    #[test]
+    fn nothing_follows_a_torn_frame() {
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let out = FrameOut::new(Flaky {
+            fails: 0,
+            chunk: usize::MAX,
+            take: 10,
+            calls: 0,
+            got: Arc::clone(&got),
+        });
+        assert!(out.frame(7, 1, &Frame::Ack).is_err());
+        assert!(!out.keepalive_if_idle(7, Duration::ZERO).unwrap());
+        let closing = out.close(7, 1, &Frame::CloseAck { reason: "x".into() });
+        assert!(closing.unwrap_err().to_string().contains("cut off"));
+        assert!(out.frame(7, 1, &Frame::Ack).is_err());
+        assert_eq!(
+            lock(&got).len(),
+            10,
+            "only the torn frame's first bytes went out"
+        );
     }
 
     /// The keepalive thread, for real: a Keepalive within a few intervals when nothing holds
