@@ -65,6 +65,15 @@ fn frames() -> Vec<(&'static str, Frame<'static>)> {
             }),
         ),
         (
+            "pages_lz4",
+            Frame::PagesLz4(wire::PagesLz4 {
+                pages: Cow::Owned(vec![4, 9]),
+                block: Cow::Owned(wire::PagesLz4::block_of(
+                    &[[0u8; PAGE_SIZE], [7u8; PAGE_SIZE]].concat(),
+                )),
+            }),
+        ),
+        (
             "disk_write",
             Frame::Disk(wire::Disk {
                 disk: 0,

@@ -123,11 +123,23 @@ pub fn primary(steps: &[script::Step]) -> Sent {
                 for &p in &pages {
                     page_bytes(&mut bytes, *fill, p);
                 }
-                data = bytes;
-                Frame::Pages(wire::Pages {
-                    pages: Cow::Owned(pages),
-                    data: Cow::Borrowed(&data),
-                })
+                // An odd fill goes as the sender sends compressible pages: one LZ4 block.
+                data = if fill % 2 == 1 {
+                    wire::PagesLz4::block_of(&bytes)
+                } else {
+                    bytes
+                };
+                if fill % 2 == 1 && !pages.is_empty() {
+                    Frame::PagesLz4(wire::PagesLz4 {
+                        pages: Cow::Owned(pages),
+                        block: Cow::Borrowed(&data),
+                    })
+                } else {
+                    Frame::Pages(wire::Pages {
+                        pages: Cow::Owned(pages),
+                        data: Cow::Borrowed(&data),
+                    })
+                }
             }
             Op::DiskWrite {
                 disk,
@@ -239,7 +251,7 @@ pub fn primary(steps: &[script::Step]) -> Sent {
                 digest = wire::EpochDigest::new();
                 epoch = epoch.wrapping_add(1);
             }
-            Frame::Pages(_) | Frame::Disk(_) | Frame::State(_) => {
+            Frame::Pages(_) | Frame::PagesLz4(_) | Frame::Disk(_) | Frame::State(_) => {
                 let _ = digest.add(&sha);
             }
             _ => {}
@@ -444,6 +456,14 @@ pub fn secondary(bytes: &[u8], local: &[PathBuf]) -> u64 {
 /// connection.rs `stage`, recording in the model what the replica accepted.
 fn stage(r: &mut Replica, model: &mut Model, epoch: u64, frame: &Frame<'_>) -> Result<(), ()> {
     match frame {
+        Frame::PagesLz4(p) => {
+            let data = p.decompress().map_err(drop)?;
+            let plain = Frame::Pages(wire::Pages {
+                pages: p.pages.clone(),
+                data: Cow::Owned(data),
+            });
+            stage(r, model, epoch, &plain)?;
+        }
         Frame::Pages(p) => {
             r.stage_pages(epoch, &p.pages, &p.data).map_err(drop)?;
             for (i, &page) in p.pages.iter().enumerate() {

@@ -18,6 +18,7 @@ pub mod lan_client;
 pub mod menu;
 pub mod net;
 pub mod node;
+pub mod pcap;
 pub mod procs;
 pub mod qemu;
 pub mod runner;

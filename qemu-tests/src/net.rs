@@ -249,6 +249,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 fn forward(socket: UdpSocket, shared: &Shared) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut capture = crate::pcap::Capture::from_env(&shared.name);
     while !shared.stop.load(Ordering::SeqCst) {
         let (len, from) = match socket.recv_from(&mut buf) {
             Ok(x) => x,
@@ -256,7 +257,10 @@ fn forward(socket: UdpSocket, shared: &Shared) {
                 if e.kind() == std::io::ErrorKind::WouldBlock
                     || e.kind() == std::io::ErrorKind::TimedOut =>
             {
-                continue
+                if let Some(c) = capture.as_mut() {
+                    c.flush();
+                }
+                continue;
             }
             Err(e) => {
                 // ICMP port-unreachable from a stopped QEMU shows up here on Linux; not fatal.
@@ -264,6 +268,11 @@ fn forward(socket: UdpSocket, shared: &Shared) {
                 continue;
             }
         };
+        if let Some(c) = capture.as_mut() {
+            if !c.record(&buf[..len]) {
+                capture = None;
+            }
+        }
         let targets: Vec<SocketAddr> = {
             let ports = lock(&shared.ports);
             match ports.get(&from) {

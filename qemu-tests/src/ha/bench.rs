@@ -62,17 +62,33 @@ fn ip(vm: &TestVm) -> Result<Ipv4Addr> {
 
 pub fn run(artifacts: &Artifacts) -> Result<()> {
     let ctx = Ctx::new(artifacts, "bench-replication");
+    // HAVMS_BENCH_ONLY=ledger,pauses runs only those measures (default: all four).
+    let only = std::env::var("HAVMS_BENCH_ONLY").unwrap_or_default();
+    let want = |m: &str| only.is_empty() || only.split(',').any(|w| w.trim() == m);
     let mut rows = Vec::new();
-    rows.extend(throughput(&ctx)?);
-    rows.extend(ledger(&ctx)?);
-    for pages in [1_000u64, 10_000] {
-        rows.push(pauses(&ctx, pages)?);
+    if want("throughput") {
+        rows.extend(throughput(&ctx)?);
     }
-    let rounds = std::env::var("HAVMS_BENCH_SOAK")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20usize);
-    rows.extend(soak(&ctx, rounds)?);
+    if want("ledger") {
+        rows.extend(ledger(&ctx)?);
+    }
+    if want("pauses") {
+        for pages in [1_000u64, 10_000] {
+            rows.push(pauses(&ctx, pages)?);
+        }
+    }
+    if want("soak") {
+        let rounds = std::env::var("HAVMS_BENCH_SOAK")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(20usize);
+        rows.extend(soak(&ctx, rounds)?);
+    }
+    if rows.is_empty() {
+        return Err(HarnessError::Check(format!(
+            "HAVMS_BENCH_ONLY={only}: no such measure (throughput, ledger, pauses, soak)"
+        )));
+    }
     println!();
     println!(
         "bench replication: two nested nodes (QEMU TCG), the link and the LAN relayed by the \
@@ -182,7 +198,20 @@ fn appends(c: &mut LedgerClient) -> Result<(f64, f64, f64)> {
 fn ledger(ctx: &Ctx) -> Result<Vec<Row>> {
     let mut measured = Vec::new();
     let mut unprotected = None;
-    for epoch in [20u64, 50, 100] {
+    // HAVMS_BENCH_EPOCHS=20,50 measures only those epochs; the unprotected run follows the last.
+    let epochs: Vec<u64> = match std::env::var("HAVMS_BENCH_EPOCHS") {
+        Ok(v) => v
+            .split(',')
+            .map(|e| {
+                e.trim().parse().map_err(|_| {
+                    HarnessError::Check(format!("HAVMS_BENCH_EPOCHS={v}: {e:?} is not a number"))
+                })
+            })
+            .collect::<Result<_>>()?,
+        Err(_) => vec![20, 50, 100],
+    };
+    let last = epochs.last().copied();
+    for &epoch in &epochs {
         let vm = ledger_vm();
         let mut cluster = boot::pair_with_epoch(ctx, std::slice::from_ref(&vm), "bench", epoch)?;
         let host = LanHost::attach(&cluster.net.lan, "client", CLIENT_IP)?;
@@ -191,11 +220,21 @@ fn ledger(ctx: &Ctx) -> Result<Vec<Row>> {
         wait_protected(&mut a, &mut b, "web")?;
         let mut c = LedgerClient::connect(&host, ip(&vm)?, 7000, Duration::from_secs(90))?;
         let (rate, p50, p99) = appends(&mut c)?;
+        // Where an answer waits: the primary's Commit -> Ack, and inside it the secondary's
+        // apply (+ fdatasync when the guest flushed).
+        let pa = a.ok("vm_info web", STEP)?;
+        let sb = b.ok("vm_info web", STEP)?;
+        let ack: f64 = number(r#""ack_p50_us": (\d+)"#, &pa).unwrap_or(f64::NAN);
+        let lag: f64 = number(r#""lag_epochs": (\d+)"#, &pa).unwrap_or(f64::NAN);
+        let commit: f64 = number(r#""commit_p50_us": (\d+)"#, &sb).unwrap_or(f64::NAN);
         ctx.step(format!(
-            "epoch {epoch} ms: {rate:.1} appends/s, latency p50 {p50:.0} ms p99 {p99:.0} ms"
+            "epoch {epoch} ms: {rate:.1} appends/s, latency p50 {p50:.0} ms p99 {p99:.0} ms; \
+             commit->ack p50 {:.1} ms, secondary commit p50 {:.1} ms, lag {lag} epochs",
+            ack / 1000.0,
+            commit / 1000.0
         ));
-        measured.push((epoch, rate, p50, p99));
-        if epoch == 100 {
+        measured.push((epoch, rate, p50, p99, ack, commit));
+        if Some(epoch) == last {
             // The same guest without its peer: nothing held.
             b.node().kill()?;
             let out = a.ok(&shell::wait("web", "primary", "degraded", 60), STEP)?;
@@ -213,7 +252,7 @@ fn ledger(ctx: &Ctx) -> Result<Vec<Row>> {
     }
     let (ur, u50, u99) = unprotected.unwrap_or((f64::NAN, f64::NAN, f64::NAN));
     let mut rows = Vec::new();
-    for (epoch, rate, p50, p99) in measured {
+    for (epoch, rate, p50, p99, ack, commit) in measured {
         rows.push(Row {
             what: format!("ledger appends/s, epoch_ms {epoch}"),
             ours: format!("{rate:.1}/s"),
@@ -226,7 +265,12 @@ fn ledger(ctx: &Ctx) -> Result<Vec<Row>> {
             ours: format!("{p50:.0} / {p99:.0} ms"),
             base: format!("{u50:.0} / {u99:.0} ms unprotected"),
             ratio: format!("{:.1} epochs (p50)", p50 / epoch as f64),
-            note: "an answer leaves once its epoch is acked".into(),
+            note: format!(
+                "an answer leaves once its epoch is acked; commit→ack p50 {:.1} ms, of it the \
+                 secondary's commit {:.1} ms",
+                ack / 1000.0,
+                commit / 1000.0
+            ),
         });
     }
     Ok(rows)

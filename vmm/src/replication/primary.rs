@@ -45,20 +45,21 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{self, CheckpointError};
+use super::timings::Timings;
 use super::wire::WireError;
 use crate::events::{Event, Events, StreamState};
 use crate::sync::lock;
 use crate::vm::Vm;
 
+mod compress;
 mod sender;
+use compress::{PageCompressor, PageTally};
 use sender::run;
 
 /// Pages per Pages frame of an epoch (1 MiB of data).
 const PAGES_PER_FRAME: usize = 256;
 /// The socket's send buffer in user space.
 const SEND_BUFFER: usize = 1 << 20;
-/// Pauses remembered for the percentiles in the status.
-const PAUSE_WINDOW: usize = 1024;
 
 /// How a VM is protected.
 #[derive(Debug, Clone)]
@@ -123,15 +124,27 @@ pub struct ProtectStatus {
     pub last_ack_ms_ago: Option<u64>,
     pub last_pause_us: u64,
     pub max_pause_us: u64,
-    /// Over the last `PAUSE_WINDOW` checkpoints.
+    /// Over the last `timings::WINDOW` checkpoints.
     pub pause_p50_us: u64,
     pub pause_p99_us: u64,
+    /// From a Commit leaving to its Ack (the peer's apply and fdatasync, and the link), over
+    /// the last `timings::WINDOW` acks: with the wait for the epoch's end, what each piece of
+    /// the guest's output waits before it is released.
+    #[serde(default)]
+    pub ack_p50_us: u64,
+    #[serde(default)]
+    pub ack_p99_us: u64,
     pub full_copy_pages: u64,
     pub full_copy_ms: u64,
     /// The first copy's progress: bytes of memory and disks read so far, of all.
     pub sync_scanned_bytes: u64,
     pub sync_total_bytes: u64,
     pub bytes_sent: u64,
+    /// Page data given to the stream, and what it took on the wire (LZ4 where it paid).
+    #[serde(default)]
+    pub page_bytes: u64,
+    #[serde(default)]
+    pub page_wire_bytes: u64,
     /// Checkpoints sent after the full copy, and their mean size.
     pub epochs_sent: u64,
     pub bytes_per_epoch: u64,
@@ -184,7 +197,9 @@ enum StopKind {
 
 #[derive(Default)]
 struct Counters {
-    pauses: VecDeque<u32>,
+    pauses: Timings,
+    /// Commit sent -> Ack received.
+    acks: Timings,
     epoch_bytes: u64,
     /// When each unacked Commit went out.
     unacked: VecDeque<(u64, Instant)>,
@@ -194,6 +209,10 @@ struct Counters {
 struct Shared {
     status: Mutex<ProtectStatus>,
     counters: Mutex<Counters>,
+    /// The stream thread's (only it locks it, also while a send blocks: the status reads
+    /// the two counters below instead).
+    compressor: Mutex<PageCompressor>,
+    pages: PageTally,
     acked: AtomicU64,
     /// Bytes the full copy has read so far.
     scanned: AtomicU64,
@@ -231,17 +250,23 @@ impl Shared {
                 max_pause_us: 0,
                 pause_p50_us: 0,
                 pause_p99_us: 0,
+                ack_p50_us: 0,
+                ack_p99_us: 0,
                 full_copy_pages: 0,
                 full_copy_ms: 0,
                 sync_scanned_bytes: 0,
                 sync_total_bytes: 0,
                 bytes_sent: 0,
+                page_bytes: 0,
+                page_wire_bytes: 0,
                 epochs_sent: 0,
                 bytes_per_epoch: 0,
                 error: None,
                 verify: None,
             }),
             counters: Mutex::default(),
+            compressor: Mutex::default(),
+            pages: PageTally::default(),
             acked: AtomicU64::new(0),
             scanned: AtomicU64::new(0),
             committed_sent: AtomicU64::new(0),
@@ -355,19 +380,14 @@ impl Protection {
         st.last_ack_ms_ago = c
             .last_ack
             .map(|t| now.saturating_duration_since(t).as_millis() as u64);
-        let mut sorted: Vec<u32> = c.pauses.iter().copied().collect();
-        sorted.sort_unstable();
-        let pct = |p: usize| {
-            if sorted.is_empty() {
-                0
-            } else {
-                u64::from(sorted[(sorted.len() - 1) * p / 100])
-            }
-        };
-        st.pause_p50_us = pct(50);
-        st.pause_p99_us = pct(99);
+        st.pause_p50_us = c.pauses.percentile_us(50);
+        st.pause_p99_us = c.pauses.percentile_us(99);
+        st.ack_p50_us = c.acks.percentile_us(50);
+        st.ack_p99_us = c.acks.percentile_us(99);
         st.bytes_per_epoch = c.epoch_bytes.checked_div(st.epochs_sent).unwrap_or(0);
         st.sync_scanned_bytes = self.shared.scanned.load(Ordering::Relaxed);
+        st.page_bytes = self.shared.pages.raw.load(Ordering::Relaxed);
+        st.page_wire_bytes = self.shared.pages.wire.load(Ordering::Relaxed);
         st
     }
 

@@ -43,6 +43,7 @@ use serde::{Deserialize, Serialize};
 use super::compat::LocalDevices;
 use super::replica::{Replica, ReplicaError};
 use super::sequence::SequenceError;
+use super::timings::Timings;
 use super::wire::WireError;
 use crate::events::{Event, Events, ReplicaState};
 use crate::sync::lock;
@@ -79,6 +80,14 @@ pub struct ReplicaStatus {
     /// The hashes of memory and disks right after the epoch `verify` asked for was applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify: Option<super::verify::EpochHashes>,
+    /// From a Commit frame read to its Ack written (apply, fdatasync when the guest flushed),
+    /// over the last `timings::WINDOW` commits, and the longest of this server's life.
+    #[serde(default)]
+    pub commit_p50_us: u64,
+    #[serde(default)]
+    pub commit_p99_us: u64,
+    #[serde(default)]
+    pub commit_max_us: u64,
 }
 
 /// How the server is set up.
@@ -147,6 +156,7 @@ struct Shared {
     stop: AtomicBool,
     /// Hash the copy right after applying this epoch (a check: `verify`).
     verify_at: Mutex<Option<u64>>,
+    commits: Mutex<Timings>,
     /// Set while a takeover has the replica out: new streams are refused.
     taking_over: AtomicBool,
     /// The connection being served (with its generation), to cut it on takeover, on
@@ -233,6 +243,7 @@ impl ReplicaServer {
             })),
             last_frame: Mutex::new(None),
             verify_at: Mutex::new(None),
+            commits: Mutex::new(Timings::default()),
             stop: AtomicBool::new(false),
             taking_over: AtomicBool::new(false),
             conn: Mutex::new(None),
@@ -271,6 +282,10 @@ impl ReplicaServer {
         }
         st.last_frame_ms_ago =
             lock(&self.shared.last_frame).map(|t| t.elapsed().as_millis() as u64);
+        let t = lock(&self.shared.commits);
+        st.commit_p50_us = t.percentile_us(50);
+        st.commit_p99_us = t.percentile_us(99);
+        st.commit_max_us = t.max_us();
         st
     }
 

@@ -707,3 +707,37 @@ fn a_handover_inside_an_epoch_is_refused_and_the_copy_stays_a_replica() {
     let r = take(&server, false).unwrap();
     assert_eq!(page_of(&r, 2), 6);
 }
+
+#[test]
+fn compressed_pages_are_staged_as_their_pages_and_a_bad_block_ends_the_stream() {
+    let dir = Scratch::new();
+    let d = disk(&dir);
+    let (server, _) = server(None, &d);
+    let mut p = FakePrimary::connect(&server, "vm");
+    p.hello_ack();
+    let lz4 = |n: u64, fill: u8| {
+        Frame::PagesLz4(wire::PagesLz4 {
+            pages: vec![n].into(),
+            block: lz4_flex::block::compress(&vec![fill; PAGE_SIZE]).into(),
+        })
+    };
+    p.send(1, &lz4(2, 0x21));
+    p.send(1, &state_frame(&d));
+    p.commit(1);
+    assert_eq!(p.ack(), 1);
+    // Epoch 2: a block that decompresses to half a page.
+    p.send(
+        2,
+        &Frame::PagesLz4(wire::PagesLz4 {
+            pages: vec![2].into(),
+            block: lz4_flex::block::compress(&vec![0x42; PAGE_SIZE / 2]).into(),
+        }),
+    );
+    p.out.flush().unwrap();
+    wait_for("the server to drop the stream", || not_connected(&server));
+    let err = server.status().last_error.unwrap_or_default();
+    assert!(err.contains("LZ4"), "{err}");
+    let r = take(&server, false).unwrap();
+    assert_eq!(r.committed_epoch(), Some(1));
+    assert_eq!(page_of(&r, 2), 0x21);
+}

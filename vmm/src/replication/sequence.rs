@@ -292,6 +292,7 @@ impl SequenceChecker {
         }
         match frame {
             Frame::Pages(p) => self.check_pages(epoch, &p.pages)?,
+            Frame::PagesLz4(p) => self.check_pages(epoch, &p.pages)?,
             Frame::State(_) if self.state_seen => return Err(SequenceError::SecondState { epoch }),
             Frame::State(_) => self.state_seen = true,
             Frame::Commit(c) => {

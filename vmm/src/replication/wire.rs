@@ -1,7 +1,7 @@
 //! The replication wire format: one frame = a 64-byte header + a payload, all little endian.
 //!
 //! ```text
-//! 0  magic "HVRP"   4  version u16 = 4   6  kind u8   7  flags u8 = 0
+//! 0  magic "HVRP"   4  version u16 = 5   6  kind u8   7  flags u8 = 0
 //! 8  vm_id u64      16 epoch u64         24 payload_len u32 (<= MAX_PAYLOAD)
 //! 28 reserved u32 = 0                    32 sha256 of the payload [u8; 32]
 //! ```
@@ -26,8 +26,8 @@ pub use reader::FrameReader;
 
 pub const MAGIC: [u8; 4] = *b"HVRP";
 /// 2: Hello carries the stream id and the disk sizes, Commit a flags byte, CloseAck and End.
-/// 3: Handover (a planned switchover). 4: Keepalive.
-pub const VERSION: u16 = 4;
+/// 3: Handover (a planned switchover). 4: Keepalive. 5: PagesLz4.
+pub const VERSION: u16 = 5;
 pub const HEADER_LEN: usize = 64;
 /// The largest payload accepted, checked before anything is allocated for it.
 pub const MAX_PAYLOAD: usize = 64 << 20;
@@ -70,6 +70,8 @@ pub enum Kind {
     /// Either way, epoch 0, no payload: "still here". Sent when a side has written nothing
     /// for a while (replication/liveness.rs), so a long checkpoint or apply is not silence.
     Keepalive = 12,
+    /// Pages whose data is one LZ4 block (`PagesLz4`).
+    PagesLz4 = 13,
 }
 
 impl Kind {
@@ -87,6 +89,7 @@ impl Kind {
             10 => Kind::End,
             11 => Kind::Handover,
             12 => Kind::Keepalive,
+            13 => Kind::PagesLz4,
             _ => return None,
         })
     }
@@ -184,6 +187,8 @@ pub enum WireError {
     BadCommitFlags { found: u8, offset: usize },
     #[error("cannot encode this {kind} frame: {what}")]
     Unencodable { kind: Kind, what: String },
+    #[error("PagesLz4 frame: {0}")]
+    Compressed(String),
 }
 
 /// A parsed, checked header.
@@ -244,6 +249,39 @@ pub struct Pages<'a> {
     pub data: Cow<'a, [u8]>,
 }
 
+/// Pages as `Pages`, their data (`pages.len() * PAGE_SIZE` bytes) compressed into one LZ4 block
+/// (no size prefix: the page count gives it). The sender picks this form only when it is
+/// smaller; the receiver decompresses into exactly that many bytes or refuses the frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PagesLz4<'a> {
+    pub pages: Cow<'a, [u64]>,
+    pub block: Cow<'a, [u8]>,
+}
+
+impl PagesLz4<'_> {
+    /// The LZ4 block of `data` (no size prefix), as this frame carries it.
+    pub fn block_of(data: &[u8]) -> Vec<u8> {
+        lz4_flex::block::compress(data)
+    }
+
+    /// The pages' data: exactly `pages.len() * PAGE_SIZE` bytes, or an error saying why not.
+    pub fn decompress(&self) -> Result<Vec<u8>, WireError> {
+        let want = self.pages.len() * PAGE_SIZE;
+        let mut out = vec![0u8; want];
+        match lz4_flex::block::decompress_into(&self.block, &mut out) {
+            Ok(n) if n == want => Ok(out),
+            Ok(n) => Err(WireError::Compressed(format!(
+                "the LZ4 block of {} pages holds {n} bytes, not {want}",
+                self.pages.len()
+            ))),
+            Err(e) => Err(WireError::Compressed(format!(
+                "the LZ4 block of {} pages: {e}",
+                self.pages.len()
+            ))),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DiskAction<'a> {
     /// The data written (a positive multiple of SECTOR_SIZE bytes).
@@ -277,6 +315,7 @@ pub enum Frame<'a> {
     Hello(Hello),
     HelloAck(HelloAck),
     Pages(Pages<'a>),
+    PagesLz4(PagesLz4<'a>),
     Disk(Disk<'a>),
     /// The engine's serialized vCPU/VM/device state, non-empty.
     State(Cow<'a, [u8]>),
@@ -303,6 +342,7 @@ impl Frame<'_> {
             Frame::Hello(_) => Kind::Hello,
             Frame::HelloAck(_) => Kind::HelloAck,
             Frame::Pages(_) => Kind::Pages,
+            Frame::PagesLz4(_) => Kind::PagesLz4,
             Frame::Disk(_) => Kind::Disk,
             Frame::State(_) => Kind::State,
             Frame::Commit(_) => Kind::Commit,
@@ -323,6 +363,10 @@ impl Frame<'_> {
             Frame::Pages(p) => Frame::Pages(Pages {
                 pages: Cow::Owned(p.pages.into_owned()),
                 data: own(p.data),
+            }),
+            Frame::PagesLz4(p) => Frame::PagesLz4(PagesLz4 {
+                pages: Cow::Owned(p.pages.into_owned()),
+                block: own(p.block),
             }),
             Frame::Disk(d) => Frame::Disk(Disk {
                 disk: d.disk,

@@ -30,6 +30,14 @@ pub(super) fn pages(numbers: &[u64]) -> Frame<'static> {
     })
 }
 
+pub(super) fn pages_lz4(numbers: &[u64]) -> Frame<'static> {
+    let data: Vec<u8> = numbers.iter().flat_map(|&n| page(n as u8)).collect();
+    Frame::PagesLz4(PagesLz4 {
+        pages: Cow::Owned(numbers.to_vec()),
+        block: Cow::Owned(lz4_flex::block::compress(&data)),
+    })
+}
+
 /// One frame of every kind.
 fn samples() -> Vec<Frame<'static>> {
     vec![
@@ -46,6 +54,7 @@ fn samples() -> Vec<Frame<'static>> {
         }),
         pages(&[0, 5, 65535]),
         pages(&[]),
+        pages_lz4(&[1, 2]),
         Frame::Disk(Disk {
             disk: 1,
             sector: 2048,
@@ -167,7 +176,7 @@ fn header_layout_is_the_documented_one() {
     let empty_sha: [u8; 32] = Sha256::digest([]).into();
     let mut want = Vec::new();
     want.extend_from_slice(b"HVRP");
-    want.extend_from_slice(&[4, 0, 7, 0]);
+    want.extend_from_slice(&[5, 0, 7, 0]);
     want.extend_from_slice(&0x0102u64.to_le_bytes());
     want.extend_from_slice(&0x0304u64.to_le_bytes());
     want.extend_from_slice(&[0; 8]);
@@ -219,7 +228,7 @@ fn unsupported_version() {
 
 #[test]
 fn unknown_kinds() {
-    for k in [0u8, 13, 255] {
+    for k in [0u8, 14, 255] {
         let b = raw_frame(k, &[]);
         assert!(matches!(parse(&b), Err(WireError::UnknownKind { found }) if found == k));
     }
@@ -679,4 +688,43 @@ fn encoder_refuses_what_the_parser_would() {
     let bytes = encode(&big, VM, 1).unwrap();
     assert!(bytes.len() - HEADER_LEN <= MAX_PAYLOAD);
     assert_eq!(parse(&bytes).unwrap(), big);
+}
+
+#[test]
+fn pages_lz4_decompresses_to_its_pages() {
+    let Frame::PagesLz4(p) = pages_lz4(&[3, 4]) else {
+        unreachable!()
+    };
+    let data = p.decompress().unwrap();
+    assert_eq!(data, [page(3), page(4)].concat());
+}
+
+#[test]
+fn pages_lz4_with_no_pages_too_many_or_no_block_is_refused() {
+    // count 0
+    let mut payload = 0u32.to_le_bytes().to_vec();
+    payload.push(0);
+    let b = raw_frame(Kind::PagesLz4 as u8, &payload);
+    assert!(matches!(parse(&b), Err(WireError::Compressed(m)) if m.contains("0 pages at byte 64")));
+    // over the frame's page limit
+    let payload = (MAX_PAGES_PER_FRAME as u32 + 1).to_le_bytes().to_vec();
+    let b = raw_frame(Kind::PagesLz4 as u8, &payload);
+    assert!(matches!(parse(&b), Err(WireError::Compressed(_))));
+    // page numbers but no block
+    let mut payload = 1u32.to_le_bytes().to_vec();
+    payload.extend_from_slice(&7u64.to_le_bytes());
+    let b = raw_frame(Kind::PagesLz4 as u8, &payload);
+    assert!(matches!(
+        parse(&b),
+        Err(WireError::LengthMismatch {
+            field: "page count",
+            ..
+        })
+    ));
+    // an empty block cannot be encoded either
+    let empty = Frame::PagesLz4(PagesLz4 {
+        pages: Cow::Owned(vec![1]),
+        block: Cow::Owned(Vec::new()),
+    });
+    assert!(encode(&empty, VM, 1).is_err());
 }

@@ -8,8 +8,7 @@ use crate::replication::checkpoint::{self, CheckpointError, Checkpointer, CopyIt
 use crate::replication::liveness::{spawn_keepalive, unacked_bytes, FrameOut, HeardTeller};
 use crate::replication::replica::DiskOp;
 use crate::replication::wire::{
-    self, Commit, Disk, DiskAction, EpochDigest, Frame, FrameReader, Hello, Pages, WireError,
-    COMMIT_FLUSH,
+    self, Commit, Disk, DiskAction, EpochDigest, Frame, FrameReader, Hello, WireError, COMMIT_FLUSH,
 };
 use crate::sync::lock;
 use crate::virtio::block::DiskChangeKind;
@@ -331,8 +330,12 @@ fn spawn_ack_reader(mut reader: FrameReader<TcpStream>, vm: Vm, s: Arc<Shared>) 
                     {
                         let mut c = lock(&s.counters);
                         c.last_ack = Some(Instant::now());
-                        while c.unacked.front().is_some_and(|(e, _)| *e <= h.epoch) {
+                        while let Some(&(e, sent_at)) = c.unacked.front() {
+                            if e > h.epoch {
+                                break;
+                            }
                             c.unacked.pop_front();
+                            c.acks.push(sent_at.elapsed());
                         }
                     }
                     s.events.publish(Event::Acked {
@@ -384,8 +387,9 @@ fn stream_epochs<W: Write>(
     let mut sent = 0u64;
     let (pages, disk_bytes) = ckpt.full_copy(&s.scanned, |item| {
         check(s).map_err(|e| CheckpointError::Sink(e.to_string()))?;
+        let mut z = lock(&s.compressor);
         let frame = match &item {
-            CopyItem::Pages(numbers, data) => pages_frame(numbers, data),
+            CopyItem::Pages(numbers, data) => z.frame(numbers, data, &s.pages),
             CopyItem::Disk(op) => disk_frame(op),
         };
         send(out, cfg.vm_id, 1, &mut digest, &mut sent, &frame)
@@ -489,13 +493,6 @@ impl TcpProgress {
     }
 }
 
-fn pages_frame<'a>(numbers: &'a [u64], data: &'a [u8]) -> Frame<'a> {
-    Frame::Pages(Pages {
-        pages: numbers.into(),
-        data: data.into(),
-    })
-}
-
 fn disk_frame(op: &DiskOp) -> Frame<'_> {
     Frame::Disk(Disk {
         disk: op.disk,
@@ -540,14 +537,9 @@ fn send_epoch<W: Write>(
     for (i, numbers) in cap.pages.pages.chunks(PAGES_PER_FRAME).enumerate() {
         let start = i * PAGES_PER_FRAME * crate::memory::PAGE_SIZE;
         let data = &cap.pages.data[start..start + numbers.len() * crate::memory::PAGE_SIZE];
-        send(
-            out,
-            vm_id,
-            e,
-            &mut digest,
-            sent,
-            &pages_frame(numbers, data),
-        )?;
+        let mut z = lock(&s.compressor);
+        let frame = z.frame(numbers, data, &s.pages);
+        send(out, vm_id, e, &mut digest, sent, &frame)?;
     }
     let mut disk_bytes = 0u64;
     for op in &cap.disk {
@@ -581,18 +573,15 @@ fn send_epoch<W: Write>(
     )?;
     out.flush()?;
     let bytes = cap.pages.data.len() as u64 + disk_bytes + cap.state.len() as u64;
-    let pause_us = cap.pause.as_micros().min(u128::from(u32::MAX)) as u32;
-    {
+    let (last, max) = {
         let mut c = lock(&s.counters);
-        if c.pauses.len() == PAUSE_WINDOW {
-            c.pauses.pop_front();
-        }
-        c.pauses.push_back(pause_us);
+        c.pauses.push(cap.pause);
         c.epoch_bytes += bytes;
-    }
+        (c.pauses.last_us(), c.pauses.max_us())
+    };
     let mut st = lock(&s.status);
-    st.last_pause_us = u64::from(pause_us);
-    st.max_pause_us = st.max_pause_us.max(st.last_pause_us);
+    st.last_pause_us = last;
+    st.max_pause_us = max;
     st.bytes_sent += bytes;
     st.epochs_sent += 1;
     Ok(())

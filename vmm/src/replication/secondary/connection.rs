@@ -331,10 +331,12 @@ fn stream(
                 stage(r, epoch, &frame)?;
             }
             Step::Commit(epoch) => {
+                let started = Instant::now();
                 let flush = matches!(&frame, Frame::Commit(c) if c.flags & COMMIT_FLUSH != 0);
                 commit(s, &mut fresh, stream_id, epoch, flush)?;
                 out.frame(header.vm_id, epoch, &Frame::Ack)?;
                 out.flush()?;
+                lock(&s.commits).push(started.elapsed());
                 s.cfg.events.publish(Event::Committed { stream_id, epoch });
             }
             Step::Abort(reason) => {
@@ -479,6 +481,10 @@ fn commit(
 fn stage(r: &mut Replica, epoch: u64, frame: &Frame<'_>) -> Result<(), ConnError> {
     match frame {
         Frame::Pages(p) => r.stage_pages(epoch, &p.pages, &p.data)?,
+        Frame::PagesLz4(p) => {
+            let data = p.decompress()?;
+            r.stage_pages(epoch, &p.pages, &data)?
+        }
         Frame::Disk(d) => {
             let (kind, len, data) = match &d.action {
                 DiskAction::Write(data) => {

@@ -105,6 +105,22 @@ fn encode_payload<'f>(frame: &'f Frame<'_>, out: &mut Vec<u8>) -> Result<&'f [u8
             }
             Ok(&p.data)
         }
+        Frame::PagesLz4(p) => {
+            if p.pages.is_empty() || p.pages.len() > MAX_PAGES_PER_FRAME {
+                return Err(bad(format!(
+                    "{} pages (1 to {MAX_PAGES_PER_FRAME} a frame)",
+                    p.pages.len()
+                )));
+            }
+            if p.block.is_empty() {
+                return Err(bad("an empty LZ4 block".into()));
+            }
+            out.extend_from_slice(&(p.pages.len() as u32).to_le_bytes());
+            for n in p.pages.iter() {
+                out.extend_from_slice(&n.to_le_bytes());
+            }
+            Ok(&p.block)
+        }
         Frame::Disk(d) => {
             let (op, len, data): (u8, usize, &[u8]) = match &d.action {
                 DiskAction::Write(data) => (1, data.len(), data),

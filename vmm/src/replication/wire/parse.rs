@@ -261,6 +261,31 @@ pub fn parse_payload(kind: Kind, payload: &[u8]) -> Result<Frame<'_>, WireError>
                 data: Cow::Borrowed(data),
             })
         }
+        Kind::PagesLz4 => {
+            let count_at = f.offset();
+            let count = f.get("count", le_u32)? as u64;
+            if count == 0 || count > MAX_PAGES_PER_FRAME as u64 {
+                return Err(WireError::Compressed(format!(
+                    "{count} pages at byte {count_at} of the frame (1 to {MAX_PAGES_PER_FRAME})"
+                )));
+            }
+            // The numbers, then at least one byte of block; checked before allocating.
+            let numbers = 4 + count * 8;
+            if (payload.len() as u64) <= numbers {
+                return Err(WireError::LengthMismatch {
+                    kind,
+                    field: "page count",
+                    expected: (HEADER_LEN as u64) + numbers + 1,
+                    actual: (HEADER_LEN + payload.len()) as u64,
+                });
+            }
+            let pages = f.get("page numbers", nom::multi::count(le_u64, count as usize))?;
+            let block = f.get("LZ4 block", take(payload.len() - numbers as usize))?;
+            Frame::PagesLz4(PagesLz4 {
+                pages: Cow::Owned(pages),
+                block: Cow::Borrowed(block),
+            })
+        }
         Kind::Disk => {
             let disk = f.get("disk", le_u32)?;
             let op_at = f.offset();
