@@ -10,6 +10,7 @@
 //! havms_vm_epoch{vm}, havms_vm_acked_epoch{vm} the primary's epoch, and the last the peer holds
 //! havms_vm_lag_milliseconds{vm}, havms_vm_lag_epochs{vm}
 //! havms_vm_pause_microseconds{vm,quantile}     checkpoint pause: 0.5, 0.99, max
+//! havms_vm_ack_microseconds{vm,quantile}       Commit sent to Ack back: 0.5, 0.99
 //! havms_vm_bytes_per_epoch{vm}
 //! havms_vm_sync_ratio{vm}                      the first copy's progress, 0 to 1
 //! havms_vm_boots{vm}                           guest boots in this engine
@@ -46,7 +47,7 @@ struct VmInfo {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct Pause {
+struct Quantile {
     vm: String,
     quantile: String,
 }
@@ -100,7 +101,8 @@ pub fn render(s: &Status, witness_up: bool) -> String {
     let acked = Family::<Vm, Gauge>::default();
     let lag_ms = Family::<Vm, Gauge>::default();
     let lag_epochs = Family::<Vm, Gauge>::default();
-    let pause = Family::<Pause, Gauge>::default();
+    let pause = Family::<Quantile, Gauge>::default();
+    let ack = Family::<Quantile, Gauge>::default();
     let bytes = Family::<Vm, Gauge>::default();
     let sync = Family::<Vm, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
     let boots = Family::<Vm, Gauge>::default();
@@ -124,11 +126,18 @@ pub fn render(s: &Status, witness_up: bool) -> String {
             ("max", v.pause_max_us),
         ] {
             pause
-                .get_or_create(&Pause {
+                .get_or_create(&Quantile {
                     vm: v.name.clone(),
                     quantile: q.into(),
                 })
                 .set(i64::try_from(us).unwrap_or(i64::MAX));
+        }
+        for (q, us) in [("0.5", v.ack_p50_us), ("0.99", v.ack_p99_us)] {
+            ack.get_or_create(&Quantile {
+                vm: v.name.clone(),
+                quantile: q.into(),
+            })
+            .set(i64::try_from(us).unwrap_or(i64::MAX));
         }
         gauge_i(&bytes, &v.name, v.bytes_per_epoch);
         if let Some(p) = v.sync_percent {
@@ -159,6 +168,11 @@ pub fn render(s: &Status, witness_up: bool) -> String {
         "vm_pause_microseconds",
         "Checkpoint pause of the guest",
         pause,
+    );
+    reg.register(
+        "vm_ack_microseconds",
+        "From an epoch's Commit sent to the peer's Ack",
+        ack,
     );
     reg.register(
         "vm_bytes_per_epoch",
@@ -291,6 +305,7 @@ mod tests {
                 epoch: 812,
                 acked: 811,
                 pause_p99_us: 4000,
+                ack_p50_us: 18_800,
                 ..Default::default()
             }],
             daemon: crate::status::DaemonInfo::Running {
@@ -306,6 +321,7 @@ mod tests {
             "havms_vm_epoch{vm=\"web\"} 812",
             "havms_vm_acked_epoch{vm=\"web\"} 811",
             "havms_vm_pause_microseconds{vm=\"web\",quantile=\"0.99\"} 4000",
+            "havms_vm_ack_microseconds{vm=\"web\",quantile=\"0.5\"} 18800",
             "# EOF",
         ] {
             assert!(text.contains(want), "no `{want}` in\n{text}");

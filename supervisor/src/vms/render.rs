@@ -95,6 +95,8 @@ pub fn status_of(
                     if let Some(p) = p {
                         v.lag_ms = p.lag_ms;
                         v.lag_epochs = p.lag_epochs;
+                        v.ack_p50_us = p.ack_p50_us;
+                        v.ack_p99_us = p.ack_p99_us;
                         v.pause_p50_us = p.pause_p50_us;
                         v.pause_p99_us = p.pause_p99_us;
                         v.pause_max_us = p.max_pause_us;

@@ -39,6 +39,11 @@ pub struct VmStatus {
     pub acked: u64,
     pub lag_ms: u64,
     pub lag_epochs: u64,
+    /// Commit sent -> Ack back: with the epoch, what the guest's output waits.
+    #[serde(default)]
+    pub ack_p50_us: u64,
+    #[serde(default)]
+    pub ack_p99_us: u64,
     pub pause_p50_us: u64,
     pub pause_p99_us: u64,
     pub pause_max_us: u64,
@@ -69,11 +74,12 @@ impl VmStatus {
         }
         match self.state.as_str() {
             "protected" | "syncing" | "held" => s.push_str(&format!(
-                "  epoch {} acked {} lag {} ms/{} epochs  pause p50 {:.1} p99 {:.1} max {:.1} ms  {} KiB/epoch",
+                "  epoch {} acked {} lag {} ms/{} epochs  ack p50 {:.1} ms  pause p50 {:.1} p99 {:.1} max {:.1} ms  {} KiB/epoch",
                 self.epoch,
                 self.acked,
                 self.lag_ms,
                 self.lag_epochs,
+                self.ack_p50_us as f64 / 1000.0,
                 self.pause_p50_us as f64 / 1000.0,
                 self.pause_p99_us as f64 / 1000.0,
                 self.pause_max_us as f64 / 1000.0,
@@ -164,6 +170,7 @@ mod tests {
             acked: 811,
             lag_ms: 31,
             lag_epochs: 1,
+            ack_p50_us: 18_800,
             pause_p50_us: 1200,
             pause_p99_us: 4000,
             pause_max_us: 9000,
@@ -172,8 +179,8 @@ mod tests {
         };
         assert_eq!(
             v.line(),
-            "web         primary  protected  epoch 812 acked 811 lag 31 ms/1 epochs  pause p50 1.2 \
-             p99 4.0 max 9.0 ms  40 KiB/epoch  runs on a"
+            "web         primary  protected  epoch 812 acked 811 lag 31 ms/1 epochs  ack p50 18.8 ms  \
+             pause p50 1.2 p99 4.0 max 9.0 ms  40 KiB/epoch  runs on a"
         );
         let d = VmStatus {
             name: "db".into(),
