@@ -124,12 +124,13 @@ pub fn primary(steps: &[script::Step]) -> Sent {
                     page_bytes(&mut bytes, *fill, p);
                 }
                 // An odd fill goes as the sender sends compressible pages: one LZ4 block.
-                data = if fill % 2 == 1 {
+                let lz4 = fill % 2 == 1 && !pages.is_empty();
+                data = if lz4 {
                     wire::PagesLz4::block_of(&bytes)
                 } else {
                     bytes
                 };
-                if fill % 2 == 1 && !pages.is_empty() {
+                if lz4 {
                     Frame::PagesLz4(wire::PagesLz4 {
                         pages: Cow::Owned(pages),
                         block: Cow::Borrowed(&data),

@@ -49,6 +49,12 @@ pub fn wire_frame(data: &[u8]) {
         return;
     };
     if let Ok(frame) = wire::parse_payload(kind, payload) {
+        if let wire::Frame::PagesLz4(p) = &frame {
+            // A hostile block: decompressed exactly as the replica does, or refused.
+            if let Ok(data) = p.decompress() {
+                assert_eq!(data.len(), p.pages.len() * wire::PAGE_SIZE);
+            }
+        }
         let again = wire::encode(&frame, 0, 0).expect("a payload the parser accepts must encode");
         assert_eq!(
             again[HEADER_LEN..],

@@ -176,7 +176,7 @@ pub fn render(s: &Status, witness_up: bool) -> String {
     );
     reg.register(
         "vm_bytes_per_epoch",
-        "Mean size of an epoch on the wire",
+        "Mean size of an epoch's pages, disk writes and state (before compression)",
         bytes,
     );
     reg.register("vm_sync_ratio", "Progress of the first copy", sync);

@@ -44,6 +44,9 @@ pub const MAX_DISKS: usize = 16;
 pub const COMMIT_FLUSH: u8 = 1;
 /// The most pages one Pages frame can carry within MAX_PAYLOAD.
 pub const MAX_PAGES_PER_FRAME: usize = (MAX_PAYLOAD - 4) / (8 + PAGE_SIZE);
+/// The most pages one PagesLz4 frame may carry (the sender puts 256 in one): what a few bytes
+/// of block can make the receiver allocate is bounded by it, 4 MiB.
+pub const MAX_LZ4_PAGES: usize = 1024;
 
 /// What a frame carries; the header's `kind` byte.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -264,9 +267,23 @@ impl PagesLz4<'_> {
         lz4_flex::block::compress(data)
     }
 
+    /// The longest block `count` pages can need (LZ4's worst case for incompressible data):
+    /// the parser refuses a longer one, which also keeps the decoder's length fields small.
+    pub fn max_block(count: usize) -> usize {
+        lz4_flex::block::get_maximum_output_size(count * PAGE_SIZE)
+    }
+
     /// The pages' data: exactly `pages.len() * PAGE_SIZE` bytes, or an error saying why not.
     pub fn decompress(&self) -> Result<Vec<u8>, WireError> {
         let want = self.pages.len() * PAGE_SIZE;
+        if self.pages.len() > MAX_LZ4_PAGES || self.block.len() > Self::max_block(self.pages.len())
+        {
+            return Err(WireError::Compressed(format!(
+                "{} pages in a {}-byte block: over the limits",
+                self.pages.len(),
+                self.block.len()
+            )));
+        }
         let mut out = vec![0u8; want];
         match lz4_flex::block::decompress_into(&self.block, &mut out) {
             Ok(n) if n == want => Ok(out),

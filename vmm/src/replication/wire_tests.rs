@@ -707,12 +707,24 @@ fn pages_lz4_with_no_pages_too_many_or_no_block_is_refused() {
     let b = raw_frame(Kind::PagesLz4 as u8, &payload);
     assert!(matches!(parse(&b), Err(WireError::Compressed(m)) if m.contains("0 pages at byte 64")));
     // over the frame's page limit
-    let payload = (MAX_PAGES_PER_FRAME as u32 + 1).to_le_bytes().to_vec();
+    let payload = (MAX_LZ4_PAGES as u32 + 1).to_le_bytes().to_vec();
     let b = raw_frame(Kind::PagesLz4 as u8, &payload);
     assert!(matches!(parse(&b), Err(WireError::Compressed(_))));
     // page numbers but no block
     let mut payload = 1u32.to_le_bytes().to_vec();
     payload.extend_from_slice(&7u64.to_le_bytes());
+    let b = raw_frame(Kind::PagesLz4 as u8, &payload);
+    assert!(matches!(
+        parse(&b),
+        Err(WireError::LengthMismatch {
+            field: "page count",
+            ..
+        })
+    ));
+    // a block longer than the pages can need (LZ4's worst case)
+    let mut payload = 1u32.to_le_bytes().to_vec();
+    payload.extend_from_slice(&7u64.to_le_bytes());
+    payload.extend(vec![0xff; PagesLz4::max_block(1) + 1]);
     let b = raw_frame(Kind::PagesLz4 as u8, &payload);
     assert!(matches!(
         parse(&b),

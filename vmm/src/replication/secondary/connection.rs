@@ -320,6 +320,18 @@ fn stream(
             Step::Hello => return Err(ConnError::Refused("a second Hello".into())),
             Step::Keepalive => {}
             Step::Stage(epoch) => {
+                // Decompressed before the copy is locked (status and takeover wait on it).
+                let plain;
+                let frame = match &frame {
+                    Frame::PagesLz4(p) => {
+                        plain = Frame::Pages(wire::Pages {
+                            pages: p.pages.clone(),
+                            data: p.decompress()?.into(),
+                        });
+                        &plain
+                    }
+                    other => other,
+                };
                 let mut c = lock(&s.copy);
                 let r = match fresh.as_mut() {
                     Some(r) => r,
@@ -328,7 +340,7 @@ fn stream(
                         .as_mut()
                         .ok_or_else(|| ConnError::Refused("no replica".into()))?,
                 };
-                stage(r, epoch, &frame)?;
+                stage(r, epoch, frame)?;
             }
             Step::Commit(epoch) => {
                 let started = Instant::now();
@@ -481,10 +493,7 @@ fn commit(
 fn stage(r: &mut Replica, epoch: u64, frame: &Frame<'_>) -> Result<(), ConnError> {
     match frame {
         Frame::Pages(p) => r.stage_pages(epoch, &p.pages, &p.data)?,
-        Frame::PagesLz4(p) => {
-            let data = p.decompress()?;
-            r.stage_pages(epoch, &p.pages, &data)?
-        }
+        Frame::PagesLz4(p) => r.stage_pages(epoch, &p.pages, &p.decompress()?)?,
         Frame::Disk(d) => {
             let (kind, len, data) = match &d.action {
                 DiskAction::Write(data) => {

@@ -106,14 +106,18 @@ fn encode_payload<'f>(frame: &'f Frame<'_>, out: &mut Vec<u8>) -> Result<&'f [u8
             Ok(&p.data)
         }
         Frame::PagesLz4(p) => {
-            if p.pages.is_empty() || p.pages.len() > MAX_PAGES_PER_FRAME {
+            if p.pages.is_empty() || p.pages.len() > MAX_LZ4_PAGES {
                 return Err(bad(format!(
-                    "{} pages (1 to {MAX_PAGES_PER_FRAME} a frame)",
+                    "{} pages (1 to {MAX_LZ4_PAGES} a frame)",
                     p.pages.len()
                 )));
             }
-            if p.block.is_empty() {
-                return Err(bad("an empty LZ4 block".into()));
+            if p.block.is_empty() || p.block.len() > PagesLz4::max_block(p.pages.len()) {
+                return Err(bad(format!(
+                    "a {}-byte LZ4 block for {} pages",
+                    p.block.len(),
+                    p.pages.len()
+                )));
             }
             out.extend_from_slice(&(p.pages.len() as u32).to_le_bytes());
             for n in p.pages.iter() {

@@ -264,18 +264,20 @@ pub fn parse_payload(kind: Kind, payload: &[u8]) -> Result<Frame<'_>, WireError>
         Kind::PagesLz4 => {
             let count_at = f.offset();
             let count = f.get("count", le_u32)? as u64;
-            if count == 0 || count > MAX_PAGES_PER_FRAME as u64 {
+            if count == 0 || count > MAX_LZ4_PAGES as u64 {
                 return Err(WireError::Compressed(format!(
-                    "{count} pages at byte {count_at} of the frame (1 to {MAX_PAGES_PER_FRAME})"
+                    "{count} pages at byte {count_at} of the frame (1 to {MAX_LZ4_PAGES})"
                 )));
             }
-            // The numbers, then at least one byte of block; checked before allocating.
+            // The numbers, then 1 to max_block bytes of block; checked before allocating.
             let numbers = 4 + count * 8;
-            if (payload.len() as u64) <= numbers {
+            let block_len = (payload.len() as u64).saturating_sub(numbers);
+            let max = PagesLz4::max_block(count as usize) as u64;
+            if block_len == 0 || block_len > max {
                 return Err(WireError::LengthMismatch {
                     kind,
                     field: "page count",
-                    expected: (HEADER_LEN as u64) + numbers + 1,
+                    expected: (HEADER_LEN as u64) + numbers + block_len.clamp(1, max),
                     actual: (HEADER_LEN + payload.len()) as u64,
                 });
             }
