@@ -3,7 +3,8 @@
 //! inside the input, the replica equal to a model of what was committed). The libFuzzer entry
 //! points in `fuzz_targets/` are one line each and call these; `seeds` makes the starting
 //! corpus (fuzz/seeds/TARGET) with the project's own encoders, and the unit tests here run the
-//! harnesses over those seeds without libFuzzer.
+//! harnesses over those seeds without libFuzzer, and over every input a run ever found a defect
+//! with (fuzz/regressions/TARGET/, one file per finding, named for what it showed).
 
 pub mod answers;
 pub mod api;
@@ -46,5 +47,28 @@ mod tests {
                 harness(&bytes);
             }
         }
+    }
+
+    /// Every input a fuzz run found a defect with still passes its harness.
+    #[test]
+    fn regressions_pass_their_harness() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("regressions");
+        let mut found = 0;
+        for entry in std::fs::read_dir(&root).expect("fuzz/regressions") {
+            let dir = entry.expect("a regressions folder").path();
+            let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            let harness = super::TARGETS
+                .iter()
+                .find(|(t, _)| *t == name)
+                .unwrap_or_else(|| panic!("fuzz/regressions/{name}: no such target"))
+                .1;
+            for file in std::fs::read_dir(&dir).expect("a regressions folder") {
+                let path = file.expect("a regression").path();
+                eprintln!("{}", path.display());
+                harness(&std::fs::read(&path).expect("a regression input"));
+                found += 1;
+            }
+        }
+        assert!(found > 0, "no regressions in {}", root.display());
     }
 }

@@ -64,7 +64,23 @@ pub fn parse_request(line: &str) -> Result<Request, String> {
             "empty request: send one JSON object per line, e.g. {\"cmd\":\"status\"}".into(),
         );
     }
-    serde_json::from_str(line).map_err(|e| format!("bad request: {e}"))
+    serde_json::from_str(line).map_err(|e| format!("bad request: {}", clip(&e.to_string())))
+}
+
+/// Longest piece of a serde error the client is told: serde echoes unknown variant and field
+/// names, which come from the client and may be up to a whole line long.
+const MAX_ECHO: usize = 300;
+
+/// `s` cut to [`MAX_ECHO`] bytes at a character boundary, with "..." when cut.
+fn clip(s: &str) -> String {
+    if s.len() <= MAX_ECHO {
+        return s.to_string();
+    }
+    let mut end = MAX_ECHO;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
 }
 
 /// The line (no newline) for `value`; serde_json never emits raw newlines, so one value is one line.
@@ -101,6 +117,17 @@ pub fn read_line<R: BufRead>(r: &mut R) -> io::Result<Line> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_do_not_echo_long_names() {
+        // Found by the control_line fuzz target: an unknown 1,000-byte variant came back whole.
+        let name = "x".repeat(5000);
+        let err = parse_request(&format!("{{\"cmd\":\"{name}\"}}")).unwrap_err();
+        assert!(err.starts_with("bad request: unknown variant"), "{err}");
+        assert!(err.len() < 400, "a {}-byte error", err.len());
+        let err = parse_request(&format!("{{\"cmd\":\"vm_start\",\"{name}é\":1}}")).unwrap_err();
+        assert!(err.len() < 400, "a {}-byte error", err.len());
+    }
 
     #[test]
     fn requests() {

@@ -130,7 +130,12 @@ pub fn read_request<R: BufRead>(r: &mut R) -> io::Result<Line> {
         }
         return Ok(match serde_json::from_str::<Request>(text) {
             Ok(req) => Line::Request(req),
-            Err(e) => Line::Bad(format!("bad request '{}': {e}", shorten(text))),
+            // serde echoes unknown variant and field names: clipped too.
+            Err(e) => Line::Bad(format!(
+                "bad request '{}': {}",
+                shorten(text),
+                shorten(&e.to_string())
+            )),
         });
     }
 }
@@ -245,6 +250,22 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(read_request(&mut r).unwrap(), Line::TooLong);
+    }
+
+    #[test]
+    fn errors_do_not_echo_long_names() {
+        // Found by the api_request fuzz target: serde's "unknown field" echoed a 1,000-byte name.
+        let name = "é".repeat(3000);
+        let line = format!(
+            "{{\"cmd\":\"protect\",\"to\":\"x:1\",\"epoch_ms\":\"{name}\"}}\n{{\"cmd\":\"{name}\"}}\n"
+        );
+        let mut r = io::Cursor::new(line.into_bytes());
+        for _ in 0..2 {
+            match read_request(&mut r).unwrap() {
+                Line::Bad(e) => assert!(e.len() < 1024, "a {}-byte error: {e}", e.len()),
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     #[test]
