@@ -458,11 +458,7 @@ pub fn secondary(bytes: &[u8], local: &[PathBuf]) -> u64 {
 fn stage(r: &mut Replica, model: &mut Model, epoch: u64, frame: &Frame<'_>) -> Result<(), ()> {
     match frame {
         Frame::PagesLz4(p) => {
-            let data = p.decompress().map_err(drop)?;
-            let plain = Frame::Pages(wire::Pages {
-                pages: p.pages.clone(),
-                data: Cow::Owned(data),
-            });
+            let plain = Frame::Pages(p.to_pages().map_err(drop)?);
             stage(r, model, epoch, &plain)?;
         }
         Frame::Pages(p) => {

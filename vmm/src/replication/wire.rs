@@ -273,6 +273,14 @@ impl PagesLz4<'_> {
         lz4_flex::block::get_maximum_output_size(count * PAGE_SIZE)
     }
 
+    /// The same pages as a plain [`Pages`] (the page list borrowed, the data decompressed).
+    pub fn to_pages(&self) -> Result<Pages<'_>, WireError> {
+        Ok(Pages {
+            pages: Cow::Borrowed(&self.pages),
+            data: Cow::Owned(self.decompress()?),
+        })
+    }
+
     /// The pages' data: exactly `pages.len() * PAGE_SIZE` bytes, or an error saying why not.
     pub fn decompress(&self) -> Result<Vec<u8>, WireError> {
         let want = self.pages.len() * PAGE_SIZE;

@@ -697,6 +697,11 @@ fn pages_lz4_decompresses_to_its_pages() {
     };
     let data = p.decompress().unwrap();
     assert_eq!(data, [page(3), page(4)].concat());
+    let plain = p.to_pages().unwrap();
+    assert_eq!(
+        (&plain.pages[..], &plain.data[..]),
+        (&[3, 4][..], &data[..])
+    );
 }
 
 #[test]

@@ -324,10 +324,7 @@ fn stream(
                 let plain;
                 let frame = match &frame {
                     Frame::PagesLz4(p) => {
-                        plain = Frame::Pages(wire::Pages {
-                            pages: p.pages.clone(),
-                            data: p.decompress()?.into(),
-                        });
+                        plain = Frame::Pages(p.to_pages()?);
                         &plain
                     }
                     other => other,
@@ -493,7 +490,8 @@ fn commit(
 fn stage(r: &mut Replica, epoch: u64, frame: &Frame<'_>) -> Result<(), ConnError> {
     match frame {
         Frame::Pages(p) => r.stage_pages(epoch, &p.pages, &p.data)?,
-        Frame::PagesLz4(p) => r.stage_pages(epoch, &p.pages, &p.decompress()?)?,
+        // The stream decompresses before it locks the copy; kept for any other caller.
+        Frame::PagesLz4(p) => stage(r, epoch, &Frame::Pages(p.to_pages()?))?,
         Frame::Disk(d) => {
             let (kind, len, data) = match &d.action {
                 DiskAction::Write(data) => {
