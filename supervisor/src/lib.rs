@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod client;
 pub mod console;
+pub mod copies;
 pub mod daemon;
 pub mod engine;
 pub mod failover;
