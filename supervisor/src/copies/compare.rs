@@ -13,6 +13,7 @@
 //!  both moved on from a shared generation (both ran alone) .......... Diverged: the operator
 //!  no shared generation in either history ........................... Unrelated: the operator
 //!  the newer copy torn (a sync or commit cut half way) .............. the operator
+//!  a node's metadata unreadable (or missing beside existing disks) .. the operator
 //! ```
 //!
 //! A torn copy is never a source: only an older whole copy would be left, and taking it would
@@ -36,6 +37,17 @@ pub enum How {
     Chunks,
 }
 
+/// What a node has of a VM's copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Copy<'a> {
+    /// No copy at all: no metadata and no disk images (a blank or replaced node).
+    Absent,
+    /// Disk images or a metadata file are there, but the metadata cannot be read or used:
+    /// its lineage is unknown, so it is neither a source nor safe to overwrite.
+    Unknown,
+    Known(&'a CopyMeta),
+}
+
 /// What only the operator may settle (`havms resolve VM --keep NODE`); nothing is overwritten.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Conflict {
@@ -50,6 +62,8 @@ pub enum Conflict {
     NoWholeCopy,
     /// Both copies say they ran the VM in the same generation up to the same epoch.
     TwoPrimaries,
+    /// The copy on `side` has metadata that cannot be used (damaged, or lost beside its disks).
+    UnknownMetadata { side: Side },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,13 +80,15 @@ pub enum Verdict {
     Conflict(Conflict),
 }
 
-/// The verdict for this node's copy `local` and the peer's copy `peer` (None: no copy there).
-pub fn compare(local: Option<&CopyMeta>, peer: Option<&CopyMeta>) -> Verdict {
+/// The verdict for this node's copy `local` and the peer's copy `peer`.
+pub fn compare(local: Copy<'_>, peer: Copy<'_>) -> Verdict {
     let (l, p) = match (local, peer) {
-        (None, None) => return Verdict::NoCopy,
-        (Some(only), None) => return from_only(only, Side::Local),
-        (None, Some(only)) => return from_only(only, Side::Peer),
-        (Some(l), Some(p)) => (l, p),
+        (Copy::Unknown, _) => return unknown(Side::Local),
+        (_, Copy::Unknown) => return unknown(Side::Peer),
+        (Copy::Absent, Copy::Absent) => return Verdict::NoCopy,
+        (Copy::Known(only), Copy::Absent) => return from_only(only, Side::Local),
+        (Copy::Absent, Copy::Known(only)) => return from_only(only, Side::Peer),
+        (Copy::Known(l), Copy::Known(p)) => (l, p),
     };
     if l.current() == p.current() {
         return same_generation(l, p);
@@ -91,6 +107,10 @@ pub fn compare(local: Option<&CopyMeta>, peer: Option<&CopyMeta>) -> Verdict {
     }
 }
 
+fn unknown(side: Side) -> Verdict {
+    Verdict::Conflict(Conflict::UnknownMetadata { side })
+}
+
 fn from_only(only: &CopyMeta, side: Side) -> Verdict {
     if only.consistent {
         Verdict::Resync {
@@ -107,6 +127,10 @@ fn from_only(only: &CopyMeta, side: Side) -> Verdict {
 fn same_generation(l: &CopyMeta, p: &CopyMeta) -> Verdict {
     let source = match (l.consistent, p.consistent) {
         (false, false) => return Verdict::Conflict(Conflict::NoWholeCopy),
+        // The torn one is passed over, unless it is the primary that ran on past the other:
+        // then the whole copy is the older one.
+        (true, false) if p.primary && p.epoch > l.epoch => return torn(Side::Peer),
+        (false, true) if l.primary && l.epoch > p.epoch => return torn(Side::Local),
         (true, false) => Side::Local,
         (false, true) => Side::Peer,
         (true, true) => match (l.primary, p.primary) {
@@ -129,10 +153,14 @@ fn same_generation(l: &CopyMeta, p: &CopyMeta) -> Verdict {
     }
 }
 
+fn torn(side: Side) -> Verdict {
+    Verdict::Conflict(Conflict::NewerTorn { torn: side })
+}
+
 /// `src`'s history holds `dst`'s current generation: `src` ran the VM alone since.
 fn newer(src: &CopyMeta, dst: &CopyMeta, side: Side) -> Verdict {
     if !src.consistent {
-        return Verdict::Conflict(Conflict::NewerTorn { torn: side });
+        return torn(side);
     }
     Verdict::Resync {
         from: side,

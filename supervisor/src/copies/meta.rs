@@ -3,8 +3,8 @@
 //! copy is consistent, and from which generation its dirty bitmap counts. Plain data with the
 //! transitions next to it; [`super::compare`] decides from two of these what a reconnect must do.
 //!
-//! The writers (the engine's stream, the takeover, the sync) keep two invariants, on which every
-//! rule in `compare` rests:
+//! The writers (the engine's stream, the takeover, the sync) keep these invariants, on which
+//! every rule in `compare` rests:
 //! - `bitmap == Some(g)`: every disk block this copy holds that a copy still at generation `g`
 //!   might lack is marked in the copy's persistent bitmap. A primary marks a block before the
 //!   write reaches its disk and clears it only once the epoch holding it is acknowledged (so a
@@ -12,6 +12,13 @@
 //!   already has, so it marks nothing until it runs the VM itself.
 //! - `consistent == false` from the moment a sync or an epoch's commit starts writing the copy
 //!   until that write is synced: a torn copy is never a source, never taken over, never booted.
+//! - [`CopyMeta::go_alone`] is saved before the VM's first write or first released output
+//!   without the peer: otherwise a power cut leaves a copy that ran on, under the generation
+//!   its peer holds too.
+//! - At the end of a sync the source saves [`CopyMeta::peer_synced`] before the target may
+//!   save [`CopyMeta::sync_done`]: a target that says it shares the source's generation then
+//!   always faces a source that knows it is no longer alone, and draws a new generation the
+//!   next time it runs without the peer (else a later divergence would read as "newer").
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -44,6 +51,10 @@ pub struct CopyMeta {
     pub bitmap: Option<GenId>,
     /// This node's engine ran the VM (as primary, protected or alone) when this was written.
     pub primary: bool,
+    /// This copy has run the VM without its peer since the generation they last shared.
+    pub alone: bool,
+    /// A sync into this copy is under way (commits landing meanwhile leave it inconsistent).
+    pub syncing: bool,
     /// The last epoch this copy holds whole (the primary's last acknowledged one, the
     /// secondary's last committed one); breaks the one tie `compare` has.
     pub epoch: u64,
@@ -57,6 +68,8 @@ impl CopyMeta {
             consistent: true,
             bitmap: Some(generation),
             primary: true,
+            alone: false,
+            syncing: false,
             epoch: 0,
         }
     }
@@ -69,20 +82,31 @@ impl CopyMeta {
     /// This node runs the VM without its peer from now on (failover, a release after the peer
     /// died, a degraded start): a new generation, unless it already runs alone since its last
     /// shared one. The bitmap keeps counting from the shared generation, so the blocks written
-    /// while protected and not yet acknowledged stay marked.
-    pub fn go_alone(&mut self, fresh: GenId) {
+    /// while protected and not yet acknowledged stay marked. True when a generation was drawn;
+    /// either way the result is saved before the VM runs on (see the module doc).
+    #[must_use = "the new generation must be saved before the VM writes or releases output"]
+    pub fn go_alone(&mut self, fresh: GenId) -> bool {
         self.primary = true;
-        if self.alone() {
-            return;
+        if self.alone {
+            return false;
         }
+        self.alone = true;
         self.history.insert(0, fresh);
         self.history.truncate(MAX_HISTORY);
+        true
     }
 
-    /// True when this copy has run the VM since the generation its bitmap counts from: the
-    /// bitmap then holds what a peer at that generation lacks.
-    pub fn alone(&self) -> bool {
-        self.bitmap.is_some_and(|b| b != self.current())
+    /// A planned switchover made this copy the primary (same generation: the peer holds it).
+    pub fn switched_to_primary(&mut self) {
+        self.primary = true;
+    }
+
+    /// The peer acknowledged (primary) or this copy committed and synced (secondary) `epoch`.
+    pub fn epoch_done(&mut self, epoch: u64) {
+        self.epoch = epoch;
+        if !self.syncing {
+            self.consistent = true;
+        }
     }
 
     /// The persistent bitmap was lost or cannot be trusted (a damaged file, a node that ran
@@ -91,24 +115,35 @@ impl CopyMeta {
         self.bitmap = None;
     }
 
-    /// A sync or a commit starts writing this copy.
+    /// An epoch's commit starts writing this copy.
     pub fn begin_write(&mut self) {
         self.consistent = false;
     }
 
-    /// This copy now holds `source`'s data whole (a sync finished, or a commit synced): it takes
-    /// `source`'s history, and its bitmap counts from the generation the two now share.
-    pub fn synced_from(&mut self, source: &CopyMeta, epoch: u64) {
+    /// A sync into this copy starts: inconsistent until [`CopyMeta::sync_done`].
+    pub fn begin_sync(&mut self) {
+        self.consistent = false;
+        self.syncing = true;
+        self.primary = false;
+    }
+
+    /// This copy now holds `source`'s data whole (its sync finished): it takes `source`'s
+    /// history, and its bitmap counts from the generation the two now share.
+    pub fn sync_done(&mut self, source: &CopyMeta, epoch: u64) {
         self.history = source.history.clone();
         self.consistent = true;
+        self.syncing = false;
+        self.alone = false;
         self.bitmap = Some(self.current());
         self.primary = false;
         self.epoch = epoch;
     }
 
-    /// The source's side of a finished sync: both copies share its current generation, and
-    /// what its bitmap marked is on the peer now (the bitmap is cleared with this).
+    /// The source's side of a finished sync, saved before the target's `sync_done`: both
+    /// copies share its current generation now. The bitmap counts from it; its marks of epochs
+    /// not yet acknowledged stay (the engine clears a mark only on the ack).
     pub fn peer_synced(&mut self) {
+        self.alone = false;
         self.bitmap = Some(self.current());
     }
 
@@ -130,6 +165,9 @@ impl CopyMeta {
             if self.history[..i].contains(g) {
                 return Some(format!("generation {g} twice in the history"));
             }
+        }
+        if self.syncing && self.consistent {
+            return Some("a copy being synced marked consistent".into());
         }
         if let Some(b) = self.bitmap {
             if !self.history.contains(&b) {

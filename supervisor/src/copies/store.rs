@@ -26,7 +26,9 @@ pub fn path(dir: &Path, vm: &str) -> PathBuf {
     dir.join(format!("{vm}.json"))
 }
 
-/// The copy's metadata; `Ok(None)` when this node has no copy of `vm`.
+/// The copy's metadata; `Ok(None)` when there is no file. The caller makes that
+/// `Copy::Absent` only when the VM's disk images are missing too (a file lost beside existing
+/// disks is `Copy::Unknown`), and an error `Copy::Unknown`.
 pub fn load(dir: &Path, vm: &str) -> Result<Option<CopyMeta>, StoreError> {
     let path = path(dir, vm);
     let text = match std::fs::read_to_string(&path) {
@@ -69,7 +71,7 @@ mod tests {
         let d = dir("roundtrip");
         assert!(load(&d, "web").unwrap().is_none());
         let mut m = CopyMeta::first(GenId(7));
-        m.go_alone(GenId(9));
+        assert!(m.go_alone(GenId(9)));
         save(&d, "web", &m).unwrap();
         assert_eq!(load(&d, "web").unwrap(), Some(m));
     }
@@ -81,19 +83,19 @@ mod tests {
         for (text, why) in [
             ("{\"history\":[", "EOF"),
             (
-                r#"{"history":[],"consistent":true,"bitmap":null,"primary":false,"epoch":0}"#,
+                r#"{"history":[],"consistent":true,"bitmap":null,"primary":false,"alone":false,"syncing":false,"epoch":0}"#,
                 "an empty generation history",
             ),
             (
-                r#"{"history":[5],"consistent":true,"bitmap":6,"primary":false,"epoch":0}"#,
+                r#"{"history":[5],"consistent":true,"bitmap":6,"primary":false,"alone":false,"syncing":false,"epoch":0}"#,
                 "not in the history",
             ),
             (
-                r#"{"history":[5,0],"consistent":true,"bitmap":5,"primary":false,"epoch":0}"#,
+                r#"{"history":[5,0],"consistent":true,"bitmap":5,"primary":false,"alone":false,"syncing":false,"epoch":0}"#,
                 "0 is never drawn",
             ),
             (
-                r#"{"history":[5,5],"consistent":true,"bitmap":5,"primary":false,"epoch":0}"#,
+                r#"{"history":[5,5],"consistent":true,"bitmap":5,"primary":false,"alone":false,"syncing":false,"epoch":0}"#,
                 "twice",
             ),
         ] {
