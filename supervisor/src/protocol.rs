@@ -12,6 +12,7 @@
 //! ```
 
 use crate::status::Status;
+use havms_vmm::api::server::shorten;
 use serde::{Deserialize, Serialize};
 use std::io::{self, BufRead};
 
@@ -64,24 +65,13 @@ pub fn parse_request(line: &str) -> Result<Request, String> {
             "empty request: send one JSON object per line, e.g. {\"cmd\":\"status\"}".into(),
         );
     }
-    serde_json::from_str(line).map_err(|e| format!("bad request: {}", clip(&e.to_string())))
+    serde_json::from_str(line)
+        .map_err(|e| format!("bad request: {}", shorten(&e.to_string(), MAX_ECHO)))
 }
 
 /// Longest piece of a serde error the client is told: serde echoes unknown variant and field
 /// names, which come from the client and may be up to a whole line long.
 const MAX_ECHO: usize = 300;
-
-/// `s` cut to [`MAX_ECHO`] bytes at a character boundary, with "..." when cut.
-fn clip(s: &str) -> String {
-    if s.len() <= MAX_ECHO {
-        return s.to_string();
-    }
-    let mut end = MAX_ECHO;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &s[..end])
-}
 
 /// The line (no newline) for `value`; serde_json never emits raw newlines, so one value is one line.
 pub fn to_line<T: Serialize>(value: &T) -> String {

@@ -133,18 +133,20 @@ pub fn read_request<R: BufRead>(r: &mut R) -> io::Result<Line> {
             // serde echoes unknown variant and field names: clipped too.
             Err(e) => Line::Bad(format!(
                 "bad request '{}': {}",
-                shorten(text),
-                shorten(&e.to_string())
+                shorten(text, 200),
+                shorten(&e.to_string(), 200)
             )),
         });
     }
 }
 
-fn shorten(s: &str) -> String {
-    if s.len() <= 200 {
+/// `s` cut to `max` bytes at a character boundary, with "..." when cut: what a client sent, or
+/// a parser's error that echoes it, put in an answer (havmsd's control socket uses it too).
+pub fn shorten(s: &str, max: usize) -> String {
+    if s.len() <= max {
         return s.to_string();
     }
-    let mut end = 200;
+    let mut end = max;
     while !s.is_char_boundary(end) {
         end -= 1;
     }
