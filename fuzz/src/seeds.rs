@@ -6,6 +6,8 @@
 use std::borrow::Cow;
 use std::path::PathBuf;
 
+use havms_supervisor::copies::meta::{CopyMeta, GenId};
+use havms_supervisor::copies::record::Record;
 use havms_supervisor::peer::heartbeat::Heartbeat;
 use havms_supervisor::peer::report::{Intent, PrimaryState, VmReport, VmRole};
 use havms_supervisor::protocol;
@@ -402,8 +404,19 @@ fn control_lines() -> Vec<Seed> {
         protocol::Request::Status,
         protocol::Request::Reload,
         protocol::Request::VmList,
-        protocol::Request::VmStart { name: "web".into() },
+        protocol::Request::VmStart {
+            name: "web".into(),
+            force: false,
+        },
         protocol::Request::VmStop { name: "web".into() },
+        protocol::Request::VmStart {
+            name: "web".into(),
+            force: true,
+        },
+        protocol::Request::Resolve {
+            name: "web".into(),
+            keep: "a".into(),
+        },
     ];
     let mut all = String::new();
     let mut seeds = Vec::new();
@@ -415,6 +428,10 @@ fn control_lines() -> Vec<Seed> {
     all.push_str("\n{\"cmd\":\"explode\"}\n");
     seeds.push(("all.jsonl".into(), all.into_bytes()));
     seeds
+}
+
+fn role_is_primary(role: VmRole) -> bool {
+    matches!(role, VmRole::Primary(_))
 }
 
 fn heartbeats() -> Vec<Seed> {
@@ -431,6 +448,16 @@ fn heartbeats() -> Vec<Seed> {
             version: 99,
             pin: None,
         },
+        copy: Record::Known(CopyMeta {
+            history: vec![GenId(0x5eed), GenId(0x1)],
+            consistent: true,
+            bitmap: Some(GenId(0x1)),
+            primary: role_is_primary(role),
+            alone: false,
+            syncing: false,
+            epoch: 1234,
+        }),
+        set_aside: None,
     };
     let hb = |vms| Heartbeat {
         cluster: "demo".into(),
@@ -448,6 +475,9 @@ fn heartbeats() -> Vec<Seed> {
     };
     let mut stale = report("db", VmRole::Replica(ReplicaState::Stale));
     stale.want_stale = true;
+    // Its copy unusable here, and `havms resolve` asked the peer to set its own aside.
+    stale.copy = Record::Unknown(String::new());
+    stale.set_aside = Some(GenId(0x77));
     // A VM placed on node b by `havms switchover`, the request still fresh.
     stale.intent.pin = Some("b".into());
     stale.switchover = true;

@@ -90,6 +90,9 @@ struct Shared {
     gateway_cut: AtomicBool,
     ports: Mutex<HashMap<SocketAddr, Port>>,
     cut: AtomicBool,
+    /// Two nodes whose frames to each other are dropped (a partition between them that
+    /// leaves both on the segment, and the gateway answering both).
+    split: Mutex<Option<(String, String)>>,
     stop: AtomicBool,
     forwarded: AtomicU64,
     dropped: AtomicU64,
@@ -128,6 +131,7 @@ impl Hub {
             gateway_cut: AtomicBool::new(false),
             ports: Mutex::new(HashMap::new()),
             cut: AtomicBool::new(false),
+            split: Mutex::new(None),
             stop: AtomicBool::new(false),
             forwarded: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
@@ -188,6 +192,19 @@ impl Hub {
     /// Forwards `node`'s frames again.
     pub fn restore_node(&self, node: &str) -> Result<()> {
         self.set_node_cut(node, false)
+    }
+
+    /// Drops the frames between nodes `a` and `b` both ways, while each still reaches every
+    /// other port and the gateway: the partition a ping witness cannot settle.
+    pub fn split(&self, a: &str, b: &str) {
+        log::info!("{}: {a} and {b} split from each other", self.shared.name);
+        *lock(&self.shared.split) = Some((a.to_string(), b.to_string()));
+    }
+
+    /// Ends a [`split`](Self::split).
+    pub fn heal(&self) {
+        log::info!("{}: split healed", self.shared.name);
+        *lock(&self.shared.split) = None;
     }
 
     /// Silences (true) or revives (false) the gateway the hub plays, the witness.
@@ -275,6 +292,13 @@ fn forward(socket: UdpSocket, shared: &Shared) {
         }
         let targets: Vec<SocketAddr> = {
             let ports = lock(&shared.ports);
+            let split = lock(&shared.split).clone();
+            let from_node = ports.get(&from).map(|p| p.node.clone()).unwrap_or_default();
+            let apart = |to: &str| {
+                split.as_ref().is_some_and(|(x, y)| {
+                    (from_node == *x && to == y) || (from_node == *y && to == x)
+                })
+            };
             match ports.get(&from) {
                 None => {
                     log::debug!("{}: frame from unknown port {from}", shared.name);
@@ -289,7 +313,7 @@ fn forward(socket: UdpSocket, shared: &Shared) {
             }
             let mut targets = Vec::new();
             for (addr, port) in ports.iter().filter(|(a, _)| **a != from) {
-                if port.cut {
+                if port.cut || apart(&port.node) {
                     shared.dropped.fetch_add(1, Ordering::SeqCst);
                 } else {
                     targets.push(*addr);
@@ -433,6 +457,25 @@ mod tests {
             hub.cut_node("z"),
             Err(HarnessError::NoSuchNode { .. })
         ));
+    }
+
+    #[test]
+    fn a_split_parts_two_nodes_and_keeps_both_on_the_segment() {
+        let (hub, a, b, c) = three();
+        hub.split("a", "b");
+        a.send(b"1");
+        assert_eq!(c.recv().as_deref(), Some(&b"1"[..]));
+        assert_eq!(b.recv(), None, "b does not hear a");
+        b.send(b"2");
+        assert_eq!(c.recv().as_deref(), Some(&b"2"[..]));
+        assert_eq!(a.recv(), None, "a does not hear b");
+        c.send(b"3");
+        assert_eq!(a.recv().as_deref(), Some(&b"3"[..]));
+        assert_eq!(b.recv().as_deref(), Some(&b"3"[..]));
+        hub.heal();
+        a.send(b"4");
+        assert_eq!(b.recv().as_deref(), Some(&b"4"[..]));
+        assert_eq!(c.recv().as_deref(), Some(&b"4"[..]));
     }
 
     #[test]

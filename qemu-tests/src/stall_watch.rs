@@ -10,8 +10,8 @@
 //! goes unnoticed costs a scenario its timeout and a retry: the watch samples each node's
 //! monitor every few seconds, kicks only on the exact signature seen twice a second apart with
 //! the vCPU thread idle in between, and logs every kick with the state it saw and whether the
-//! vCPU ran again, so stalls stay counted, not hidden. It runs only with `HAVMS_STALL_WATCH=1`
-//! until a side-by-side run shows its monitor queries cost a node nothing (docs/testing.md).
+//! vCPU ran again, so stalls stay counted, not hidden. It runs unless `HAVMS_STALL_WATCH=0`
+//! (a side-by-side run found its monitor queries cost a node nothing: docs/testing.md).
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -154,12 +154,12 @@ pub struct Watched {
     pub targets: Vec<Target>,
 }
 
-/// `HAVMS_STALL_WATCH`: `1` turns the watch on, anything else (or unset) leaves it off.
+/// `HAVMS_STALL_WATCH`: `0` turns the watch off (to measure what it costs); it is on otherwise.
 pub const ENV: &str = "HAVMS_STALL_WATCH";
 
 /// Whether the watch runs (see [`ENV`]).
 pub fn enabled() -> bool {
-    std::env::var(ENV).is_ok_and(|v| v == "1")
+    std::env::var(ENV).map_or(true, |v| v != "0")
 }
 
 /// A running watch; stopped when dropped.

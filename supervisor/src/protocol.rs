@@ -8,6 +8,7 @@
 //! -> {"cmd":"vm_stop","name":"web"}   <- {"done":{"message":"vm web: stop requested"}}
 //! -> {"cmd":"switchover","name":"web"}        <- {"done":...} or {"error":"...why not..."}
 //! -> {"cmd":"maintenance","node":"a","on":true} <- {"done":...} or {"error":"...why not..."}
+//! -> {"cmd":"resolve","name":"web","keep":"a"}  <- {"done":...} or {"error":"...why not..."}
 //! -> anything else               <- {"error":"..."}   (the connection stays usable)
 //! ```
 
@@ -30,7 +31,13 @@ pub enum Request {
     /// The VMs and their state.
     VmList,
     /// Run the VM (on its preferred node, or wherever the rules put it), on both nodes' word.
-    VmStart { name: String },
+    /// `force`: boot this node's copy even while the peer is silent and the copy may be older
+    /// than the peer's (the operator's word that the peer is gone for good).
+    VmStart {
+        name: String,
+        #[serde(default)]
+        force: bool,
+    },
     /// Stop the VM wherever it runs (its replica is told it ended, never taken over).
     VmStop { name: String },
     /// Move the protected VM to the other node with nothing lost, and keep it there.
@@ -45,6 +52,10 @@ pub enum Request {
         #[serde(default)]
         force: bool,
     },
+    /// Settle a conflict between the two copies of a VM (divergence, unrelated or torn
+    /// copies, unusable metadata): keep `keep`'s copy; the other node's is set aside (renamed,
+    /// never deleted) and brought up to date from it.
+    Resolve { name: String, keep: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -143,6 +154,20 @@ mod tests {
                 node: "a".into(),
                 on: true,
                 force: false
+            })
+        );
+        assert_eq!(
+            parse_request(r#"{"cmd":"vm_start","name":"web"}"#),
+            Ok(Request::VmStart {
+                name: "web".into(),
+                force: false
+            })
+        );
+        assert_eq!(
+            parse_request(r#"{"cmd":"resolve","name":"web","keep":"b"}"#),
+            Ok(Request::Resolve {
+                name: "web".into(),
+                keep: "b".into()
             })
         );
         assert!(parse_request(r#"{"cmd":"maintenance","node":"a"}"#)

@@ -20,6 +20,7 @@ mod engine_restore;
 mod engine_rootfs;
 mod engine_serial;
 mod failover_link;
+mod ha_copies;
 mod ha_failback;
 mod ha_failover;
 mod ha_faults;
@@ -189,6 +190,21 @@ pub fn all() -> Vec<Scenario> {
             about: "maintenance on a moves web to b with nothing lost and keeps a empty across \
                     its reboot; off brings web back to a; 0 lost",
             run: ha_maintenance::run,
+        },
+        Scenario {
+            name: "ha-both-down",
+            nodes: 2,
+            about: "a dies, b takes over and acknowledges more; b dies too; both boot: web boots \
+                    on b (its copy ran last), not on its preferred a; every entry reads back",
+            run: ha_copies::both_down,
+        },
+        Scenario {
+            name: "ha-diverged",
+            nodes: 2,
+            about: "a and b split apart while both reach the witness: both run web; healed, both \
+                    say the copies diverged, nothing is overwritten; `havms resolve --keep a` \
+                    sets b's copy aside whole and protects onto it",
+            run: ha_copies::diverged,
         },
         Scenario {
             name: "ha-two-vms",

@@ -85,6 +85,18 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Settle a conflict between the two copies of a VM (`havms status` says `copies:
+    /// diverged ...` when both nodes ran it alone, e.g. after a partition): keep NODE's copy.
+    /// The other node's copy is set aside, never deleted (its disk images and metadata
+    /// renamed with `.set-aside-GENERATION-TIME`), and brought up to date from NODE's.
+    /// Refused with the reason when there is no conflict, or while the copy to set aside is
+    /// running (stop the VM first: `havms vm stop NAME`).
+    Resolve {
+        name: String,
+        /// The node whose copy is kept.
+        #[arg(long, value_name = "NODE")]
+        keep: String,
+    },
     /// The serial console menu (init runs it on each console).
     Console,
     /// Connect to a VM's serial console socket (`havms-vm --serial socket=PATH`).
@@ -127,7 +139,14 @@ pub enum VmAction {
         json: bool,
     },
     /// Run the VM (both nodes agree; it starts on its preferred node when that one is up).
-    Start { name: String },
+    Start {
+        name: String,
+        /// Boot this node's copy even while the peer is silent and may hold a newer one
+        /// (`havms vm list` then says `not booted while the peer is silent: ...`): only when
+        /// the peer is gone for good, since whatever it ran past this copy is lost.
+        #[arg(long)]
+        force: bool,
+    },
     /// Stop the VM wherever it runs (hard stop; its replica is discarded, never taken over).
     Stop { name: String },
     /// The VM's serial console, when it runs on this node (Ctrl-] detaches).
@@ -172,8 +191,8 @@ pub fn run(args: Args) -> Result<i32> {
         } => config::reload(&src),
         Command::Vm { action } => match action {
             VmAction::List { json } => vm::run_list(&src, json),
-            VmAction::Start { name } => vm::run_intent(&src, &name, true),
-            VmAction::Stop { name } => vm::run_intent(&src, &name, false),
+            VmAction::Start { name, force } => vm::run_intent(&src, &name, true, force),
+            VmAction::Stop { name } => vm::run_intent(&src, &name, false, false),
             VmAction::Console { name, vms_dir } => vm::run_console(&src, &vms_dir, &name),
         },
         Command::Switchover { name } => vm::run_request(&src, &Request::Switchover { name }),
@@ -185,6 +204,7 @@ pub fn run(args: Args) -> Result<i32> {
                 force,
             },
         ),
+        Command::Resolve { name, keep } => vm::run_request(&src, &Request::Resolve { name, keep }),
         Command::Console => crate::console::run(&src),
         Command::Attach {
             path,

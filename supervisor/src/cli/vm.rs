@@ -51,10 +51,13 @@ pub fn run_list(src: &Sources, json: bool) -> Result<i32> {
     Ok(0)
 }
 
-/// `havms vm start|stop NAME`.
-pub fn run_intent(src: &Sources, name: &str, start: bool) -> Result<i32> {
+/// `havms vm start [--force]|stop NAME`.
+pub fn run_intent(src: &Sources, name: &str, start: bool, force: bool) -> Result<i32> {
     let req = if start {
-        Request::VmStart { name: name.into() }
+        Request::VmStart {
+            name: name.into(),
+            force,
+        }
     } else {
         Request::VmStop { name: name.into() }
     };

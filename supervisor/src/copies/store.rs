@@ -1,5 +1,5 @@
 //! Each copy's [`CopyMeta`] on the data partition, one JSON file per VM under
-//! `/var/lib/havms/copies/`, replaced whole and synced (a power cut leaves the old file or the
+//! `/var/lib/havms/state/copies/`, replaced whole and synced (a power cut leaves the old file or the
 //! new one). A file that cannot be read or fails its check is reported with its path and the
 //! reason; the caller then treats the copy as of unknown lineage (never as a source).
 
@@ -7,7 +7,7 @@ use super::meta::CopyMeta;
 use std::path::{Path, PathBuf};
 
 /// Where the copies' metadata lives on a node.
-pub const COPIES_DIR: &str = "/var/lib/havms/copies";
+pub const COPIES_DIR: &str = "/var/lib/havms/state/copies";
 
 /// A metadata file that is there but cannot be used.
 #[derive(Debug, thiserror::Error)]

@@ -161,8 +161,11 @@ fn handle(shared: &Shared, req: Request) -> Response {
             Err(e) => Response::Error(format!("reload failed: {e}")),
         },
         Request::VmList => Response::Vms(shared.vm_status()),
-        Request::VmStart { name } => {
+        Request::VmStart { name, force: false } => {
             done(shared.vm_request(crate::vms::service::VmRequest::Start(name)))
+        }
+        Request::VmStart { name, force: true } => {
+            done(shared.vm_request(crate::vms::service::VmRequest::ForceStart(name)))
         }
         Request::VmStop { name } => {
             done(shared.vm_request(crate::vms::service::VmRequest::Stop(name)))
@@ -172,6 +175,9 @@ fn handle(shared: &Shared, req: Request) -> Response {
         }
         Request::Maintenance { node, on, force } => {
             done(shared.vm_request(crate::vms::service::VmRequest::Maintenance { node, on, force }))
+        }
+        Request::Resolve { name, keep } => {
+            done(shared.vm_request(crate::vms::service::VmRequest::Resolve { name, keep }))
         }
     }
 }

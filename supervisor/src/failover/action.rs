@@ -119,6 +119,9 @@ pub enum Rule {
     /// The peer is in maintenance: nothing is protected onto it, and what it cannot run
     /// (nothing starts there) starts here.
     PeerInMaintenance,
+    /// Nothing runs the VM and the copy here is newer than its preferred node's (this node
+    /// ran it last): it boots here, not from the older copy.
+    NewerCopyHere,
 }
 
 impl fmt::Display for Rule {
@@ -157,6 +160,10 @@ impl fmt::Display for Rule {
             ),
             Rule::Maintenance => write!(f, "this node is in maintenance"),
             Rule::PeerInMaintenance => write!(f, "the peer is in maintenance"),
+            Rule::NewerCopyHere => write!(
+                f,
+                "the copy here is newer than its preferred node's (it ran here last)"
+            ),
         }
     }
 }

@@ -40,7 +40,9 @@
 //! still reaches the witness (then both believe the other dead).
 
 use super::action::{Action, Decision, Evidence, Rule};
+use super::copies::{may_be_replica, may_protect, may_start_here, newer_here};
 use super::facts::{Engine, Facts, Stream, VmFacts};
+use crate::copies::compare::Verdict;
 use crate::peer::report::{PrimaryState, VmRole};
 use havms_vmm::events::ReplicaState;
 use std::time::Duration;
@@ -252,7 +254,9 @@ fn primary(
             let waited = v
                 .last_protect_failure
                 .is_none_or(|t| f.since(t) >= PROTECT_RETRY);
-            (f.peer.up && listening && waited && !f.maintenance_peer).then_some((
+            // The peer's copy is overwritten only when this one is the newer (or a conflict
+            // waits for the operator).
+            (f.peer.up && listening && waited && !f.maintenance_peer && may_protect(v)).then_some((
                 Action::Protect { port: peer_vm.port },
                 Rule::PeerReplicaReady,
             ))
@@ -412,10 +416,10 @@ fn replica(
     if nobody && copy == ReplicaState::Ready && retry_ok {
         return Some((Action::TakeOver, Rule::PeerEngineDied));
     }
-    if nobody && v.preferred_here && role.is_some() {
+    if nobody && v.preferred_here && role.is_some() && may_start_here(v) {
         return Some((Action::StartPrimary, Rule::PreferredHere));
     }
-    if nobody && role == Some(VmRole::Failed) {
+    if nobody && role == Some(VmRole::Failed) && may_start_here(v) {
         return Some((Action::StartPrimary, Rule::PeerCannotRunIt));
     }
     None
@@ -430,20 +434,23 @@ fn crashed(f: &Facts, v: &VmFacts, at: std::time::Instant) -> Option<(Action, Ru
     let role = report.and_then(|r| r.vm(&v.name)).map(|r| r.role);
     if f.peer.up && matches!(role, Some(VmRole::Primary(_))) {
         // No copy is kept on a node in maintenance.
-        return (!f.maintenance_here).then_some((Action::StartReplica, Rule::PeerRunsIt));
+        return (!f.maintenance_here && may_be_replica(v))
+            .then_some((Action::StartReplica, Rule::PeerRunsIt));
     }
     // Even in maintenance this node restarts a VM whose engine died here when the peer holds
     // no copy of it: this disk is the newest there is (booting it on the peer would roll back
     // what the VM showed the world), and once protected it moves as maintenance wants.
+    // With the peer silent, not a copy it may have outrun (it may have taken the VM over
+    // before it went silent: the copy here was protected when its engine died).
     if silent {
-        return f
-            .witness_answers()
+        return (f.witness_answers() && v.boot_alone_refused.is_none())
             .then_some((Action::StartPrimary, Rule::RestartAfterCrash));
     }
     // The peer heard of the crash (its report is newer) and holds no copy it could start.
     let cannot = holds_no_copy(role);
     let newer = report.is_some_and(|r| r.received_at > at);
-    (f.peer.up && newer && cannot).then_some((Action::StartPrimary, Rule::RestartAfterCrash))
+    (f.peer.up && newer && cannot && may_start_here(v))
+        .then_some((Action::StartPrimary, Rule::RestartAfterCrash))
 }
 
 fn none(f: &Facts, v: &VmFacts) -> Option<(Action, Rule)> {
@@ -455,9 +462,16 @@ fn none(f: &Facts, v: &VmFacts) -> Option<(Action, Rule)> {
     let silent = f.peer_silent();
     let role = peer_role(f, v);
     if f.peer.up {
+        // A conflict between the copies boots nothing and overwrites nothing: the operator
+        // chooses (`havms resolve`). Only the newer copy boots, wherever it is.
+        if matches!(v.copies, Some(Verdict::Conflict(_))) {
+            return None;
+        }
         return match role {
             Some(VmRole::Primary(PrimaryState::Ending)) => None,
-            Some(VmRole::Primary(_)) => Some((Action::StartReplica, Rule::PeerRunsIt)),
+            Some(VmRole::Primary(_)) => {
+                may_be_replica(v).then_some((Action::StartReplica, Rule::PeerRunsIt))
+            }
             // The peer's havmsd just restarted and has not read its engine's role yet: its
             // next report will say.
             Some(VmRole::Starting) => None,
@@ -467,10 +481,20 @@ fn none(f: &Facts, v: &VmFacts) -> Option<(Action, Rule)> {
             // The peer holds a current copy (its primary went away): it resumes it, which
             // beats booting the VM afresh here; this node follows as its replica.
             Some(VmRole::Replica(ReplicaState::Ready | ReplicaState::HandedOver)) => None,
-            Some(VmRole::Failed) => Some((Action::StartPrimary, Rule::PeerCannotRunIt)),
-            _ if v.preferred_here => Some((Action::StartPrimary, Rule::PreferredHere)),
+            Some(VmRole::Failed) => {
+                may_start_here(v).then_some((Action::StartPrimary, Rule::PeerCannotRunIt))
+            }
+            // The copy here is newer than the preferred node's (it ran the VM last): it boots
+            // here, and failback moves it home once protected.
+            _ if newer_here(v) && !v.preferred_here => {
+                Some((Action::StartPrimary, Rule::NewerCopyHere))
+            }
+            // Unless the peer's copy is newer: it boots that one itself.
+            _ if v.preferred_here => {
+                may_start_here(v).then_some((Action::StartPrimary, Rule::PreferredHere))
+            }
             // The preferred node will run it: be ready.
-            _ => Some((Action::StartReplica, Rule::PeerRunsIt)),
+            _ => may_be_replica(v).then_some((Action::StartReplica, Rule::PeerRunsIt)),
         };
     }
     // Alone: start only when the peer has been silent since this node started, for long
@@ -486,6 +510,11 @@ fn none(f: &Facts, v: &VmFacts) -> Option<(Action, Rule)> {
         f.timings.dead_after * 3
     };
     if !silent || !f.witness_answers() || listened < grace {
+        return None;
+    }
+    // A copy the peer may have outrun is not booted alone: that would roll back what the VM
+    // showed the world (the status says why; the operator may start it anyway).
+    if v.boot_alone_refused.is_some() {
         return None;
     }
     if v.preferred_here {

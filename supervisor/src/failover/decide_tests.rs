@@ -71,6 +71,8 @@ impl World {
                     want_stale_from: None,
                     last_protect_failure: None,
                     last_takeover_failure: None,
+                    copies: None,
+                    boot_alone_refused: None,
                 }],
             },
         }
@@ -109,6 +111,8 @@ impl World {
                 version: 0,
                 pin: None,
             },
+            copy: Default::default(),
+            set_aside: None,
         }];
         self
     }
@@ -648,6 +652,10 @@ mod failback;
 #[cfg(test)]
 #[path = "maintenance_tests.rs"]
 mod maintenance;
+
+#[cfg(test)]
+#[path = "copies_tests.rs"]
+mod copies;
 
 /// CI, ha-isolated: node a cut off the link and the LAN at once heard its peer last 553 ms ago
 /// and its witness 493 ms ago, and released its output "because the peer is dead" while b took

@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::copies::compare::Verdict;
 use crate::peer::tracker::PeerReport;
 use havms_vmm::events::ReplicaState;
 
@@ -144,6 +145,12 @@ pub struct VmFacts {
     pub last_protect_failure: Option<Instant>,
     /// The last takeover that failed, likewise.
     pub last_takeover_failure: Option<Instant>,
+    /// What this node's and the peer's copies of the VM say on reconnect (None: the peer
+    /// does not report the VM, or has not been heard).
+    pub copies: Option<Verdict>,
+    /// Why this node must not boot its copy while the peer is silent, if it must not (it may
+    /// have been outrun: `copies::lifecycle::boot_alone_refused`).
+    pub boot_alone_refused: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,6 +3,7 @@
 //! service (`crate::vms`) gathers the facts, calls `decide` and carries the actions out.
 
 pub mod action;
+pub mod copies;
 pub mod decide;
 pub mod facts;
 

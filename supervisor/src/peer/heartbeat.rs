@@ -27,10 +27,15 @@ use thiserror::Error;
 /// First bytes of every heartbeat.
 pub const HEARTBEAT_MAGIC: [u8; 4] = *b"HVHB";
 /// Bumped on any incompatible change of the layout (2: echo and VM reports, 3: switchover and
-/// placement, 4: the maintenance register).
-pub const HEARTBEAT_VERSION: u8 = 4;
+/// placement, 4: the maintenance register, 5: each VM's copy and its generations).
+pub const HEARTBEAT_VERSION: u8 = 5;
 /// Longest cluster or node name carried; the config allows 32.
 pub const MAX_NAME_LEN: usize = 64;
+/// The largest datagram a receiver takes whole: the most a UDP datagram can carry over IPv4.
+/// A heartbeat with every VM the config allows is several KiB (a test checks it fits); a
+/// smaller buffer would cut it short, and a cut heartbeat is rejected, so the peer would
+/// read as silent on that path.
+pub const MAX_DATAGRAM: usize = 65_507;
 
 /// One heartbeat, as sent by `node` of `cluster`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -226,6 +231,8 @@ impl report::Fields for Reader<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::copies::meta::{CopyMeta, GenId, MAX_HISTORY};
+    use crate::copies::record::Record;
     use crate::peer::report::{Intent, PrimaryState, VmRole};
     use havms_vmm::events::ReplicaState;
 
@@ -265,6 +272,16 @@ mod tests {
                         version: 0,
                         pin: None,
                     },
+                    copy: Record::Known(CopyMeta {
+                        history: vec![GenId(3), GenId(1)],
+                        consistent: false,
+                        bitmap: Some(GenId(1)),
+                        primary: false,
+                        alone: false,
+                        syncing: true,
+                        epoch: 17,
+                    }),
+                    set_aside: Some(GenId(0x77)),
                 },
                 VmReport {
                     name: "db".into(),
@@ -279,10 +296,63 @@ mod tests {
                         version: 1_700_000_000_000,
                         pin: Some("b".into()),
                     },
+                    copy: Record::Unknown(String::new()),
+                    set_aside: None,
                 },
             ],
             ..sample()
         }
+    }
+
+    /// The largest heartbeat the config allows (64 VMs, every name and pin at its longest)
+    /// fits a receiver's buffer and arrives whole over a real socket. Until 2026-12-07 the
+    /// service read into 512 bytes, which a dozen VMs overflow.
+    #[test]
+    fn the_largest_heartbeat_arrives_whole() {
+        let long = |c: char| std::iter::repeat_n(c, MAX_NAME_LEN).collect::<String>();
+        let vm = |i: usize| VmReport {
+            name: format!("{i:02}{}", &long('v')[2..]),
+            role: VmRole::Primary(PrimaryState::Protected),
+            want_stale: true,
+            switchover: true,
+            port: 40000,
+            stream_id: u64::MAX,
+            epoch: u64::MAX,
+            intent: Intent {
+                run: true,
+                version: u64::MAX,
+                pin: Some(long('p')),
+            },
+            copy: Record::Known(CopyMeta {
+                history: (1..=MAX_HISTORY as u64).map(GenId).collect(),
+                consistent: true,
+                bitmap: Some(GenId(1)),
+                primary: true,
+                alone: true,
+                syncing: false,
+                epoch: u64::MAX,
+            }),
+            set_aside: Some(GenId(u64::MAX)),
+        };
+        let hb = Heartbeat {
+            cluster: long('c'),
+            node: long('n'),
+            maintenance: Maintenance {
+                node: Some(long('m')),
+                version: 1,
+            },
+            vms: (0..crate::peer::report::MAX_VMS).map(vm).collect(),
+            ..sample()
+        };
+        let bytes = hb.encode().unwrap();
+        assert!(bytes.len() > 512, "{} bytes", bytes.len());
+        assert!(bytes.len() <= MAX_DATAGRAM, "{} bytes", bytes.len());
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        tx.send_to(&bytes, rx.local_addr().unwrap()).unwrap();
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        let (n, _) = rx.recv_from(&mut buf).unwrap();
+        assert_eq!(Heartbeat::decode(&buf[..n]).unwrap(), hb);
     }
 
     #[test]

@@ -19,9 +19,21 @@
 //! intent      8       version of the run/stop/placement intent (last writer wins)
 //! pin         1 + n   the node the operator placed the VM on (`havms switchover`, maintenance),
 //!                     length-prefixed; 0 bytes: none, the VM belongs on its preferred node
+//! copy        1       this node's copy of the VM (`copies/`): 0 none, 1 metadata unusable,
+//!                     2 known, followed by:
+//!   flags     1       bit 0 consistent, 1 primary, 2 alone, 3 syncing, 4 has a bitmap
+//!   bitmap    8       the generation the bitmap counts from (0 when it has none)
+//!   epoch     8       the last epoch the copy holds whole
+//!   count     1       1 to 16 generations, newest first
+//!   history   8 each
+//! set_aside   8       `havms resolve` here kept this node's copy: the receiver sets aside its
+//!                     copy if it is still at this generation (u64::MAX: its copy whose
+//!                     metadata is unusable); 0: none
 //! ```
 
 use super::heartbeat::{DecodeError, MAX_NAME_LEN};
+use crate::copies::meta::{CopyMeta, GenId, MAX_HISTORY};
+use crate::copies::record::Record;
 use havms_vmm::events::ReplicaState;
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +43,12 @@ pub const MAX_VMS: usize = 64;
 const FLAG_WANT_STALE: u8 = 1;
 const FLAG_INTENT_RUN: u8 = 2;
 const FLAG_SWITCHOVER: u8 = 4;
+
+const COPY_CONSISTENT: u8 = 1;
+const COPY_PRIMARY: u8 = 2;
+const COPY_ALONE: u8 = 4;
+const COPY_SYNCING: u8 = 8;
+const COPY_BITMAP: u8 = 16;
 
 /// Where a primary's replication stands, as a peer needs to know it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,7 +118,18 @@ pub struct VmReport {
     pub stream_id: u64,
     pub epoch: u64,
     pub intent: Intent,
+    /// This node's copy of the VM and its generations (the reason of an unusable one stays
+    /// on its node: the peer learns only that it is unusable).
+    #[serde(default)]
+    pub copy: Record,
+    /// The operator kept this node's copy (`havms resolve`): the peer sets its own aside
+    /// while it is still at this generation ([`SET_ASIDE_UNUSABLE`]: its unusable one).
+    #[serde(default)]
+    pub set_aside: Option<GenId>,
 }
+
+/// `set_aside` for a peer copy whose metadata is unusable (it has no generation to name).
+pub const SET_ASIDE_UNUSABLE: GenId = GenId(u64::MAX);
 
 fn role_bytes(r: VmRole) -> (u8, u8) {
     let p = |s: PrimaryState| match s {
@@ -205,8 +234,82 @@ pub fn encode(out: &mut Vec<u8>, reports: &[VmReport]) -> Result<(), String> {
         }
         out.push(pin.len() as u8);
         out.extend_from_slice(pin.as_bytes());
+        encode_copy(out, &r.copy);
+        out.extend_from_slice(&r.set_aside.map_or(0, |g| g.0).to_be_bytes());
     }
     Ok(())
+}
+
+fn encode_copy(out: &mut Vec<u8>, copy: &Record) {
+    let m = match copy {
+        Record::Absent => return out.push(0),
+        Record::Unknown(_) => return out.push(1),
+        Record::Known(m) => m,
+    };
+    out.push(2);
+    let mut flags = 0;
+    for (set, bit) in [
+        (m.consistent, COPY_CONSISTENT),
+        (m.primary, COPY_PRIMARY),
+        (m.alone, COPY_ALONE),
+        (m.syncing, COPY_SYNCING),
+        (m.bitmap.is_some(), COPY_BITMAP),
+    ] {
+        if set {
+            flags |= bit;
+        }
+    }
+    out.push(flags);
+    out.extend_from_slice(&m.bitmap.map_or(0, |g| g.0).to_be_bytes());
+    out.extend_from_slice(&m.epoch.to_be_bytes());
+    // A history never holds more than MAX_HISTORY (< 256): `go_alone` truncates it.
+    let history = &m.history[..m.history.len().min(MAX_HISTORY)];
+    out.push(history.len() as u8);
+    for g in history {
+        out.extend_from_slice(&g.0.to_be_bytes());
+    }
+}
+
+/// A copy as `encode_copy` wrote it. A layout that breaks the format is an error (the whole
+/// heartbeat is refused, as for any other field); metadata that reads but fails its check
+/// (a generation twice, a bitmap outside the history) is kept as it came, and `Record`
+/// shows it to every rule as an unusable copy.
+fn decode_copy(r: &mut impl Fields) -> Result<Record, DecodeError> {
+    let bad = |field, value: u64| DecodeError::BadField { field, value };
+    match r.byte("copy")? {
+        0 => return Ok(Record::Absent),
+        1 => return Ok(Record::Unknown(String::new())),
+        2 => {}
+        other => return Err(bad("copy", u64::from(other))),
+    }
+    let flags = r.byte("copy flags")?;
+    let all = COPY_CONSISTENT | COPY_PRIMARY | COPY_ALONE | COPY_SYNCING | COPY_BITMAP;
+    if flags & !all != 0 {
+        return Err(bad("copy flags", u64::from(flags)));
+    }
+    let bitmap = r.u64("copy bitmap")?;
+    if (flags & COPY_BITMAP != 0) != (bitmap != 0) {
+        return Err(bad("copy bitmap", bitmap));
+    }
+    let epoch = r.u64("copy epoch")?;
+    let count = r.byte("copy history count")?;
+    if count == 0 || usize::from(count) > MAX_HISTORY {
+        return Err(bad("copy history count", u64::from(count)));
+    }
+    let mut history = Vec::with_capacity(usize::from(count));
+    for _ in 0..count {
+        history.push(GenId(r.u64("copy generation")?));
+    }
+    let m = CopyMeta {
+        history,
+        consistent: flags & COPY_CONSISTENT != 0,
+        bitmap: (bitmap != 0).then_some(GenId(bitmap)),
+        primary: flags & COPY_PRIMARY != 0,
+        alone: flags & COPY_ALONE != 0,
+        syncing: flags & COPY_SYNCING != 0,
+        epoch,
+    };
+    Ok(Record::Known(m))
 }
 
 /// The reader `decode` needs from the heartbeat's cursor.
@@ -253,6 +356,11 @@ pub fn decode(r: &mut impl Fields) -> Result<Vec<VmReport>, DecodeError> {
                 run: flags & FLAG_INTENT_RUN != 0,
                 version: r.u64("vm intent version")?,
                 pin: r.optional_name("vm pin")?,
+            },
+            copy: decode_copy(r)?,
+            set_aside: match r.u64("vm set aside")? {
+                0 => None,
+                g => Some(GenId(g)),
             },
         });
     }

@@ -4,7 +4,7 @@
 
 use crate::daemon::liveness::Progress;
 use crate::daemon::state::{PeerPlan, Shared};
-use crate::peer::heartbeat::{DecodeError, Heartbeat, HEARTBEAT_VERSION};
+use crate::peer::heartbeat::{DecodeError, Heartbeat, HEARTBEAT_VERSION, MAX_DATAGRAM};
 use crate::peer::ratelimit::RateLimit;
 use crate::peer::tracker::Path as NetPath;
 use crate::probe;
@@ -43,6 +43,7 @@ pub fn run(shared: Arc<Shared>, bind: SocketAddr, progress: Arc<Progress>) {
         socket,
         warn,
         next_send: Instant::now(),
+        buf: vec![0; MAX_DATAGRAM],
     };
     loop {
         progress.beat();
@@ -55,6 +56,8 @@ struct Service {
     socket: UdpSocket,
     warn: RateLimit,
     next_send: Instant,
+    /// Where datagrams are received: room for the largest heartbeat (see `MAX_DATAGRAM`).
+    buf: Vec<u8>,
 }
 
 impl Service {
@@ -64,8 +67,7 @@ impl Service {
             std::thread::sleep(IDLE);
             // Drain what arrives meanwhile so a reconfigured node does not act on stale datagrams.
             let _ = self.socket.set_nonblocking(true);
-            let mut buf = [0u8; 512];
-            while self.socket.recv_from(&mut buf).is_ok() {}
+            while self.socket.recv_from(&mut self.buf).is_ok() {}
             let _ = self.socket.set_nonblocking(false);
             return;
         };
@@ -82,9 +84,12 @@ impl Service {
         if let Err(e) = self.socket.set_read_timeout(Some(wait)) {
             log::error!("heartbeat: set_read_timeout: {e}");
         }
-        let mut buf = [0u8; 512];
-        match self.socket.recv_from(&mut buf) {
-            Ok((n, from)) => self.receive(&plan, &buf[..n], from),
+        match self.socket.recv_from(&mut self.buf) {
+            Ok((n, from)) => {
+                let datagram = std::mem::take(&mut self.buf);
+                self.receive(&plan, &datagram[..n], from);
+                self.buf = datagram;
+            }
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
             Err(e) => {
                 // ICMP port unreachable from the last send surfaces here as ECONNREFUSED; harmless.

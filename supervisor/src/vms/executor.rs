@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use havms_config::VmConfig;
 use havms_vmm::api::{call_timeout, Request, Response};
 
+use crate::copies::meta::CopyMeta;
+use crate::copies::store;
 use crate::engine::process;
 use crate::engine::spec::{self, RunDir};
 use crate::failover::Action;
@@ -65,6 +67,20 @@ pub struct Job {
     /// The running engine's pid, when there is one (fence, restart).
     pub pid: Option<u32>,
     pub generation: u64,
+    /// The copy's metadata to save before the action runs (a new generation before the VM
+    /// runs alone, "being synced" before a replica writes the copy), and where.
+    pub copy_save: Option<CopyMeta>,
+    pub copies_dir: PathBuf,
+}
+
+/// Saves the job's copy metadata, if it has any: an action that would run the VM alone or
+/// overwrite the copy without it saved does not run.
+fn save_copy(job: &Job) -> Result<(), String> {
+    match &job.copy_save {
+        Some(m) => store::save(&job.copies_dir, job.vm.name.as_str(), m)
+            .map_err(|e| format!("saving its copy's metadata first: {e}")),
+        None => Ok(()),
+    }
 }
 
 /// How long an API call may take (a takeover builds a VM; a protect waits for the Hello).
@@ -73,9 +89,13 @@ const API_TIMEOUT: Duration = Duration::from_secs(30);
 /// the stream's ack timeout, and the engine's end.
 const HANDOVER_TIMEOUT: Duration = Duration::from_secs(70);
 
+/// How an error that came from the API socket itself (not an answer of the engine) begins:
+/// what the engine did then is unknown.
+pub const TRANSPORT_ERROR: &str = "engine API ";
+
 fn api(job: &Job, req: &Request) -> Result<Response, String> {
     let r = call_timeout(&job.dir.api(), req, API_TIMEOUT)
-        .map_err(|e| format!("engine API {}: {e}", job.dir.api().display()))?;
+        .map_err(|e| format!("{TRANSPORT_ERROR}{}: {e}", job.dir.api().display()))?;
     if r.ok {
         Ok(r)
     } else {
@@ -104,7 +124,7 @@ pub fn spawn(action: Action, job: Job, tx: Sender<Done>) {
                 } else {
                     Role::Replica
                 };
-                match start(&job, role) {
+                match save_copy(&job).and_then(|()| start(&job, role)) {
                     Ok(mut child) => {
                         send(Outcome::Started {
                             role,
@@ -119,7 +139,7 @@ pub fn spawn(action: Action, job: Job, tx: Sender<Done>) {
                     Err(e) => send(Outcome::Failed(e)),
                 }
             }
-            other => send(match act(other, &job) {
+            other => send(match save_copy(&job).and_then(|()| act(other, &job)) {
                 Ok(o) => o,
                 Err(e) => Outcome::Failed(e),
             }),

@@ -16,11 +16,15 @@ use std::time::{Duration, Instant};
 
 use havms_config::Config;
 
+use super::copies::Copies;
 use super::executor::{self, Done, Job, Outcome};
 use super::intent::Intents;
 use super::maintenance::{home_of, Register};
 use super::slot::{config_change, FailoverRecord, Local, Role, Running, Slot};
 use super::status::VmStatus;
+use crate::copies::compare::{compare, Verdict};
+use crate::copies::lifecycle::boot_alone_refused;
+use crate::copies::record::{explain, resolve_hint};
 use crate::daemon::liveness::Progress;
 use crate::daemon::state::{Published, Shared};
 use crate::engine::process::{self, Ending, Probe};
@@ -32,11 +36,14 @@ use crate::peer::report::{PrimaryState, VmRole};
 use crate::peer::tracker::Path as NetPath;
 use havms_vmm::events::ReplicaState;
 
-// The service's two halves besides its loop: what the engines' ends and the executor's
-// outcomes do to the slots, and how the facts are gathered and decisions carried out.
+// The service's parts besides its loop: what the engines' ends and the executor's outcomes do
+// to the slots, how the facts are gathered and decisions carried out, and when the copies'
+// metadata moves on with what the engines report.
 mod dispatch;
 mod outcome;
 mod requests;
+mod resolve;
+mod track;
 
 /// The longest the service waits between two looks at the world.
 pub const TICK: Duration = Duration::from_millis(20);
@@ -46,11 +53,16 @@ const RETRY_FAILED: Duration = Duration::from_secs(30);
 const MAX_TAKEOVER_FAILURES: u32 = 3;
 /// How long a fenced engine has to show its end before a fence may be tried again.
 const FENCE_EXIT_WAIT: Duration = Duration::from_secs(5);
+/// How long `havms resolve` tells the peer to set its copy aside (it does so as soon as it
+/// hears it and runs no engine of the VM; the operator asks again after this).
+const SET_ASIDE_ASKED: Duration = Duration::from_secs(600);
 
 /// An operator's request for one VM.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VmRequest {
     Start(String),
+    /// `havms vm start --force`: also boot a copy the peer may have outrun.
+    ForceStart(String),
     Stop(String),
     /// `havms switchover NAME`.
     Switchover(String),
@@ -59,6 +71,11 @@ pub enum VmRequest {
         node: String,
         on: bool,
         force: bool,
+    },
+    /// `havms resolve NAME --keep NODE`.
+    Resolve {
+        name: String,
+        keep: String,
     },
 }
 
@@ -83,6 +100,15 @@ struct Service {
     intents: Intents,
     /// Which node is in maintenance (next to the intents file, `maintenance.json`).
     maintenance: Register,
+    /// Each VM's copy here and its generations (next to the intents file, `copies/`).
+    copies: Copies,
+    /// `havms resolve` here kept this node's copy: the generation of the peer's copy it is
+    /// to set aside, and since when that is asked (told in the reports for a while).
+    set_aside_asks: BTreeMap<String, (crate::copies::meta::GenId, Instant)>,
+    /// The operator's word (`havms vm start --force`, `havms maintenance off --force`) that
+    /// these VMs may boot here while the peer is silent, though the copy here may be older;
+    /// dropped once the VM runs here.
+    boot_overrides: std::collections::BTreeSet<String>,
     started_at: Instant,
     watch_tx: Sender<WatchReport>,
     watch_rx: Receiver<WatchReport>,
@@ -105,6 +131,9 @@ pub fn run(shared: Arc<Shared>, opts: Options, progress: Arc<Progress>) {
             &opts.intents_file.with_file_name("maintenance.json"),
             shared.settings.node.as_deref(),
         ),
+        copies: Copies::new(opts.intents_file.with_file_name("copies")),
+        set_aside_asks: BTreeMap::new(),
+        boot_overrides: Default::default(),
         shared,
         opts,
         slots: BTreeMap::new(),
@@ -246,6 +275,8 @@ impl Service {
         }
         self.sync_config();
         self.retry_failed();
+        self.track_copies();
+        self.follow_set_aside_asks();
         // An orphan that stopped is gone for good.
         self.slots
             .retain(|_, s| !(s.orphan && matches!(s.local, Local::None) && !s.busy));
@@ -299,7 +330,16 @@ impl Service {
         let reports = self
             .slots
             .values()
-            .map(|s| s.report(self.intents.get(s.name(), s.cfg.autostart)))
+            .map(|s| {
+                let mut r = s.report(self.intents.get(s.name(), s.cfg.autostart));
+                r.copy = self.copies.get(s.name()).clone();
+                r.set_aside = self
+                    .set_aside_asks
+                    .get(s.name())
+                    .filter(|(_, at)| at.elapsed() < SET_ASIDE_ASKED)
+                    .map(|(g, _)| *g);
+                r
+            })
             .collect();
         self.shared.set_reports(Published {
             vms: reports,
@@ -323,7 +363,7 @@ impl Service {
                     &me,
                     peer_name.as_deref().unwrap_or_default(),
                 );
-                super::render::status_of(
+                let mut st = super::render::status_of(
                     s,
                     &intent,
                     home,
@@ -331,7 +371,29 @@ impl Service {
                     &me,
                     peer_name.as_deref(),
                     theirs,
-                )
+                );
+                let local = self.copies.peek(s.name()).cloned().unwrap_or_default();
+                let peer = peer_name.as_deref().unwrap_or("the peer");
+                st.copy = local.describe();
+                if let Some(verdict) = theirs.map(|t| compare(local.copy(), t.copy.copy())) {
+                    if matches!(verdict, Verdict::Conflict(_)) {
+                        st.conflict = Some(format!(
+                            "{}; {}",
+                            explain(&verdict, &me, peer),
+                            resolve_hint(s.name(), &me, peer)
+                        ));
+                    }
+                }
+                let alone = peer_report.is_none()
+                    || !self.shared.with_tracker(|t| t.is_up()).unwrap_or(false);
+                if alone
+                    && intent.run
+                    && s.running().is_none()
+                    && !self.boot_overrides.contains(s.name())
+                {
+                    st.boot_refused = boot_alone_refused(&local);
+                }
+                st
             })
             .collect::<Vec<VmStatus>>();
         self.shared.set_vm_status(statuses);

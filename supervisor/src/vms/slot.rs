@@ -417,6 +417,9 @@ impl Slot {
             stream_id,
             epoch,
             intent,
+            // The VM service adds its copy's record.
+            copy: Default::default(),
+            set_aside: None,
         }
     }
 }

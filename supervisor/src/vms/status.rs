@@ -63,6 +63,17 @@ pub struct VmStatus {
     pub pending_change: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
+    /// This node's copy of the VM: its generation and state (`copies::record`).
+    #[serde(default)]
+    pub copy: String,
+    /// The two copies disagree in a way only the operator settles (divergence, unrelated or
+    /// torn copies, unusable metadata): what and how, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conflict: Option<String>,
+    /// Why this node does not boot the VM while its peer is silent (its copy may be
+    /// outrun), when that is what keeps it waiting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_refused: Option<String>,
 }
 
 impl VmStatus {
@@ -143,6 +154,16 @@ impl VmStatus {
                 "{m} is in maintenance: it runs on {} without a copy on {m} until \
                  `havms maintenance off {m}`",
                 self.home_node
+            ));
+        }
+        if let Some(c) = &self.conflict {
+            out.push(format!("copies: {c}"));
+        }
+        if let Some(why) = &self.boot_refused {
+            out.push(format!(
+                "not booted while the peer is silent: {why}; it waits for the peer \
+                 (`havms vm start {} --force` boots this copy anyway)",
+                self.name
             ));
         }
         if let Some(e) = &self.last_error {

@@ -7,6 +7,8 @@ use std::time::Instant;
 
 use super::super::maintenance::home_of;
 use super::*;
+use crate::copies::compare::compare;
+use crate::copies::lifecycle::{boot_alone_refused, Occasion};
 
 impl Service {
     pub(super) fn timings(cfg: &Config) -> Timings {
@@ -102,6 +104,10 @@ impl Service {
                 .is_some_and(|r| r.switchover)
         };
         let maintenance = self.maintenance.get().node.clone();
+        let names: Vec<String> = self.slots.keys().cloned().collect();
+        for name in &names {
+            self.copies.get(name);
+        }
         let vms = self
             .slots
             .values()
@@ -114,7 +120,12 @@ impl Service {
                     &me,
                     peer.name.as_str(),
                 );
+                let local = self.copies.peek(s.name()).cloned().unwrap_or_default();
+                let theirs = peer_facts.report.as_ref().and_then(|r| r.vm(s.name()));
                 VmFacts {
+                    copies: theirs.map(|p| compare(local.copy(), p.copy.copy())),
+                    boot_alone_refused: boot_alone_refused(&local)
+                        .filter(|_| !self.boot_overrides.contains(s.name())),
                     name: s.name().to_string(),
                     preferred_here: home == me.as_str(),
                     failback_auto: s.cfg.failback == havms_config::Failback::Auto,
@@ -220,6 +231,10 @@ impl Service {
                 if d.action == Action::Fence {
                     slot.fenced_at = Some(Instant::now());
                 }
+                // Killed because the peer runs it too: this copy must never boot alone.
+                if d.rule == crate::failover::Rule::PeerTookOver {
+                    self.copies.apply(&d.vm, Occasion::Outrun);
+                }
             }
             _ => {}
         }
@@ -242,6 +257,27 @@ impl Service {
                 since: Instant::now(),
             };
         }
+        // The copy's metadata the action must save before it runs (a new generation before
+        // the VM runs alone, "being synced" before a replica overwrites the copy).
+        let source = facts
+            .peer
+            .report
+            .as_ref()
+            .and_then(|r| r.vm(&d.vm))
+            .map(|p| p.copy.clone())
+            .unwrap_or_default();
+        let occasion = match d.action {
+            Action::StartPrimary => Some(Occasion::StartPrimary),
+            Action::StartReplica => Some(Occasion::StartReplica {
+                source: source.copy(),
+            }),
+            Action::TakeOver => Some(Occasion::TakeOver {
+                source: source.copy(),
+            }),
+            Action::Release | Action::Unprotect => Some(Occasion::RunAlone),
+            _ => None,
+        };
+        let copy_save = occasion.and_then(|o| self.copies.plan(&d.vm, o));
         slot.busy = true;
         let job = Job {
             vm: slot.cfg.clone(),
@@ -254,6 +290,8 @@ impl Service {
             ack_timeout_ms: (cfg.timings.dead_after_ms * 2).max(1000),
             pid,
             generation: slot.generation,
+            copy_save,
+            copies_dir: self.copies.dir().to_path_buf(),
         };
         executor::spawn(d.action, job, self.done_tx.clone());
     }

@@ -142,6 +142,7 @@ impl Service {
         };
         match d.outcome {
             Outcome::Started { role, pid } => {
+                self.copies.forget(&d.vm);
                 if d.generation != slot.generation {
                     return;
                 }
@@ -162,6 +163,7 @@ impl Service {
             }
             Outcome::Done => {
                 slot.busy = false;
+                self.copies.forget(&d.vm);
                 if d.action == Action::Stop {
                     // Shutting down: no further Stop is sent while it winds down (its end
                     // arrives by its watcher).
@@ -179,6 +181,7 @@ impl Service {
             }
             Outcome::TookOver { took } => {
                 slot.busy = false;
+                self.copies.forget(&d.vm);
                 if let Some(r) = slot.running_mut() {
                     r.took_over(now);
                 }
@@ -187,6 +190,11 @@ impl Service {
                     .with_tracker(|t| t.last_seen().map(|l| now.saturating_duration_since(l)))
                     .flatten();
                 let epoch = slot.running().map_or(0, |r| r.committed);
+                // The engine synced the replica's images before the VM ran: the copy is whole.
+                self.copies.apply(
+                    &d.vm,
+                    crate::copies::lifecycle::Occasion::TookOver { epoch },
+                );
                 if let Some(r) = slot.last_failover.as_mut() {
                     r.took_ms = peer_silent.map(|d| d.as_millis() as u64);
                 }
@@ -201,6 +209,25 @@ impl Service {
             Outcome::Failed(e) => {
                 slot.busy = false;
                 log::error!("vm {}: {:?} failed: {e}", d.vm, d.action);
+                // An action that surely never ran the VM (a takeover the engine refused, its
+                // replica kept; an engine that could not be spawned) takes back the generation
+                // it drew, so a copy that never ran alone does not read as newer or diverged.
+                // A transport error says nothing about what the engine did: then the disk
+                // says what holds.
+                let still_replica = slot
+                    .running()
+                    .is_some_and(|r| r.role == Role::Replica && r.copy != ReplicaState::TakenOver);
+                let refused = !e.starts_with(executor::TRANSPORT_ERROR);
+                let never_ran = match d.action {
+                    Action::TakeOver => still_replica && refused,
+                    Action::StartPrimary | Action::StartReplica => true,
+                    _ => false,
+                };
+                if never_ran {
+                    self.copies.restore(&d.vm);
+                } else {
+                    self.copies.reload(&d.vm);
+                }
                 slot.last_error = Some(e.clone());
                 match d.action {
                     Action::Protect { .. } | Action::Unprotect => {

@@ -62,11 +62,22 @@ impl Service {
     pub(super) fn on_control(&mut self, req: &VmRequest) -> Result<String, String> {
         let (name, run) = match req {
             VmRequest::Start(n) => (n, true),
+            VmRequest::ForceStart(n) => {
+                if !self.slots.contains_key(n) {
+                    return Err(self.unknown_vm(n));
+                }
+                log::warn!(
+                    "vm {n}: the operator starts it here even if the peer holds a newer copy"
+                );
+                self.boot_overrides.insert(n.clone());
+                (n, true)
+            }
             VmRequest::Stop(n) => (n, false),
             VmRequest::Switchover(n) => return self.switchover(n),
             VmRequest::Maintenance { node, on, force } => {
                 return self.set_maintenance(node, *on, *force)
             }
+            VmRequest::Resolve { name, keep } => return self.resolve(name, keep),
         };
         let Some(slot) = self.slots.get(name) else {
             return Err(self.unknown_vm(name));
@@ -100,7 +111,7 @@ impl Service {
     }
 
     /// This node's name and its peer's, and the peer's latest report.
-    fn pair(&self) -> Result<(String, String, Option<PeerReport>), String> {
+    pub(super) fn pair(&self) -> Result<(String, String, Option<PeerReport>), String> {
         let me = self.me().ok_or("this node has no name yet")?;
         let peer = self
             .shared
@@ -193,6 +204,10 @@ impl Service {
                      bring {peer} back first, or `havms maintenance off {node} --force` to run \
                      them from {node}'s disks anyway"
                 ));
+            }
+            if force && node == me && !peer_up {
+                // The operator's word: this node's (older) copies boot here.
+                self.boot_overrides.extend(self.slots.keys().cloned());
             }
             let m = self.maintenance.set(None).map_err(|e| e.to_string())?;
             log::warn!(
