@@ -26,8 +26,9 @@ use crate::qemu;
 const PERIOD: Duration = Duration::from_secs(5);
 /// The second sample's distance from the first, and the kick's check.
 const CONFIRM: Duration = Duration::from_secs(1);
-/// What the watch asks the monitor.
-const QUERIES: &[&str] = &["info cpus", "info registers", "info lapic"];
+/// What the watch asks the monitor (the code at RIP tells a vCPU in a nested guest: QEMU
+/// shows the nested guest's registers, whose code it cannot read through the node's tables).
+const QUERIES: &[&str] = &["info cpus", "info registers", "x/4i $pc", "info lapic"];
 /// USER_HZ: the unit of the times in /proc/PID/task/TID/stat (100 on Linux).
 pub const CLOCK_TICKS: f64 = 100.0;
 /// The kick's ethertype: IEEE 802 "local experimental", which no node speaks.
@@ -58,10 +59,13 @@ fn vectors(line: &str) -> Vec<u32> {
         .collect()
 }
 
-/// Whether `answers` (to `info registers` and `info lapic`) show the lost wakeup: the vCPU
-/// halted (`HLT=1`) with interrupts enabled (IF in RFLAGS/EFLAGS), not in an interrupt shadow,
-/// and a vector pending in the IRR that the APIC would deliver now. Returns what it saw, for the
-/// log.
+/// Whether `answers` (to `info registers`, `x/4i $pc` and `info lapic`) show the lost wakeup:
+/// the vCPU halted (`HLT=1`), or in a nested guest (its code unreadable: seen 2026-12-08 in
+/// `engine-increments`, `HLT=0` at one RIP for 3 s with the timer's vector pending), with
+/// interrupts enabled (IF in RFLAGS/EFLAGS), not in an interrupt shadow, and a vector pending
+/// in the IRR that the APIC would deliver now. The watch acts on it only when the vCPU thread
+/// also used no CPU for a second: a vCPU that runs is not waiting for a wakeup. Returns what it
+/// saw, for the log.
 pub fn lost_wakeup(answers: &str) -> Option<String> {
     let regs = answers
         .lines()
@@ -74,7 +78,9 @@ pub fn lost_wakeup(answers: &str) -> Option<String> {
     };
     // RFL in long mode, EFL otherwise.
     let rflags = u64::from_str_radix(&word("RFL=").or_else(|| word("EFL="))?, 16).ok()?;
-    if word("HLT=")? != "1" || word("II=")? != "0" || rflags & 0x200 == 0 {
+    let halted = word("HLT=")? == "1";
+    let nested = answers.contains("unable to read memory");
+    if !(halted || nested) || word("II=")? != "0" || rflags & 0x200 == 0 {
         return None;
     }
     let lapic = answers.split("(qemu) info lapic").nth(1)?;
@@ -114,8 +120,13 @@ pub fn lost_wakeup(answers: &str) -> Option<String> {
         return None;
     }
     Some(format!(
-        "vCPU halted with interrupts enabled, vector {pending} pending in the APIC (in service: \
-         {isr:?})"
+        "vCPU {} with interrupts enabled, vector {pending} pending in the APIC (in service: \
+         {isr:?})",
+        if halted {
+            "halted"
+        } else {
+            "in a nested guest"
+        }
     ))
 }
 
@@ -317,6 +328,18 @@ APR 0x00 TPR 0x00 DFR 0x0f LDR 0x01PPR 0x00
     fn the_stall_seen_in_ci_is_a_lost_wakeup() {
         let seen = lost_wakeup(STALLED).expect("the CI stall");
         assert!(seen.contains("vector 236 pending"), "{seen}");
+    }
+
+    /// The loop's stall of 2026-12-08 (engine-increments): not halted, in the nested guest.
+    #[test]
+    fn a_vcpu_stuck_in_a_nested_guest_with_the_timer_pending_is_a_lost_wakeup_too() {
+        let nested = STALLED.replace("HLT=1", "HLT=0").replace(
+            "(qemu) info lapic",
+            "(qemu) x/4i $pc\n0xffffffff95792872: unable to read memory\n(qemu) info lapic",
+        );
+        let seen = lost_wakeup(&nested).expect("the nested stall");
+        assert!(seen.contains("in a nested guest"), "{seen}");
+        assert!(lost_wakeup(&nested.replace("RFL=00000246", "RFL=00000046")).is_none());
     }
 
     #[test]

@@ -139,15 +139,7 @@ fn candidate(record: &Record, occasion: Occasion<'_>, fresh: GenId) -> Option<Co
                 changed(m)
             }
             // A blank copy that will hold the source's generation once whole: torn until then.
-            (None, Copy::Known(s)) => Some(CopyMeta {
-                history: vec![s.current()],
-                consistent: false,
-                bitmap: None,
-                primary: false,
-                alone: false,
-                syncing: true,
-                epoch: 0,
-            }),
+            (None, Copy::Known(s)) => Some(CopyMeta::sync_target(s.current())),
             (None, _) => None,
         },
         Occasion::PeerSynced { acked } => {
@@ -193,15 +185,9 @@ fn first_alone(fresh: GenId) -> CopyMeta {
 /// A replica copy that holds `source`'s data at `epoch`, and is written by every commit after
 /// (so inconsistent on disk until its engine ends or takes over).
 fn synced(current: Option<&CopyMeta>, source: &CopyMeta, epoch: u64) -> CopyMeta {
-    let mut m = current.cloned().unwrap_or_else(|| CopyMeta {
-        history: source.history.clone(),
-        consistent: false,
-        bitmap: None,
-        primary: false,
-        alone: false,
-        syncing: true,
-        epoch: 0,
-    });
+    let mut m = current
+        .cloned()
+        .unwrap_or_else(|| CopyMeta::sync_target(source.current()));
     m.syncing = true;
     m.sync_done(source, epoch);
     m.begin_write();

@@ -80,6 +80,35 @@ fn verdict_on_both(a: &Node, b: &Node) -> (Verdict, Verdict) {
     (compare(a.copy(), b.copy()), compare(b.copy(), a.copy()))
 }
 
+/// Both nodes agree that `newer`'s copy is the source of a resync.
+fn assert_newer(a: &Node, b: &Node, newer: &str) {
+    let (on_a, on_b) = verdict_on_both(a, b);
+    let (a_side, b_side) = match newer {
+        "a" => (Side::Local, Side::Peer),
+        _ => (Side::Peer, Side::Local),
+    };
+    assert!(
+        matches!(on_a, Verdict::Resync { from, .. } if from == a_side),
+        "on a: {on_a:?}"
+    );
+    assert!(
+        matches!(on_b, Verdict::Resync { from, .. } if from == b_side),
+        "on b: {on_b:?}"
+    );
+}
+
+/// `node` takes its replica of `from`'s copy over (drawing `fresh`) and its engine runs it.
+fn take_over(node: &mut Node, from: &Node, fresh: u64, epoch: u64) {
+    let source = from.meta();
+    assert!(node.on(
+        Occasion::TakeOver {
+            source: Copy::Known(&source)
+        },
+        fresh
+    ));
+    assert!(node.on(Occasion::TookOver { epoch }, 0));
+}
+
 #[test]
 fn a_protected_pair_shares_one_generation_and_the_replica_is_no_source() {
     let (a, b) = protected();
@@ -87,27 +116,7 @@ fn a_protected_pair_shares_one_generation_and_the_replica_is_no_source() {
     assert!(!b.meta().consistent, "commits write the replica's copy");
     assert!(boot_alone_refused(&a.0).is_some(), "a was protected");
     assert!(boot_alone_refused(&b.0).is_some(), "b held the replica");
-    let (on_a, on_b) = verdict_on_both(&a, &b);
-    assert!(
-        matches!(
-            on_a,
-            Verdict::Resync {
-                from: Side::Local,
-                ..
-            }
-        ),
-        "{on_a:?}"
-    );
-    assert!(
-        matches!(
-            on_b,
-            Verdict::Resync {
-                from: Side::Peer,
-                ..
-            }
-        ),
-        "{on_b:?}"
-    );
+    assert_newer(&a, &b, "a");
 }
 
 #[test]
@@ -128,27 +137,7 @@ fn a_failover_makes_the_survivor_newer_and_the_old_primary_its_replica() {
     assert!(b.on(Occasion::TookOver { epoch: 40 }, 0));
     assert!(boot_alone_refused(&b.0).is_none(), "b ran alone last");
     // a returns: b's copy is the source and a may become its replica.
-    let (on_a, on_b) = verdict_on_both(&a, &b);
-    assert!(
-        matches!(
-            on_a,
-            Verdict::Resync {
-                from: Side::Peer,
-                ..
-            }
-        ),
-        "{on_a:?}"
-    );
-    assert!(
-        matches!(
-            on_b,
-            Verdict::Resync {
-                from: Side::Local,
-                ..
-            }
-        ),
-        "{on_b:?}"
-    );
+    assert_newer(&a, &b, "b");
     let src = b.meta();
     assert!(a.on(
         Occasion::StartReplica {
@@ -171,14 +160,7 @@ fn a_failover_makes_the_survivor_newer_and_the_old_primary_its_replica() {
 #[test]
 fn both_down_then_back_boots_the_copy_that_ran_last() {
     let (a, mut b) = protected();
-    let a_last = a.meta();
-    assert!(b.on(
-        Occasion::TakeOver {
-            source: Copy::Known(&a_last)
-        },
-        2
-    ));
-    assert!(b.on(Occasion::TookOver { epoch: 40 }, 0));
+    take_over(&mut b, &a, 2, 40);
     // b dies too; both come back: b's copy is newer, a's must not boot.
     let (on_a, _) = verdict_on_both(&a, &b);
     assert!(matches!(
@@ -196,14 +178,7 @@ fn both_down_then_back_boots_the_copy_that_ran_last() {
 fn a_partition_where_both_ran_is_divergence_for_the_operator() {
     let (mut a, mut b) = protected();
     // Each believes the other dead: b takes over, a releases its held output.
-    let a_last = a.meta();
-    assert!(b.on(
-        Occasion::TakeOver {
-            source: Copy::Known(&a_last)
-        },
-        2
-    ));
-    assert!(b.on(Occasion::TookOver { epoch: 40 }, 0));
+    take_over(&mut b, &a, 2, 40);
     assert!(a.on(Occasion::RunAlone, 3));
     let (on_a, on_b) = verdict_on_both(&a, &b);
     assert!(
@@ -331,48 +306,14 @@ fn a_takeover_of_a_replica_re_protected_in_place_is_not_a_divergence() {
     assert!(a.on(Occasion::RunAlone, 2));
     // A new stream onto b's running engine; b is ready, a dies before its `synced` arrives.
     assert!(a.on(Occasion::PeerSynced { acked: 50 }, 0));
-    let a_last = a.meta();
-    assert!(b.on(
-        Occasion::TakeOver {
-            source: Copy::Known(&a_last)
-        },
-        3
-    ));
-    assert!(b.on(Occasion::TookOver { epoch: 50 }, 0));
-    let (on_a, on_b) = verdict_on_both(&a, &b);
-    assert!(
-        matches!(
-            on_a,
-            Verdict::Resync {
-                from: Side::Peer,
-                ..
-            }
-        ),
-        "{on_a:?}"
-    );
-    assert!(
-        matches!(
-            on_b,
-            Verdict::Resync {
-                from: Side::Local,
-                ..
-            }
-        ),
-        "{on_b:?}"
-    );
+    take_over(&mut b, &a, 3, 50);
+    assert_newer(&a, &b, "b");
 }
 
 #[test]
 fn a_copy_killed_for_the_peers_is_never_booted_alone_and_a_kept_one_is_whole() {
     let (mut a, mut b) = protected();
-    let a_last = a.meta();
-    assert!(b.on(
-        Occasion::TakeOver {
-            source: Copy::Known(&a_last)
-        },
-        2
-    ));
-    assert!(b.on(Occasion::TookOver { epoch: 40 }, 0));
+    take_over(&mut b, &a, 2, 40);
     assert!(a.on(Occasion::RunAlone, 3));
     // Healed: b (not preferred) is killed; a dies before anyone resolves.
     assert!(b.on(Occasion::Outrun, 0));

@@ -74,6 +74,21 @@ impl CopyMeta {
         }
     }
 
+    /// A copy that holds nothing whole yet and is to become a copy of `generation` by a sync
+    /// (a blank replica, or one set aside for the peer's): torn, not primary, so never a
+    /// source and never booted, until `sync_done`.
+    pub fn sync_target(generation: GenId) -> CopyMeta {
+        CopyMeta {
+            history: vec![generation],
+            consistent: false,
+            bitmap: None,
+            primary: false,
+            alone: false,
+            syncing: true,
+            epoch: 0,
+        }
+    }
+
     /// The current generation.
     pub fn current(&self) -> GenId {
         self.history[0]

@@ -177,15 +177,7 @@ impl Copies {
                 .map_err(|e| format!("copying {} aside: {e}", meta.display()))?;
         }
         // 2. A replica-to-be of the kept copy.
-        let to_be = CopyMeta {
-            history: vec![kept],
-            consistent: false,
-            bitmap: None,
-            primary: false,
-            alone: false,
-            syncing: true,
-            epoch: 0,
-        };
+        let to_be = CopyMeta::sync_target(kept);
         store::save(&self.dir, vm, &to_be).map_err(|e| e.to_string())?;
         let put_back = || {
             let back = match &original {
