@@ -36,14 +36,19 @@ pub enum Occasion<'a> {
     /// of held output, an unprotect, or a primary found running unprotected.
     RunAlone,
     /// This node's replica is about to be taken over. `source` is the peer's copy as last
-    /// reported: a replica whose sync's end was not seen yet holds the source's data all the
-    /// same (a copy is taken over only when ready, of the source's current stream).
-    TakeOver { source: Copy<'a> },
+    /// reported; `of_source_stream`: the peer's last report said it protected this very
+    /// replica's stream. A replica whose sync's end was not seen yet holds the source's data
+    /// all the same, but only when the ready copy is of the source's stream.
+    TakeOver {
+        source: Copy<'a>,
+        of_source_stream: bool,
+    },
     /// The peer runs the VM and this copy was just killed for it (both ran it alone): it must
     /// never boot alone again, whatever the operator later keeps.
     Outrun,
-    /// `havms resolve` kept this copy: whole from now on, whatever it was (a copy whose
-    /// metadata was unusable starts a new lineage).
+    /// `havms resolve` kept this copy: whole from now on, whatever it was, under a new
+    /// generation (so the copy set aside for it, which takes that generation, never reads
+    /// as the one the operator saw; a copy whose metadata was unusable starts a lineage).
     Kept,
     /// A replica engine is about to start here for the peer's copy `source`.
     StartReplica { source: Copy<'a> },
@@ -100,13 +105,18 @@ fn candidate(record: &Record, occasion: Occasion<'_>, fresh: GenId) -> Option<Co
             let _ = m.go_alone(fresh);
             changed(m)
         }
-        Occasion::TakeOver { source } => {
+        Occasion::TakeOver {
+            source,
+            of_source_stream,
+        } => {
             let mut m = match (current, source) {
                 // The source moved on past this copy's generation (a release, then a new
-                // stream onto this replica): the ready copy is of that stream.
+                // stream onto this replica) and this replica is of that stream.
                 (Some(m), Copy::Known(s))
                     if m.syncing
-                        || (s.current() != m.current() && s.history.contains(&m.current())) =>
+                        || (of_source_stream
+                            && s.current() != m.current()
+                            && s.history.contains(&m.current())) =>
                 {
                     synced(Some(m), s, m.epoch)
                 }
@@ -129,6 +139,9 @@ fn candidate(record: &Record, occasion: Occasion<'_>, fresh: GenId) -> Option<Co
                 let mut m = m.clone();
                 m.consistent = true;
                 m.syncing = false;
+                m.primary = true;
+                m.alone = false;
+                let _ = m.go_alone(fresh);
                 changed(m)
             }
         },

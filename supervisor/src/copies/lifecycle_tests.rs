@@ -102,7 +102,8 @@ fn take_over(node: &mut Node, from: &Node, fresh: u64, epoch: u64) {
     let source = from.meta();
     assert!(node.on(
         Occasion::TakeOver {
-            source: Copy::Known(&source)
+            source: Copy::Known(&source),
+            of_source_stream: true,
         },
         fresh
     ));
@@ -126,7 +127,8 @@ fn a_failover_makes_the_survivor_newer_and_the_old_primary_its_replica() {
     let a_last = a.meta();
     assert!(b.on(
         Occasion::TakeOver {
-            source: Copy::Known(&a_last)
+            source: Copy::Known(&a_last),
+            of_source_stream: true,
         },
         2
     ));
@@ -230,7 +232,8 @@ fn a_replica_whose_sync_end_was_not_seen_takes_over_under_its_source_lineage() {
     assert!(a.on(Occasion::PeerSynced { acked: 1 }, 0));
     assert!(b.on(
         Occasion::TakeOver {
-            source: Copy::Known(&src)
+            source: Copy::Known(&src),
+            of_source_stream: true,
         },
         2
     ));
@@ -325,8 +328,13 @@ fn a_copy_killed_for_the_peers_is_never_booted_alone_and_a_kept_one_is_whole() {
         m.begin_write();
         m
     }));
-    assert!(torn.on(Occasion::Kept, 0));
-    assert!(torn.meta().consistent);
+    assert!(torn.on(Occasion::Kept, 6));
+    assert!(torn.meta().consistent && torn.meta().primary);
+    assert_eq!(
+        torn.meta().current(),
+        GenId(6),
+        "a new generation: the set-aside copy takes it"
+    );
     let mut unusable = Node(Record::Unknown("damaged".into()));
     assert!(
         !unusable.on(Occasion::StartPrimary, 5),
@@ -335,4 +343,28 @@ fn a_copy_killed_for_the_peers_is_never_booted_alone_and_a_kept_one_is_whole() {
     assert!(!unusable.on(Occasion::RunAlone, 5));
     assert!(unusable.on(Occasion::Kept, 5));
     assert_eq!(unusable.meta().history, vec![GenId(5)]);
+}
+
+/// Review finding (2026-12-08): a primary whose stream to this replica was held, not
+/// acknowledged, reports the generation of a release it is about to make, then dies: the
+/// replica must not adopt that history (it lacks what the primary ran alone), so the two
+/// copies read as diverged, not as "the replica is newer".
+#[test]
+fn a_takeover_adopts_the_sources_history_only_for_its_acknowledged_stream() {
+    let (mut a, mut b) = protected();
+    assert!(a.on(Occasion::RunAlone, 2));
+    let a_last = a.meta();
+    assert!(b.on(
+        Occasion::TakeOver {
+            source: Copy::Known(&a_last),
+            of_source_stream: false,
+        },
+        3
+    ));
+    assert!(b.on(Occasion::TookOver { epoch: 40 }, 0));
+    let (on_a, _) = verdict_on_both(&a, &b);
+    assert!(
+        matches!(on_a, Verdict::Conflict(Conflict::Diverged { .. })),
+        "{on_a:?}"
+    );
 }

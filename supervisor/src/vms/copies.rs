@@ -65,6 +65,7 @@ impl Copies {
 
     /// Reads `vm`'s record from disk again (after a save that may have failed).
     pub fn reload(&mut self, vm: &str) {
+        self.before.remove(vm);
         self.records
             .insert(vm.to_string(), Record::load(&self.dir, vm));
     }
@@ -72,6 +73,9 @@ impl Copies {
     /// The metadata `occasion` needs saved before the action runs, taken as the record from
     /// now on; the caller saves it (the executor, before it acts) and reloads on failure.
     pub fn plan(&mut self, vm: &str, occasion: Occasion<'_>) -> Option<CopyMeta> {
+        // Only the action planned now may be taken back: an older undo would roll the copy
+        // back past what it ran since.
+        self.before.remove(vm);
         let next = lifecycle::next(self.get(vm), occasion, fresh_generation())?;
         log::info!(
             "vm {vm}: its copy here becomes {}",

@@ -259,13 +259,14 @@ impl Service {
         }
         // The copy's metadata the action must save before it runs (a new generation before
         // the VM runs alone, "being synced" before a replica overwrites the copy).
-        let source = facts
-            .peer
-            .report
-            .as_ref()
-            .and_then(|r| r.vm(&d.vm))
-            .map(|p| p.copy.clone())
-            .unwrap_or_default();
+        let peer_vm = facts.peer.report.as_ref().and_then(|r| r.vm(&d.vm));
+        let source = peer_vm.map(|p| p.copy.clone()).unwrap_or_default();
+        // The peer's last word was that its stream onto this very replica was acknowledged.
+        let of_source_stream = peer_vm.is_some_and(|p| {
+            p.role == VmRole::Primary(PrimaryState::Protected)
+                && p.stream_id != 0
+                && slot.running().is_some_and(|r| r.stream_id == p.stream_id)
+        });
         let occasion = match d.action {
             Action::StartPrimary => Some(Occasion::StartPrimary),
             Action::StartReplica => Some(Occasion::StartReplica {
@@ -273,6 +274,7 @@ impl Service {
             }),
             Action::TakeOver => Some(Occasion::TakeOver {
                 source: source.copy(),
+                of_source_stream,
             }),
             Action::Release | Action::Unprotect => Some(Occasion::RunAlone),
             _ => None,

@@ -52,23 +52,24 @@ impl Service {
                      it runs. Stop it first (`havms vm stop {name}`), then resolve"
                 ));
             }
-            let g = match &theirs.copy {
-                Record::Absent => {
-                    return Err(format!(
-                        "vm {name}: {peer} holds no copy of it to set aside"
-                    ))
-                }
-                other => other.meta().map_or(SET_ASIDE_UNUSABLE, |m| m.current()),
-            };
             // The kept copy is whole from now on (a torn or unusable one by the operator's
-            // word): what the peer's copy is brought up to date from.
-            self.copies.apply(name, Occasion::Kept);
-            if self.copies.peek(name).and_then(|r| r.meta()).is_none() {
+            // word), under a new generation: what the peer's copy is brought up to date from.
+            if !self.copies.apply(name, Occasion::Kept) {
                 return Err(format!(
                     "vm {name}: this node's copy could not be marked as the one kept (see the \
                      log); nothing was changed on {peer}"
                 ));
             }
+            let g = match &theirs.copy {
+                // Nothing there to set aside: the peer syncs from the kept copy as it is.
+                Record::Absent => {
+                    return Ok(format!(
+                        "vm {name}: {me}'s copy is kept (marked whole); {peer} holds none and \
+                         is brought up to date from it"
+                    ))
+                }
+                other => other.meta().map_or(SET_ASIDE_UNUSABLE, |m| m.current()),
+            };
             self.set_aside_asks
                 .insert(name.to_string(), (g, Instant::now()));
             log::warn!(
@@ -92,12 +93,22 @@ impl Service {
                  resolve"
             ));
         }
-        let Some(kept) = theirs.copy.meta().map(|m| m.current()) else {
+        // Only a whole copy is kept from here; a torn or unusable one is kept from its own
+        // node, which marks it whole first.
+        let Some(kept) = theirs
+            .copy
+            .meta()
+            .filter(|m| m.consistent && !m.syncing)
+            .map(|m| m.current())
+        else {
             return Err(format!(
-                "vm {name}: {peer}'s copy has no usable metadata; keep it from {peer} \
-                 (`havms resolve {name} --keep {peer}` there), which marks it whole first"
+                "vm {name}: {peer}'s copy is torn or its metadata unusable; keep it from \
+                 {peer} (`havms resolve {name} --keep {peer}` there), which marks it whole \
+                 first"
             ));
         };
+        // An earlier `--keep` of this node's own copy is withdrawn: one copy is kept.
+        self.set_aside_asks.remove(name);
         let answer = self.set_aside_here(name, kept)?;
         Ok(format!(
             "vm {name}: {peer}'s copy is kept; this node's copy is set aside ({answer}) and \
@@ -147,9 +158,11 @@ impl Service {
                 Record::Unknown(_) => g == SET_ASIDE_UNUSABLE,
                 Record::Absent => false,
             };
+            // Only for a kept copy that is whole (never one being synced or set aside itself).
             let kept = report
                 .vm(&name)
                 .and_then(|r| r.copy.meta())
+                .filter(|m| m.consistent && !m.syncing)
                 .map(|m| m.current());
             let Some(kept) = kept.filter(|_| idle && named) else {
                 continue;

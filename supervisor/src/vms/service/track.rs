@@ -38,9 +38,11 @@ impl Service {
                 .and_then(|r| r.meta())
                 .is_some_and(|m| !m.consistent);
             let occasion = match run.role {
-                Role::Primary if torn && run.copy != ReplicaState::Ready => Occasion::TookOver {
-                    epoch: run.committed.max(run.acked),
-                },
+                Role::Primary if torn && run.copy == ReplicaState::TakenOver => {
+                    Occasion::TookOver {
+                        epoch: run.committed.max(run.acked),
+                    }
+                }
                 Role::Primary => match run.stream {
                     Stream::Unprotected => Occasion::RunAlone,
                     Stream::Protected => Occasion::PeerSynced { acked: run.acked },
