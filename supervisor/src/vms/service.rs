@@ -159,6 +159,11 @@ impl Service {
         self.shared.settings.node.clone()
     }
 
+    /// The peer is heard now (some path carried a heartbeat within `dead_after`).
+    fn peer_up(&self) -> bool {
+        self.shared.with_tracker(|t| t.is_up()).unwrap_or(false)
+    }
+
     /// Follows the config in force: new VMs get a slot, changed ones note what waits for a
     /// restart, removed ones that still run stay (never killed silently) as orphans.
     fn sync_config(&mut self) {
@@ -384,8 +389,7 @@ impl Service {
                         ));
                     }
                 }
-                let alone = peer_report.is_none()
-                    || !self.shared.with_tracker(|t| t.is_up()).unwrap_or(false);
+                let alone = peer_report.is_none() || !self.peer_up();
                 if alone
                     && intent.run
                     && s.running().is_none()

@@ -189,7 +189,7 @@ impl Service {
             self.maintenance.merge(&r.maintenance);
         }
         let current = self.maintenance.get().node.clone();
-        let peer_up = self.shared.with_tracker(|t| t.is_up()).unwrap_or(false);
+        let peer_up = self.peer_up();
         if !on {
             if current.as_deref() != Some(node) {
                 return Err(format!(

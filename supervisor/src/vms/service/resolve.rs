@@ -25,7 +25,7 @@ impl Service {
         }
         // A report from before the peer went silent may be out of date: the copies are
         // compared only on the word of a peer heard now.
-        if !self.shared.with_tracker(|t| t.is_up()).unwrap_or(false) {
+        if !self.peer_up() {
             return Err(format!(
                 "vm {name}: {peer} is not heard now, so the copies cannot be compared; \
                  resolve it once {peer} is up"
@@ -141,7 +141,7 @@ impl Service {
             return;
         };
         // Only the word of a peer heard now: an old report's ask may be long settled.
-        if !self.shared.with_tracker(|t| t.is_up()).unwrap_or(false) {
+        if !self.peer_up() {
             return;
         }
         let names: Vec<String> = self.slots.keys().cloned().collect();
