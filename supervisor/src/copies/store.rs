@@ -6,8 +6,8 @@
 use super::meta::CopyMeta;
 use std::path::{Path, PathBuf};
 
-/// Where the copies' metadata lives on a node.
-pub const COPIES_DIR: &str = "/var/lib/havms/state/copies";
+// Where: `copies/` beside the VM intents file (`vms::intent::INTENTS_FILE`), as the VM
+// service derives it, so host tests that move the state files move this too.
 
 /// A metadata file that is there but cannot be used.
 #[derive(Debug, thiserror::Error)]
