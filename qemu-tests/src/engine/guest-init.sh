@@ -21,11 +21,14 @@ net_up() {
 }
 # stateful_setup [keep]: drivers, NIC up, an ext2 filesystem made on /dev/vda and mounted on /mnt
 # with the kernel argument marker=M written to /mnt/marker. With `keep`, a filesystem already
-# on /dev/vda (a rebooted guest's) is mounted as it is.
+# on /dev/vda (a rebooted guest's, or the journaled ext4 the HA scenarios' harness makes: see
+# qemu-tests/src/disk.rs, guest_filesystem) is mounted as it is, by the ext4 driver (which
+# mounts ext2 too).
 stateful_setup() {
   devices; waitp /dev/vda; waitp /sys/class/net/eth0; net_up
   mkdir -p /mnt
-  if [ "$1" = keep ] && mount -t ext2 /dev/vda /mnt 2>/dev/null; then echo "GUEST-DISK-KEPT"
+  if [ "$1" = keep ] && mount -t ext4 /dev/vda /mnt 2>/dev/null; then
+    echo "GUEST-DISK-KEPT journal=$([ -d /proc/fs/jbd2 ] && ls /proc/fs/jbd2 | grep -q vda && echo yes || echo no)"
   else { mke2fs -q /dev/vda && mount -t ext2 /dev/vda /mnt; } || echo "GUEST-DISK-FAILED"; fi
   arg marker > /mnt/marker; sync
   echo "STATEFUL-READY marker=$(cat /mnt/marker)"

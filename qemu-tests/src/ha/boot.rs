@@ -5,7 +5,7 @@
 use crate::cluster::{Cluster, NodeOptions};
 use crate::disk::DiskFile;
 use crate::engine::payload;
-use crate::error::{HarnessError, Result};
+use crate::error::Result;
 use crate::node::Node;
 use crate::scenarios::{Ctx, BOOT_KERNEL};
 use crate::shell::Shell;
@@ -38,10 +38,8 @@ fn add_nodes(cluster: &mut Cluster, vms: &[TestVm], marker: &str, epoch_ms: u64)
     let mut files = payload::build(&cluster.artifacts, &cluster.work_dir, false)?;
     for v in vms {
         let img = cluster.work_dir.join(format!("{}.img", v.name));
-        let f = std::fs::File::create(&img)
-            .map_err(|e| HarnessError::io(format!("creating {}", img.display()), e))?;
-        f.set_len(VM_DISK_MIB << 20)
-            .map_err(|e| HarnessError::io(format!("sizing {}", img.display()), e))?;
+        // Journaled, so the ledger's fdatasync is a durability point (disk::guest_filesystem).
+        crate::disk::guest_filesystem(&img, VM_DISK_MIB)?;
         files.push(DiskFile {
             dest: v.disk_rel(),
             src: img,
