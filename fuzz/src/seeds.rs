@@ -60,6 +60,14 @@ fn frames() -> Vec<(&'static str, Frame<'static>)> {
             }),
         ),
         (
+            "disk_sums",
+            Frame::DiskSums(wire::DiskSums {
+                disk: 1,
+                first_chunk: 0,
+                sums: vec![[0x5a; 32], [0; 32]],
+            }),
+        ),
+        (
             "pages",
             Frame::Pages(wire::Pages {
                 pages: Cow::Owned(vec![3, 70]),

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use super::ha_failover::{ledger_vm, CLIENT_IP};
 use super::ha_faults::{max_gap_after, wait};
 use super::{Ctx, BOOT_KERNEL, STEP};
+use crate::engine::parse::number;
 use crate::ensure;
 use crate::error::Result;
 use crate::ha;
@@ -81,7 +82,22 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     ha::shell::define(&mut a)?;
     wait(&mut a, "replica", "ready", 400)?;
     let ready = Instant::now();
-    ctx.step("a holds a ready replica; b fails web back to it by itself");
+    // a's old copy is most of b's disk: the resync sends the chunks that differ, not all 16.
+    let copy = b.ok(
+        "grep 'first copy:' /run/havms/vms/web/engine.log | tail -1",
+        STEP,
+    )?;
+    let sent: u64 = number(r"(\d+) MiB of disk data sent", &copy)?;
+    let same: u64 = number(r"(\d+) MiB already on the peer", &copy)?;
+    ensure!(
+        same > 0 && sent + same == ha::boot::VM_DISK_MIB,
+        "the resync onto a did not skip what a's old copy held:\n{copy}"
+    );
+    ctx.step(format!(
+        "a holds a ready replica (the resync sent {sent} MiB of the {} MiB disk, {same} MiB \
+         were on a already); b fails web back to it by itself",
+        ha::boot::VM_DISK_MIB
+    ));
     let back = switched(
         ctx,
         &mut c,

@@ -101,6 +101,8 @@ pub fn status_of(
                         v.pause_p99_us = p.pause_p99_us;
                         v.pause_max_us = p.max_pause_us;
                         v.bytes_per_epoch = p.bytes_per_epoch;
+                        v.sync_disk_sent_bytes = p.full_copy_disk_bytes;
+                        v.sync_disk_same_bytes = p.full_copy_disk_same_bytes;
                     }
                     v.state = match r.stream {
                         Stream::Unprotected => "degraded",
@@ -116,6 +118,9 @@ pub fn status_of(
                         v.state = "starting".into();
                     }
                     match r.stream {
+                        Stream::Connecting => {
+                            v.detail = Some("connecting: the peer hashes its disks first".into());
+                        }
                         Stream::Syncing => {
                             if let Some(p) = p.filter(|p| p.sync_total_bytes > 0) {
                                 let pct =

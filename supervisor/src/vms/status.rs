@@ -54,6 +54,12 @@ pub struct VmStatus {
     pub sync_mb_s: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sync_eta_s: Option<u64>,
+    /// The stream's first copy of the disks: bytes sent, and bytes the peer held already (its
+    /// chunk hashes matched: a returning node's old copy costs only its differences).
+    #[serde(default)]
+    pub sync_disk_sent_bytes: u64,
+    #[serde(default)]
+    pub sync_disk_same_bytes: u64,
     pub boots: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failover: Option<FailoverRecord>,
@@ -108,6 +114,14 @@ impl VmStatus {
     /// The lines under the summary: the last failover, errors, pending changes.
     pub fn notes(&self) -> Vec<String> {
         let mut out = Vec::new();
+        let disks = self.sync_disk_sent_bytes + self.sync_disk_same_bytes;
+        if self.role == "primary" && disks > 0 && self.state != "syncing" {
+            out.push(format!(
+                "first copy of this stream: {:.1} MiB of disk data sent, {:.1} MiB were on the peer already",
+                self.sync_disk_sent_bytes as f64 / 1048576.0,
+                self.sync_disk_same_bytes as f64 / 1048576.0
+            ));
+        }
         if let Some(f) = &self.last_failover {
             let took = f.took_ms.map_or(String::new(), |t| {
                 format!(", {t} ms after the peer's last heartbeat")
@@ -213,5 +227,27 @@ mod tests {
         };
         assert_eq!(d.line(), "db          none     waiting (for node b)");
         assert_eq!(d.notes(), vec!["error: vm db: kernel /k: No such file"]);
+    }
+
+    #[test]
+    fn a_primary_says_what_its_first_copy_sent_once_it_is_done() {
+        let mut v = VmStatus {
+            name: "web".into(),
+            role: "primary".into(),
+            state: "syncing".into(),
+            sync_disk_sent_bytes: 3 << 20,
+            sync_disk_same_bytes: 13 << 20,
+            ..Default::default()
+        };
+        assert!(v.notes().is_empty(), "not while the copy runs");
+        v.state = "protected".into();
+        assert_eq!(
+            v.notes(),
+            vec![
+                "first copy of this stream: 3.0 MiB of disk data sent, 13.0 MiB were on the peer already"
+            ]
+        );
+        v.role = "replica".into();
+        assert!(v.notes().is_empty());
     }
 }

@@ -20,7 +20,9 @@ use std::time::{Duration, Instant};
 
 use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
 
+use super::chunk_sums::PeerSums;
 use super::replica::DiskOp;
+use super::wire;
 use crate::memory::{self, PAGE_SIZE};
 use crate::state::increment::PageDiff;
 use crate::virtio::block::{DiskChange, DiskChangeKind, RawFile, SECTOR_SIZE};
@@ -30,7 +32,15 @@ use crate::vm::{Vm, VmError};
 /// Pages per batch of the full copy (one Pages frame each): 1 MiB.
 pub const COPY_BATCH_PAGES: usize = 256;
 /// Bytes per disk chunk of the full copy.
-pub const DISK_CHUNK: u64 = 1 << 20;
+pub const DISK_CHUNK: u64 = wire::SUM_CHUNK;
+
+/// What a first copy sent: pages, disk bytes, and disk bytes the peer held already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FullCopy {
+    pub pages: u64,
+    pub disk_bytes: u64,
+    pub disk_same_bytes: u64,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -126,13 +136,15 @@ impl Checkpointer {
 
     /// Epoch 1's bulk, while the guest runs, to `sink`: every non-zero page of memory
     /// (batches of `COPY_BATCH_PAGES`; the replica starts zeroed), and every disk in
-    /// `DISK_CHUNK`s (all-zero chunks as discards, which read back as zeros). Returns the pages
-    /// and disk bytes sent.
+    /// `DISK_CHUNK`s but those `peer` holds already (all-zero chunks as discards, which read
+    /// back as zeros). A chunk the guest writes during the copy rides with the first
+    /// checkpoint like any write, skipped or not.
     pub fn full_copy(
         &self,
         scanned: &std::sync::atomic::AtomicU64,
+        peer: &PeerSums,
         mut sink: impl FnMut(CopyItem<'_>) -> Result<(), CheckpointError>,
-    ) -> Result<(u64, u64), CheckpointError> {
+    ) -> Result<FullCopy, CheckpointError> {
         use std::sync::atomic::Ordering;
         let mut sent_pages = 0u64;
         let mut numbers = Vec::with_capacity(COPY_BATCH_PAGES);
@@ -167,6 +179,7 @@ impl Checkpointer {
             sent_pages += numbers.len() as u64;
         }
         let mut sent_bytes = 0u64;
+        let mut same_bytes = 0u64;
         for (i, f) in self.disks.iter().enumerate() {
             let mut off = 0u64;
             while off < f.size() {
@@ -175,6 +188,11 @@ impl Checkpointer {
                 f.read_at(&mut buf, off)
                     .map_err(|e| self.disk_err(i, "reading", e))?;
                 scanned.fetch_add(len, Ordering::Relaxed);
+                if peer.same(i, off / DISK_CHUNK, &buf) {
+                    same_bytes += len;
+                    off += len;
+                    continue;
+                }
                 let zero = buf.iter().all(|&b| b == 0);
                 sink(CopyItem::Disk(DiskOp {
                     disk: i as u32,
@@ -193,7 +211,11 @@ impl Checkpointer {
                 off += len;
             }
         }
-        Ok((sent_pages, sent_bytes))
+        Ok(FullCopy {
+            pages: sent_pages,
+            disk_bytes: sent_bytes,
+            disk_same_bytes: same_bytes,
+        })
     }
 
     fn disk_err(&self, i: usize, what: &'static str, source: std::io::Error) -> CheckpointError {

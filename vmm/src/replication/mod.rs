@@ -13,6 +13,7 @@
 //! directions talking through long checkpoints (keepalives) and tells each side's supervisor
 //! when the peer was last heard.
 pub mod checkpoint;
+pub mod chunk_sums;
 pub mod compat;
 pub mod liveness;
 pub mod primary;

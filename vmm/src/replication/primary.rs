@@ -136,6 +136,15 @@ pub struct ProtectStatus {
     pub ack_p99_us: u64,
     pub full_copy_pages: u64,
     pub full_copy_ms: u64,
+    /// The first copy's disk data: bytes sent, and bytes skipped because the peer's chunk
+    /// hashes said it held them already (replication/chunk_sums.rs); and how long the peer
+    /// took to hash its disks before the copy began.
+    #[serde(default)]
+    pub full_copy_disk_bytes: u64,
+    #[serde(default)]
+    pub full_copy_disk_same_bytes: u64,
+    #[serde(default)]
+    pub peer_hash_ms: u64,
     /// The first copy's progress: bytes of memory and disks read so far, of all.
     pub sync_scanned_bytes: u64,
     pub sync_total_bytes: u64,
@@ -169,6 +178,8 @@ pub enum StreamError {
     Checkpoint(#[from] CheckpointError),
     #[error("the peer answered the Hello with a {0} frame")]
     BadHelloAnswer(String),
+    #[error("the peer's chunk hashes of its disks: {0}")]
+    BadDiskSums(String),
     #[error("the peer closed the connection")]
     Closed,
     #[error("the peer refused the stream: {0}")]
@@ -254,6 +265,9 @@ impl Shared {
                 ack_p99_us: 0,
                 full_copy_pages: 0,
                 full_copy_ms: 0,
+                full_copy_disk_bytes: 0,
+                full_copy_disk_same_bytes: 0,
+                peer_hash_ms: 0,
                 sync_scanned_bytes: 0,
                 sync_total_bytes: 0,
                 bytes_sent: 0,

@@ -22,6 +22,8 @@ struct FakePrimary {
     out: TcpStream,
     reader: FrameReader<TcpStream>,
     digest: EpochDigest,
+    /// The replica's chunk hashes of its disk, read after its HelloAck.
+    sums: Vec<crate::replication::wire::DiskSums>,
 }
 
 /// The disk every test VM has: 64 KiB.
@@ -60,6 +62,7 @@ impl FakePrimary {
             out: s,
             reader,
             digest: EpochDigest::new(),
+            sums: Vec::new(),
         };
         let hello = Frame::Hello(Hello {
             name: name.into(),
@@ -72,8 +75,23 @@ impl FakePrimary {
         p
     }
 
+    /// The answer to the Hello; after a HelloAck, the chunk hashes that follow it too.
     fn hello_ack(&mut self) -> Frame<'static> {
-        self.next().unwrap().unwrap().1
+        let answer = self.next().unwrap().unwrap().1;
+        if matches!(answer, Frame::HelloAck(_)) {
+            let mut peer = crate::replication::chunk_sums::PeerSums::expect(&[DISK_BYTES]);
+            while !peer.complete() {
+                match self.next().unwrap() {
+                    Some((h, Frame::DiskSums(d))) => {
+                        assert_eq!(h.epoch, 0);
+                        self.sums.push(d.clone());
+                        peer.add(d).unwrap();
+                    }
+                    other => panic!("expected the DiskSums, got {other:?}"),
+                }
+            }
+        }
+        answer
     }
 
     /// The server's next frame, past its keepalives.
@@ -163,6 +181,30 @@ fn disk(dir: &Scratch) -> PathBuf {
 
 fn not_connected(server: &ReplicaServer) -> bool {
     !server.status().connected
+}
+
+#[test]
+fn the_replica_sends_the_hashes_of_its_image_after_the_hello_ack() {
+    let dir = Scratch::new();
+    let d = disk(&dir);
+    let mut image = vec![0u8; DISK_BYTES as usize];
+    image[4096..8192].fill(0x33);
+    std::fs::write(&d, &image).unwrap();
+    let (server, _) = server(Some("web"), &d);
+    let mut p = FakePrimary::connect(&server, "web");
+    assert!(matches!(p.hello_ack(), Frame::HelloAck(_)));
+    // One chunk (the disk is smaller than SUM_CHUNK): its hash, as it is on the replica.
+    assert_eq!(p.sums.len(), 1);
+    assert_eq!((p.sums[0].disk, p.sums[0].first_chunk), (0, 0));
+    assert_eq!(
+        p.sums[0].sums,
+        vec![crate::replication::chunk_sums::chunk_sum(&image)]
+    );
+    // The stream goes on as before.
+    p.send(1, &page_frame(0, 1));
+    p.send(1, &state_frame(&d));
+    p.commit(1);
+    assert_eq!(p.ack(), 1);
 }
 
 #[test]

@@ -252,7 +252,7 @@ impl SequenceChecker {
             }
             Frame::Abort { reason } => return Ok(Step::Abort(reason.clone())),
             Frame::End { reason } => return Ok(Step::End(reason.clone())),
-            Frame::HelloAck(_) | Frame::Ack | Frame::CloseAck { .. } => {
+            Frame::HelloAck(_) | Frame::DiskSums(_) | Frame::Ack | Frame::CloseAck { .. } => {
                 return Err(SequenceError::WrongDirection { kind })
             }
             Frame::Hello(hello) => {

@@ -27,7 +27,7 @@ pub use reader::FrameReader;
 pub const MAGIC: [u8; 4] = *b"HVRP";
 /// 2: Hello carries the stream id and the disk sizes, Commit a flags byte, CloseAck and End.
 /// 3: Handover (a planned switchover). 4: Keepalive. 5: PagesLz4.
-pub const VERSION: u16 = 5;
+pub const VERSION: u16 = 6;
 pub const HEADER_LEN: usize = 64;
 /// The largest payload accepted, checked before anything is allocated for it.
 pub const MAX_PAYLOAD: usize = 64 << 20;
@@ -47,6 +47,12 @@ pub const MAX_PAGES_PER_FRAME: usize = (MAX_PAYLOAD - 4) / (8 + PAGE_SIZE);
 /// The most pages one PagesLz4 frame may carry (the sender puts 256 in one): what a few bytes
 /// of block can make the receiver allocate is bounded by it, 4 MiB.
 pub const MAX_LZ4_PAGES: usize = 1024;
+/// The chunk a DiskSums hash covers: bytes `i * SUM_CHUNK ..` of the disk, the last chunk
+/// shorter when the disk is not a whole number of them. The primary's first copy reads its
+/// disks in chunks of the same size (checkpoint.rs `DISK_CHUNK`).
+pub const SUM_CHUNK: u64 = 1 << 20;
+/// The most chunk hashes one DiskSums frame carries (2 MiB of hashes, 64 GiB of disk).
+pub const MAX_SUMS_PER_FRAME: usize = 65536;
 
 /// What a frame carries; the header's `kind` byte.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -75,6 +81,9 @@ pub enum Kind {
     Keepalive = 12,
     /// Pages whose data is one LZ4 block (`PagesLz4`).
     PagesLz4 = 13,
+    /// Secondary -> primary, epoch 0, right after the HelloAck: the sha256 of every chunk of
+    /// its disks (`DiskSums`), so the first copy sends only the chunks that differ.
+    DiskSums = 14,
 }
 
 impl Kind {
@@ -93,6 +102,7 @@ impl Kind {
             11 => Kind::Handover,
             12 => Kind::Keepalive,
             13 => Kind::PagesLz4,
+            14 => Kind::DiskSums,
             _ => return None,
         })
     }
@@ -192,6 +202,8 @@ pub enum WireError {
     Unencodable { kind: Kind, what: String },
     #[error("PagesLz4 frame: {0}")]
     Compressed(String),
+    #[error("DiskSums count {found} at byte {offset} of the frame (1 to {MAX_SUMS_PER_FRAME})")]
+    BadSumCount { found: u32, offset: usize },
 }
 
 /// A parsed, checked header.
@@ -243,6 +255,17 @@ pub struct HelloAck {
     pub generation: [u8; 16],
     /// The secondary can continue from `last_committed_epoch`; false: it needs a full sync.
     pub resume_ok: bool,
+}
+
+/// The secondary's sha256 of `sums.len()` consecutive `SUM_CHUNK`s of disk `disk`, the first
+/// being chunk `first_chunk`. The secondary sends every chunk of every disk, in order, in one
+/// or more of these; the primary checks that order (primary/sums.rs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskSums {
+    pub disk: u32,
+    pub first_chunk: u64,
+    /// 1 to `MAX_SUMS_PER_FRAME`.
+    pub sums: Vec<[u8; 32]>,
 }
 
 /// Guest pages: `data[i * PAGE_SIZE..][..PAGE_SIZE]` is page `pages[i]` (memory.bin numbering).
@@ -339,6 +362,7 @@ pub struct Commit {
 pub enum Frame<'a> {
     Hello(Hello),
     HelloAck(HelloAck),
+    DiskSums(DiskSums),
     Pages(Pages<'a>),
     PagesLz4(PagesLz4<'a>),
     Disk(Disk<'a>),
@@ -366,6 +390,7 @@ impl Frame<'_> {
         match self {
             Frame::Hello(_) => Kind::Hello,
             Frame::HelloAck(_) => Kind::HelloAck,
+            Frame::DiskSums(_) => Kind::DiskSums,
             Frame::Pages(_) => Kind::Pages,
             Frame::PagesLz4(_) => Kind::PagesLz4,
             Frame::Disk(_) => Kind::Disk,
@@ -385,6 +410,7 @@ impl Frame<'_> {
         match self {
             Frame::Hello(h) => Frame::Hello(h),
             Frame::HelloAck(h) => Frame::HelloAck(h),
+            Frame::DiskSums(d) => Frame::DiskSums(d),
             Frame::Pages(p) => Frame::Pages(Pages {
                 pages: Cow::Owned(p.pages.into_owned()),
                 data: own(p.data),

@@ -98,7 +98,7 @@ impl Rng {
 
 fn random_frame(r: &mut Rng) -> Frame<'static> {
     const NAME: &[u8] = b"abcXYZ019._-";
-    match r.below(8) + 1 {
+    match r.below(9) + 1 {
         1 => Frame::Hello(Hello {
             name: (0..=r.below(64))
                 .map(|_| NAME[r.below(NAME.len() as u64) as usize] as char)
@@ -142,6 +142,13 @@ fn random_frame(r: &mut Rng) -> Frame<'static> {
             flags: (r.below(2) as u8) * COMMIT_FLUSH,
         }),
         7 => Frame::Ack,
+        8 => Frame::DiskSums(DiskSums {
+            disk: r.next() as u32,
+            first_chunk: r.next(),
+            sums: (0..1 + r.below(4))
+                .map(|_| r.bytes(32).try_into().unwrap())
+                .collect(),
+        }),
         _ => Frame::Abort {
             reason: (0..r.below(1025))
                 .map(|_| char::from(32 + r.below(95) as u8))

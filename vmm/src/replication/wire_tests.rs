@@ -52,6 +52,11 @@ fn samples() -> Vec<Frame<'static>> {
             generation: [0; 16],
             resume_ok: false,
         }),
+        Frame::DiskSums(DiskSums {
+            disk: 2,
+            first_chunk: 65536,
+            sums: vec![[7; 32], [0; 32], [255; 32]],
+        }),
         pages(&[0, 5, 65535]),
         pages(&[]),
         pages_lz4(&[1, 2]),
@@ -176,7 +181,7 @@ fn header_layout_is_the_documented_one() {
     let empty_sha: [u8; 32] = Sha256::digest([]).into();
     let mut want = Vec::new();
     want.extend_from_slice(b"HVRP");
-    want.extend_from_slice(&[5, 0, 7, 0]);
+    want.extend_from_slice(&[6, 0, 7, 0]);
     want.extend_from_slice(&0x0102u64.to_le_bytes());
     want.extend_from_slice(&0x0304u64.to_le_bytes());
     want.extend_from_slice(&[0; 8]);
@@ -228,7 +233,7 @@ fn unsupported_version() {
 
 #[test]
 fn unknown_kinds() {
-    for k in [0u8, 14, 255] {
+    for k in [0u8, 15, 255] {
         let b = raw_frame(k, &[]);
         assert!(matches!(parse(&b), Err(WireError::UnknownKind { found }) if found == k));
     }
@@ -514,6 +519,42 @@ fn bad_page_size() {
             found: 8192,
             offset: 100
         }
+    ));
+}
+
+#[test]
+fn disk_sums_counts_and_lengths_are_checked_before_allocating() {
+    let payload = |count: u32, sums: usize| {
+        let mut p = 1u32.to_le_bytes().to_vec();
+        p.extend_from_slice(&0u64.to_le_bytes());
+        p.extend_from_slice(&count.to_le_bytes());
+        p.extend(std::iter::repeat_n(9u8, sums * 32));
+        p
+    };
+    let ok = parse(&raw_frame(14, &payload(2, 2))).unwrap();
+    assert!(matches!(ok, Frame::DiskSums(d) if d.sums == vec![[9; 32]; 2] && d.disk == 1));
+    for count in [0, MAX_SUMS_PER_FRAME as u32 + 1, u32::MAX] {
+        let e = parse(&raw_frame(14, &payload(count, 1))).unwrap_err();
+        assert!(
+            matches!(e, WireError::BadSumCount { found, offset: 76 } if found == count),
+            "{e}"
+        );
+    }
+    for (count, sums) in [(2, 1), (1, 2)] {
+        let e = parse(&raw_frame(14, &payload(count, sums))).unwrap_err();
+        assert!(
+            matches!(e, WireError::LengthMismatch { field: "count", .. }),
+            "{e}"
+        );
+    }
+    let empty = Frame::DiskSums(DiskSums {
+        disk: 0,
+        first_chunk: 0,
+        sums: Vec::new(),
+    });
+    assert!(matches!(
+        encode(&empty, 1, 0),
+        Err(WireError::Unencodable { .. })
     ));
 }
 

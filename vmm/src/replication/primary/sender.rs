@@ -5,6 +5,7 @@
 
 use crate::events::{Event, StreamState};
 use crate::replication::checkpoint::{self, CheckpointError, Checkpointer, CopyItem, EpochCapture};
+use crate::replication::chunk_sums::PeerSums;
 use crate::replication::liveness::{spawn_keepalive, unacked_bytes, FrameOut, HeardTeller};
 use crate::replication::replica::DiskOp;
 use crate::replication::wire::{
@@ -29,7 +30,7 @@ pub(super) fn run(
     cfg: &ProtectConfig,
     s: &Arc<Shared>,
 ) -> (StreamState, Option<String>) {
-    let (stream, reader) = match introduce(vm, peer, cfg, s) {
+    let (stream, reader, peer_sums) = match introduce(vm, peer, cfg, s) {
         Ok(x) => x,
         Err(e) => return (StreamState::Failed, Some(crate::error_chain(&e))),
     };
@@ -74,7 +75,7 @@ pub(super) fn run(
         }
     };
     let out = &*out;
-    let result = stream_epochs(&mut ckpt, out, cfg, s);
+    let result = stream_epochs(&mut ckpt, out, cfg, s, &peer_sums);
     if let Some(StopKind::Handover(reason)) = s.stop_requested() {
         let outcome = hand_over(&mut ckpt, out, cfg, s, reason);
         ckpt.stop_capture();
@@ -121,13 +122,14 @@ pub(super) fn run(
     outcome
 }
 
-/// Connects, sends the Hello and reads the HelloAck (bounded by the ack timeout).
+/// Connects, sends the Hello, reads the HelloAck and then the peer's chunk hashes of its disks
+/// (each read bounded by the ack timeout; the peer's keepalives show it is still hashing).
 fn introduce(
     vm: &Vm,
     peer: &str,
     cfg: &ProtectConfig,
     s: &Shared,
-) -> Result<(TcpStream, FrameReader<TcpStream>), StreamError> {
+) -> Result<(TcpStream, FrameReader<TcpStream>, PeerSums), StreamError> {
     let stream = connect(peer, cfg.connect_timeout)?;
     let _ = stream.set_nodelay(true);
     // A peer that stops reading must not block the sender (and the guest's output) for TCP's
@@ -155,6 +157,7 @@ fn introduce(
             .len();
         disk_sizes.push(size);
     }
+    let mut sums = PeerSums::expect(&disk_sizes);
     wire::write_frame(
         &mut out,
         cfg.vm_id,
@@ -174,9 +177,25 @@ fn introduce(
         Some((h, _)) => return Err(StreamError::BadHelloAnswer(h.kind.to_string())),
         None => return Err(StreamError::Closed),
     }
+    let t0 = Instant::now();
+    while !sums.complete() {
+        if s.stop_requested().is_some() {
+            return Err(StreamError::Ended(
+                "stopped while the peer hashed its disks".into(),
+            ));
+        }
+        match reader.next_owned()? {
+            Some((_, Frame::Keepalive)) => {}
+            Some((_, Frame::DiskSums(d))) => sums.add(d).map_err(StreamError::BadDiskSums)?,
+            Some((_, Frame::Abort { reason })) => return Err(StreamError::Refused(reason)),
+            Some((h, _)) => return Err(StreamError::BadHelloAnswer(h.kind.to_string())),
+            None => return Err(StreamError::Closed),
+        }
+    }
+    lock(&s.status).peer_hash_ms = t0.elapsed().as_millis() as u64;
     // From here reads wait as long as they must (the ack reader); writes stay bounded.
     stream.set_read_timeout(None).map_err(WireError::from)?;
-    Ok((stream, reader))
+    Ok((stream, reader, sums))
 }
 
 /// The planned switchover, after `stream_epochs` stopped between checkpoints: the last
@@ -368,6 +387,7 @@ fn stream_epochs<W: Write>(
     out: &FrameOut<W>,
     cfg: &ProtectConfig,
     s: &Arc<Shared>,
+    peer_sums: &PeerSums,
 ) -> Result<(), StreamError> {
     let check = |s: &Shared| -> Result<(), StreamError> {
         if s.stopping.load(Ordering::SeqCst) {
@@ -385,7 +405,7 @@ fn stream_epochs<W: Write>(
     lock(&s.status).sync_total_bytes = ckpt.full_copy_bytes();
     let mut digest = EpochDigest::new();
     let mut sent = 0u64;
-    let (pages, disk_bytes) = ckpt.full_copy(&s.scanned, |item| {
+    let copied = ckpt.full_copy(&s.scanned, peer_sums, |item| {
         check(s).map_err(|e| CheckpointError::Sink(e.to_string()))?;
         let mut z = lock(&s.compressor);
         let frame = match &item {
@@ -397,10 +417,21 @@ fn stream_epochs<W: Write>(
     })?;
     {
         let mut st = lock(&s.status);
-        st.full_copy_pages = pages;
+        st.full_copy_pages = copied.pages;
         st.full_copy_ms = t0.elapsed().as_millis() as u64;
-        st.bytes_sent += pages * crate::memory::PAGE_SIZE as u64 + disk_bytes;
+        st.full_copy_disk_bytes = copied.disk_bytes;
+        st.full_copy_disk_same_bytes = copied.disk_same_bytes;
+        st.bytes_sent += copied.pages * crate::memory::PAGE_SIZE as u64 + copied.disk_bytes;
     }
+    log::info!(
+        "replication: first copy: {} pages, {} MiB of disk data sent, {} MiB already on the \
+         peer (its chunk hashes took {} ms), in {} ms",
+        copied.pages,
+        copied.disk_bytes >> 20,
+        copied.disk_same_bytes >> 20,
+        lock(&s.status).peer_hash_ms,
+        t0.elapsed().as_millis()
+    );
     let mut tcp = TcpProgress::new(lock(&s.conn).as_ref().and_then(|c| c.try_clone().ok()));
     loop {
         out.working();

@@ -3,7 +3,6 @@
 //! the guest flushed) and acked; Abort, End and Handover answered with a CloseAck.
 
 use crate::events::Event;
-use crate::replication::compat;
 use crate::replication::liveness::{
     spawn_keepalive, FrameOut, HeardClock, HeardTeller, Stamped, BUSY_LIMIT,
 };
@@ -12,9 +11,10 @@ use crate::replication::sequence::{SequenceChecker, Step};
 use crate::replication::wire::{
     self, DiskAction, Frame, FrameReader, HelloAck, WireError, COMMIT_FLUSH,
 };
+use crate::replication::{chunk_sums, compat};
 use crate::state::snapshot::Snapshot;
 use crate::sync::lock;
-use crate::virtio::block::DiskChangeKind;
+use crate::virtio::block::{DiskChangeKind, RawFile};
 use std::io::{BufWriter, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -117,6 +117,36 @@ enum Refusal {
 type Reader = FrameReader<Stamped<TcpStream>>;
 /// The stream's writer, shared with its keepalive thread.
 type Out = FrameOut<BufWriter<TcpStream>>;
+
+/// Hashes this node's images and sends the hashes (chunk_sums.rs), right after the HelloAck,
+/// so the primary's first copy sends only the chunks this copy lacks. The keepalive thread
+/// tells the primary this side is still there meanwhile.
+fn send_disk_sums(s: &Shared, out: &Out, vm_id: u64) -> Result<(), ConnError> {
+    let t0 = Instant::now();
+    let mut read = 0u64;
+    let mut frames = 0usize;
+    for (i, path) in s.cfg.local.disks.iter().enumerate() {
+        let failed = |e: &dyn std::fmt::Display| {
+            ConnError::Refused(format!("hashing disk {i} ({}): {e}", path.display()))
+        };
+        let file = RawFile::open(path, true).map_err(|e| failed(&e))?;
+        let go_on = |n| {
+            read += n;
+            !s.stop.load(Ordering::SeqCst) && !s.taking_over.load(Ordering::SeqCst)
+        };
+        for f in chunk_sums::disk_sums(i as u32, &file, go_on).map_err(|e| failed(&e))? {
+            out.frame(vm_id, 0, &Frame::DiskSums(f))?;
+            frames += 1;
+        }
+    }
+    out.flush()?;
+    log::info!(
+        "replica: sent the chunk hashes of {} MiB of disks ({frames} frames) in {} ms",
+        read >> 20,
+        t0.elapsed().as_millis()
+    );
+    Ok(())
+}
 
 /// Reads the first frame, which must be a Hello this node accepts.
 fn read_hello(
@@ -305,6 +335,7 @@ fn stream(
             }
         }
     };
+    send_disk_sums(s, out, vm_id)?;
     loop {
         if s.stop.load(Ordering::SeqCst) || s.taking_over.load(Ordering::SeqCst) {
             return Ok(());

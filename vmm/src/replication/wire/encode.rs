@@ -85,6 +85,21 @@ fn encode_payload<'f>(frame: &'f Frame<'_>, out: &mut Vec<u8>) -> Result<&'f [u8
             out.push(a.resume_ok as u8);
             Ok(&[])
         }
+        Frame::DiskSums(d) => {
+            if d.sums.is_empty() || d.sums.len() > MAX_SUMS_PER_FRAME {
+                return Err(bad(format!(
+                    "{} chunk sums (1 to {MAX_SUMS_PER_FRAME} a frame)",
+                    d.sums.len()
+                )));
+            }
+            out.extend_from_slice(&d.disk.to_le_bytes());
+            out.extend_from_slice(&d.first_chunk.to_le_bytes());
+            out.extend_from_slice(&(d.sums.len() as u32).to_le_bytes());
+            for sum in &d.sums {
+                out.extend_from_slice(sum);
+            }
+            Ok(&[])
+        }
         Frame::Pages(p) => {
             if p.pages.len() > MAX_PAGES_PER_FRAME {
                 return Err(bad(format!(

@@ -242,6 +242,37 @@ pub fn parse_payload(kind: Kind, payload: &[u8]) -> Result<Frame<'_>, WireError>
                 resume_ok,
             })
         }
+        Kind::DiskSums => {
+            let disk = f.get("disk", le_u32)?;
+            let first_chunk = f.get("first_chunk", le_u64)?;
+            let offset = f.offset();
+            let count = f.get("count", le_u32)?;
+            // Checked before anything is allocated from `count`.
+            if count == 0 || count as usize > MAX_SUMS_PER_FRAME {
+                return Err(WireError::BadSumCount {
+                    found: count,
+                    offset,
+                });
+            }
+            let expected = 16 + u64::from(count) * 32;
+            if payload.len() as u64 != expected {
+                return Err(WireError::LengthMismatch {
+                    kind,
+                    field: "count",
+                    expected: (HEADER_LEN as u64) + expected,
+                    actual: (HEADER_LEN + payload.len()) as u64,
+                });
+            }
+            let mut sums = Vec::with_capacity(count as usize);
+            for _ in 0..count {
+                sums.push(f.array::<32>("sums")?);
+            }
+            Frame::DiskSums(DiskSums {
+                disk,
+                first_chunk,
+                sums,
+            })
+        }
         Kind::Pages => {
             let count = f.get("count", le_u32)? as u64;
             // Checked before anything is allocated from `count`.
