@@ -9,6 +9,7 @@
 //! | `APPEND x` | `OK n`: `x` is entry `n` (1-based), on disk |
 //! | `GET n` | `ENTRY n x`, or `NONE n` when there is no entry `n` |
 //! | `STAT` | `STAT boot_id=<kernel boot id> uptime=<seconds> entries=<count>` |
+//! | `FILL n` | `FILLED n NAME`: `n` MiB (1 to 256) of fresh random data in a new file NAME beside the log, synced (a scenario's way to make the guest write that much) |
 //! | anything else | `ERR reason`; the connection stays up |
 //!
 //! The file holds one entry a line; on start the ledger reloads it (a line cut short by a crash is
@@ -37,7 +38,12 @@ struct State {
 /// The log: entries in memory and in their file.
 pub struct Ledger {
     state: Mutex<State>,
+    /// Where `FILL` writes its files (the log's directory).
+    dir: std::path::PathBuf,
 }
+
+/// The most MiB one `FILL` writes.
+pub const MAX_FILL_MIB: u32 = 256;
 
 impl Ledger {
     /// Opens (or creates) the log file at `path` and loads its entries. A last line without its
@@ -75,7 +81,46 @@ impl Ledger {
                 file,
                 len: whole as u64,
             }),
+            dir: path
+                .parent()
+                .map_or_else(|| Path::new(".").to_path_buf(), Path::to_path_buf),
         })
+    }
+
+    /// Writes `mib` MiB of random data (a xorshift stream seeded from the clock and the
+    /// name, so no two fills are alike and none matches what the disk held) into a new file
+    /// `fill-N` in the log's directory, synced; returns its name.
+    pub fn fill(&self, mib: u32) -> io::Result<String> {
+        let _serial = self.lock();
+        let mut n = 1u32;
+        let (name, mut file) = loop {
+            let name = format!("fill-{n}");
+            match OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(self.dir.join(&name))
+            {
+                Ok(f) => break (name, f),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => n += 1,
+                Err(e) => return Err(e),
+            }
+        };
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let mut x = (nanos ^ (u64::from(n) << 32)) | 1;
+        let mut buf = vec![0u8; 1 << 20];
+        for _ in 0..mib {
+            for word in buf.chunks_exact_mut(8) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                word.copy_from_slice(&x.to_le_bytes());
+            }
+            file.write_all(&buf)?;
+        }
+        file.sync_all()?;
+        Ok(name)
     }
 
     /// Number of entries.
@@ -145,8 +190,15 @@ impl Ledger {
                 uptime(),
                 self.len()
             ),
+            "FILL" => match arg.parse::<u32>() {
+                Ok(n) if (1..=MAX_FILL_MIB).contains(&n) => match self.fill(n) {
+                    Ok(name) => format!("FILLED {n} {name}"),
+                    Err(e) => format!("ERR disk: {e}"),
+                },
+                _ => format!("ERR FILL needs 1 to {MAX_FILL_MIB} (MiB), not {arg:?}"),
+            },
             "" => "ERR empty line".into(),
-            _ => format!("ERR unknown request {cmd:?} (APPEND x, GET n, STAT)"),
+            _ => format!("ERR unknown request {cmd:?} (APPEND x, GET n, STAT, FILL n)"),
         }
     }
 
@@ -268,6 +320,26 @@ mod tests {
             std::fs::read_to_string(&path).unwrap(),
             "first value\nsecond\n"
         );
+    }
+
+    #[test]
+    fn fill_writes_fresh_random_files_beside_the_log() {
+        let path = temp("fill");
+        let l = Ledger::open(&path).unwrap();
+        assert_eq!(l.answer(b"FILL 2"), "FILLED 2 fill-1");
+        assert_eq!(l.answer(b"FILL 1"), "FILLED 1 fill-2");
+        let dir = path.parent().unwrap();
+        let one = std::fs::read(dir.join("fill-1")).unwrap();
+        let two = std::fs::read(dir.join("fill-2")).unwrap();
+        assert_eq!((one.len(), two.len()), (2 << 20, 1 << 20));
+        assert_ne!(one[..1 << 20], two[..], "two fills alike");
+        assert_ne!(one[..1 << 20], one[1 << 20..], "a fill repeats itself");
+        assert!(one.iter().filter(|&&b| b == 0).count() < one.len() / 100);
+        for bad in [&b"FILL"[..], b"FILL 0", b"FILL 257", b"FILL x"] {
+            let a = l.answer(bad);
+            assert!(a.starts_with("ERR FILL needs 1 to 256"), "{bad:?} -> {a}");
+        }
+        assert!(l.is_empty(), "a fill is no entry");
     }
 
     #[test]

@@ -39,7 +39,7 @@ fn add_nodes(cluster: &mut Cluster, vms: &[TestVm], marker: &str, epoch_ms: u64)
     for v in vms {
         let img = cluster.work_dir.join(format!("{}.img", v.name));
         // Journaled, so the ledger's fdatasync is a durability point (disk::guest_filesystem).
-        crate::disk::guest_filesystem(&img, VM_DISK_MIB)?;
+        crate::disk::guest_filesystem(&img, v.disk_mib)?;
         files.push(DiskFile {
             dest: v.disk_rel(),
             src: img,
@@ -50,7 +50,8 @@ fn add_nodes(cluster: &mut Cluster, vms: &[TestVm], marker: &str, epoch_ms: u64)
         let mut opts = NodeOptions::new(name, n);
         opts.config_yaml = yaml.clone();
         opts.data_files = files.clone();
-        opts.data_size_mib = payload::DISK_MIB + (VM_DISK_MIB as u32) * vms.len() as u32 + 32;
+        opts.data_size_mib =
+            payload::DISK_MIB + vms.iter().map(|v| v.disk_mib as u32).sum::<u32>() + 32;
         cluster.add(opts)?;
     }
     Ok(())

@@ -19,6 +19,8 @@ pub struct TestVm {
     /// More guest kernel arguments (`pages=N` of the `dirty` mode, say).
     pub extra: String,
     pub autostart: bool,
+    /// The size of its disk: a journaled ext4 image made on the host, the same on both nodes.
+    pub disk_mib: u64,
 }
 
 impl TestVm {
@@ -32,6 +34,7 @@ impl TestVm {
             memory_mib: 256,
             extra: String::new(),
             autostart: true,
+            disk_mib: crate::ha::boot::VM_DISK_MIB,
         }
     }
 

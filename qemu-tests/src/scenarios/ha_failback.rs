@@ -90,13 +90,13 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     let sent: u64 = number(r"(\d+) MiB of disk data sent", &copy)?;
     let same: u64 = number(r"(\d+) MiB already on the peer", &copy)?;
     ensure!(
-        same > 0 && sent + same == ha::boot::VM_DISK_MIB,
+        same > 0 && sent + same == vm.disk_mib,
         "the resync onto a did not skip what a's old copy held:\n{copy}"
     );
     ctx.step(format!(
         "a holds a ready replica (the resync sent {sent} MiB of the {} MiB disk, {same} MiB \
          were on a already); b fails web back to it by itself",
-        ha::boot::VM_DISK_MIB
+        vm.disk_mib
     ));
     let back = switched(
         ctx,

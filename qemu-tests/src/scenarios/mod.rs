@@ -26,6 +26,7 @@ mod ha_failover;
 mod ha_faults;
 mod ha_maintenance;
 mod ha_pairs;
+mod ha_resync;
 mod ha_start;
 mod install;
 mod pair;
@@ -197,6 +198,13 @@ pub fn all() -> Vec<Scenario> {
             about: "a dies, b takes over and acknowledges more; b dies too; both boot: web boots \
                     on b (its copy ran last), not on its preferred a; every entry reads back",
             run: ha_copies::both_down,
+        },
+        Scenario {
+            name: "resync-incremental",
+            nodes: 2,
+            about: "a dies, b takes over and the guest writes 24 MiB of its 256 MiB disk; a \
+                    returns: the resync sends about those 24 MiB of disk data, not the disk",
+            run: ha_resync::incremental,
         },
         Scenario {
             name: "ha-diverged",
