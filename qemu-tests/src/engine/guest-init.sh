@@ -29,6 +29,10 @@ stateful_setup() {
   mkdir -p /mnt
   if [ "$1" = keep ] && mount -t ext4 /dev/vda /mnt 2>/dev/null; then
     echo "GUEST-DISK-KEPT journal=$([ -d /proc/fs/jbd2 ] && ls /proc/fs/jbd2 | grep -q vda && echo yes || echo no)"
+  elif [ "$1" = keep ] && [ "$(dd if=/dev/vda bs=1 skip=1080 count=2 2>/dev/null | od -An -tx1 | tr -d ' \n')" = 53ef ]; then
+    # A filesystem is there but does not mount: say so, never format it over (its entries
+    # would vanish and the scenario would blame the failover).
+    echo "GUEST-DISK-FAILED mount of the filesystem on /dev/vda"; return 1
   else { mke2fs -q /dev/vda && mount -t ext2 /dev/vda /mnt; } || echo "GUEST-DISK-FAILED"; fi
   arg marker > /mnt/marker; sync
   echo "STATEFUL-READY marker=$(cat /mnt/marker)"
@@ -122,7 +126,8 @@ case $MODE in
     # (qemu-tests/ledger) on port ledger_port= (7000), its log on the disk; a client outside
     # the nodes appends to it across the failover. Its LEDGER-READY / LEDGER-FAILED lines go
     # to the console.
-    stateful_setup keep; dev_rounds &
+    stateful_setup keep || { echo "LEDGER-FAILED no disk"; count_forever; }
+    dev_rounds &
     /bin/havms-ledger --log /mnt/ledger.log --port $(p=$(arg ledger_port); echo ${p:-7000}) &
     count_forever ;;
   rootfs)

@@ -21,6 +21,9 @@ pub struct TestVm {
     pub autostart: bool,
     /// The size of its disk: a journaled ext4 image made on the host, the same on both nodes.
     pub disk_mib: u64,
+    /// `failback: manual`: it stays where it runs once protected (a scenario that looks at a
+    /// resync on the node the VM failed over to).
+    pub failback_manual: bool,
 }
 
 impl TestVm {
@@ -35,6 +38,7 @@ impl TestVm {
             extra: String::new(),
             autostart: true,
             disk_mib: crate::ha::boot::VM_DISK_MIB,
+            failback_manual: false,
         }
     }
 
@@ -64,6 +68,7 @@ impl TestVm {
     nics: [{{ mac: '{mac}' }}]
     preferred_node: {pref}
     autostart: {auto}
+    failback: {failback}
 ",
             name = self.name,
             mem = self.memory_mib,
@@ -74,6 +79,7 @@ impl TestVm {
             pref = self.preferred,
             extra = self.extra,
             auto = self.autostart,
+            failback = if self.failback_manual { "manual" } else { "auto" },
         )
     }
 }

@@ -39,8 +39,10 @@ fn first_copy(shell: &mut Shell<'_>) -> Result<(u64, u64, String)> {
 }
 
 pub fn incremental(ctx: &Ctx) -> Result<()> {
+    // Manual failback: web stays on b while the resync is looked at (and hashed).
     let vm = TestVm {
         disk_mib: DISK_MIB,
+        failback_manual: true,
         ..ledger_vm("a")
     };
     let marker = format!("R-{:08x}", std::process::id() ^ 0x5e_5c01);
@@ -83,7 +85,7 @@ pub fn incremental(ctx: &Ctx) -> Result<()> {
     wait(&mut a, "replica", "ready", 400)?;
     let (sent, same, line) = first_copy(&mut b)?;
     ensure!(
-        sent + same == DISK_MIB && (FILL_MIB..=FILL_MIB + OTHER_MIB).contains(&sent),
+        same <= DISK_MIB && (FILL_MIB..=FILL_MIB + OTHER_MIB).contains(&sent),
         "the resync onto a sent {sent} MiB of the {DISK_MIB} MiB disk for the guest's \
          {FILL_MIB} MiB (expected {FILL_MIB} to {}):\n{line}",
         FILL_MIB + OTHER_MIB
@@ -96,6 +98,13 @@ pub fn incremental(ctx: &Ctx) -> Result<()> {
     ctx.step(format!(
         "a holds a ready replica: the resync sent {sent} MiB of disk data for the guest's \
          {FILL_MIB} MiB ({same} MiB of the {DISK_MIB} MiB disk were on a already)"
+    ));
+    let (e, memory, disk) = super::ha_start::copies_equal(&mut b, &mut a, &vm)?;
+    ctx.step(format!(
+        "epoch {e}: memory {}… and disk {}… equal on both nodes: the chunks not sent were \
+         a's already",
+        &memory[..12],
+        &disk[..12]
     ));
 
     c.stop_appending()?;

@@ -12,6 +12,7 @@ use crate::engine::parse::{capture, number};
 use crate::ensure;
 use crate::error::Result;
 use crate::ha::{self, TestVm};
+use crate::shell::Shell;
 
 /// Booting the guest and the first full copy under nested KVM on a busy TCG node.
 pub const SETTLE: Duration = Duration::from_secs(420);
@@ -47,46 +48,8 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     ctx.step("protected; both nodes' status shows it");
 
     // One epoch, hashed on both sides.
-    let info = a.ok("vm_info web", STEP)?;
-    let now: u64 = number(r#""epoch": (\d+)"#, &info)?;
+    let (e, ma, da) = copies_equal(&mut a, &mut b, &vm)?;
     let api = vm.api();
-    // The primary says which epoch it will hash (the one asked, or the next one if that is
-    // gone already); the replica hashes the same.
-    let out = a.ok(
-        &format!("havms-remote --api-socket {api} verify {}", now + 40),
-        STEP,
-    )?;
-    let e: u64 = number(r"epoch (\d+)\)", &out)?;
-    let out = b.ok(&format!("havms-remote --api-socket {api} verify {e}"), STEP)?;
-    ensure!(out.contains(&format!("epoch {e}")), "replica verify: {out}");
-    let wait_hash = "i=0; while ! vm_info web | grep -q '\"memory_sha256\"'; do i=$((i+1)); \
-                     [ $i -gt 600 ] && break; usleep 200000; done; vm_info web | tr -d ' \\n' | \
-                     sed 's/.*\"verify\":{\\([^}]*\\)}.*/VERIFY \\1\\n/'"
-        .to_string();
-    let ha_ = a.ok(&wait_hash, SETTLE)?;
-    let hb = b.ok(&wait_hash, SETTLE)?;
-    let fields = |text: &str| -> Result<(u64, String, String)> {
-        // The fields come in any order (serde_json sorts them).
-        let line = capture(r"(?m)^(VERIFY .*)$", text)?.remove(0);
-        let epoch = number(r#""epoch":(\d+)"#, &line)?;
-        let mem = capture(r#""memory_sha256":"([0-9a-f]{64})""#, &line)?.remove(0);
-        let disk = capture(r#""disk_sha256":\["([0-9a-f]{64})"\]"#, &line)?.remove(0);
-        Ok((epoch, mem, disk))
-    };
-    let (ea, ma, da) = fields(&ha_)?;
-    let (eb, mb, db) = fields(&hb)?;
-    ensure!(
-        ea == e && eb == e,
-        "hashed epochs {ea} (a) and {eb} (b), asked for {e}"
-    );
-    ensure!(
-        ma == mb,
-        "memory of b's copy at epoch {e} differs from a's: {mb} vs {ma}"
-    );
-    ensure!(
-        da == db,
-        "disk of b's copy at epoch {e} differs from a's: {db} vs {da}"
-    );
     ctx.step(format!(
         "epoch {e}: memory {}… and disk {}… equal on both nodes",
         &ma[..12],
@@ -104,7 +67,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
          i=$((i+1)); [ $i -gt 600 ] && break; usleep 200000; done; vm_info web | tr -d ' \\n' | \
          sed 's/.*\"verify\":{{\\([^}}]*\\)}}.*/VERIFY \\1\\n/'"
     );
-    let (el, ml, _) = fields(&a.ok(&wait_later, SETTLE)?)?;
+    let (el, ml, _) = verify_fields(&a.ok(&wait_later, SETTLE)?)?;
     ensure!(
         el == later && ml != ma,
         "epoch {later} on a hashed like epoch {e} (or was not hashed: {el})"
@@ -112,4 +75,57 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     a.exit(STEP)?;
     b.exit(STEP)?;
     Ok(())
+}
+
+/// `verify` of one epoch on `primary` and on `replica` (the next ones the primary still
+/// has, 40 on): (the epoch, the memory's sha256, the disk's), after checking both copies hash
+/// alike. Equal hashes of a running guest prove the copy is the primary, byte for byte.
+pub(super) fn copies_equal(
+    primary: &mut Shell<'_>,
+    replica: &mut Shell<'_>,
+    vm: &TestVm,
+) -> Result<(u64, String, String)> {
+    let info = primary.ok(&format!("vm_info {}", vm.name), STEP)?;
+    let now: u64 = number(r#""epoch": (\d+)"#, &info)?;
+    let api = vm.api();
+    // The primary says which epoch it will hash (the one asked, or the next one if that is
+    // gone already); the replica hashes the same.
+    let out = primary.ok(
+        &format!("havms-remote --api-socket {api} verify {}", now + 40),
+        STEP,
+    )?;
+    let e: u64 = number(r"epoch (\d+)\)", &out)?;
+    let out = replica.ok(&format!("havms-remote --api-socket {api} verify {e}"), STEP)?;
+    ensure!(out.contains(&format!("epoch {e}")), "replica verify: {out}");
+    let wait_hash = format!(
+        "i=0; while ! vm_info {n} | grep -q '\"memory_sha256\"'; do i=$((i+1)); \
+         [ $i -gt 600 ] && break; usleep 200000; done; vm_info {n} | tr -d ' \\n' | \
+         sed 's/.*\"verify\":{{\\([^}}]*\\)}}.*/VERIFY \\1\\n/'",
+        n = vm.name
+    );
+    let (ea, ma, da) = verify_fields(&primary.ok(&wait_hash, SETTLE)?)?;
+    let (eb, mb, db) = verify_fields(&replica.ok(&wait_hash, SETTLE)?)?;
+    ensure!(
+        ea == e && eb == e,
+        "hashed epochs {ea} (primary) and {eb} (replica), asked for {e}"
+    );
+    ensure!(
+        ma == mb,
+        "memory of the replica at epoch {e} differs from the primary's: {mb} vs {ma}"
+    );
+    ensure!(
+        da == db,
+        "disk of the replica at epoch {e} differs from the primary's: {db} vs {da}"
+    );
+    Ok((e, ma, da))
+}
+
+/// The `VERIFY {...}` line's epoch and hashes.
+fn verify_fields(text: &str) -> Result<(u64, String, String)> {
+    // The fields come in any order (serde_json sorts them).
+    let line = capture(r"(?m)^(VERIFY .*)$", text)?.remove(0);
+    let epoch = number(r#""epoch":(\d+)"#, &line)?;
+    let mem = capture(r#""memory_sha256":"([0-9a-f]{64})""#, &line)?.remove(0);
+    let disk = capture(r#""disk_sha256":\["([0-9a-f]{64})"\]"#, &line)?.remove(0);
+    Ok((epoch, mem, disk))
 }

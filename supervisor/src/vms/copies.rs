@@ -126,14 +126,17 @@ impl Copies {
     /// `kept`), so that it is synced whole from the peer's; nothing is deleted. In an order
     /// that a power cut at any step leaves safe:
     /// 1. the metadata file is copied to `NAME.json.set-aside-GEN-MS` (synced);
-    /// 2. the metadata becomes a replica-to-be of `kept` (torn, not primary: never a source,
+    /// 2. each disk image in `disks` is renamed with the same suffix, the directory synced:
+    ///    the old bytes are out of the sync's way before anything allows a sync;
+    /// 3. the metadata becomes a replica-to-be of `kept` (torn, not primary: never a source,
     ///    never booted alone, and no longer the diverged copy: the next sync may overwrite);
-    /// 3. each disk image in `disks` is renamed with the same suffix and a blank (sparse) one
-    ///    of its size takes its place, the directory synced.
+    /// 4. a blank (sparse) image of each one's size takes its place.
     ///
-    /// A cut after 2 leaves the original images in place under a record that lets the sync
-    /// overwrite them; the operator's copy of them is step 3's, so a set-aside that cannot
-    /// finish undoes itself and reports the step. Returns where the copy went.
+    /// A cut after 2 leaves the old record with its images gone: still the conflict, and
+    /// nothing to boot or overwrite (an engine refuses a missing disk); the resolve is asked
+    /// again. A cut after 3 leaves a replica-to-be without images, which the replica engine
+    /// creates (docs/replication.md). A set-aside that cannot finish undoes itself and
+    /// reports the step. Returns where the copy went.
     pub fn set_aside(
         &mut self,
         vm: &str,
@@ -180,26 +183,16 @@ impl Copies {
             crate::vms::durable::write_synced(&aside(&meta), text)
                 .map_err(|e| format!("copying {} aside: {e}", meta.display()))?;
         }
-        // 2. A replica-to-be of the kept copy.
-        let to_be = CopyMeta::sync_target(kept);
-        store::save(&self.dir, vm, &to_be).map_err(|e| e.to_string())?;
         let put_back = || {
-            let back = match &original {
-                Some(text) => crate::vms::durable::write_synced(&meta, text),
-                None => std::fs::remove_file(&meta),
-            };
-            if let Err(e) = back {
-                log::error!("vm {vm}: putting {} back: {e}", meta.display());
-            }
             let _ = std::fs::remove_file(aside(&meta));
         };
-        // 3. The images, renamed aside, blank ones in their place.
-        let mut moved: Vec<PathBuf> = Vec::new();
-        let undo = |moved: &[PathBuf]| {
-            for d in moved {
-                let _ = std::fs::remove_file(d);
+        // 2. The images, renamed aside.
+        let mut moved: Vec<(PathBuf, u64)> = Vec::new();
+        let undo = |moved: &[(PathBuf, u64)]| {
+            for (d, _) in moved {
                 let _ = std::fs::rename(aside(d), d);
             }
+            sync_dirs(moved);
         };
         for d in disks {
             let len = match std::fs::metadata(d) {
@@ -216,26 +209,36 @@ impl Copies {
                 put_back();
                 return Err(format!("renaming {}: {e}", d.display()));
             }
-            moved.push(d.clone());
+            moved.push((d.clone(), len));
+        }
+        // The renames must outlive a power cut before anything lets the copy be overwritten.
+        sync_dirs(&moved);
+        // 3. A replica-to-be of the kept copy.
+        let to_be = CopyMeta::sync_target(kept);
+        if let Err(e) = store::save(&self.dir, vm, &to_be) {
+            undo(&moved);
+            put_back();
+            return Err(e.to_string());
+        }
+        // 4. Blank images in their place. One that cannot be made is left missing (the
+        //    replica engine creates it), never half made: a wrong size is refused.
+        for (d, len) in &moved {
             let blank =
-                std::fs::File::create(d).and_then(|f| f.set_len(len).and_then(|()| f.sync_all()));
+                std::fs::File::create(d).and_then(|f| f.set_len(*len).and_then(|()| f.sync_all()));
             if let Err(e) = blank {
-                undo(&moved);
-                put_back();
-                return Err(format!("creating a blank {}: {e}", d.display()));
+                log::warn!(
+                    "vm {vm}: a blank {} (the replica engine makes it): {e}",
+                    d.display()
+                );
+                let _ = std::fs::remove_file(d);
             }
         }
-        // The renames must outlive a power cut before the copy is overwritten.
-        for dir in moved.iter().filter_map(|p| p.parent()) {
-            if let Ok(d) = std::fs::File::open(dir) {
-                let _ = d.sync_all();
-            }
-        }
+        sync_dirs(&moved);
         self.records.insert(vm.to_string(), Record::Known(to_be));
         self.failed.remove(vm);
         let mut kept_as: Vec<String> = moved
             .iter()
-            .map(|d| aside(d).display().to_string())
+            .map(|(d, _)| aside(d).display().to_string())
             .collect();
         if original.is_some() {
             kept_as.push(aside(&meta).display().to_string());
@@ -267,6 +270,15 @@ impl Copies {
                 self.failed.insert(vm.to_string(), Instant::now());
                 false
             }
+        }
+    }
+}
+
+/// Syncs the directories of `moved`'s images (their renames and new files).
+fn sync_dirs(moved: &[(PathBuf, u64)]) {
+    for dir in moved.iter().filter_map(|(p, _)| p.parent()) {
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
         }
     }
 }
@@ -341,6 +353,31 @@ mod tests {
     }
 
     #[test]
+    fn a_set_aside_whose_record_cannot_be_saved_puts_the_images_back() {
+        let d = dir("unsaved");
+        let disk = d.join("web.img");
+        std::fs::write(&disk, b"data").unwrap();
+        let mut c = Copies::new(d.join("copies"));
+        let m = c.plan("web", Occasion::RunAlone).unwrap();
+        store::save(c.dir(), "web", &m).unwrap();
+        // The record's temporary file cannot be made: step 3 fails after the renames.
+        std::fs::create_dir_all(c.dir().join("web.tmp")).unwrap();
+        let e = c
+            .set_aside("web", std::slice::from_ref(&disk), GenId(0x77))
+            .unwrap_err();
+        assert!(e.contains("web.json"), "{e}");
+        assert_eq!(std::fs::read(&disk).unwrap(), b"data", "renamed back");
+        c.reload("web");
+        assert_eq!(c.get("web"), &Record::Known(m), "the old record kept");
+        let left: Vec<String> = std::fs::read_dir(&d)
+            .unwrap()
+            .chain(std::fs::read_dir(d.join("copies")).unwrap())
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(!left.iter().any(|n| n.contains("set-aside")), "{left:?}");
+    }
+
+    #[test]
     fn a_set_aside_that_cannot_finish_undoes_itself() {
         let d = dir("undo");
         let disk = d.join("web.img");
@@ -349,7 +386,9 @@ mod tests {
         let m = c.plan("web", Occasion::RunAlone).unwrap();
         store::save(c.dir(), "web", &m).unwrap();
         // A disk path whose metadata cannot be read (a file used as a directory).
-        let bad = disk.join("sub.img");
+        let plain = d.join("plain");
+        std::fs::write(&plain, b"").unwrap();
+        let bad = plain.join("sub.img");
         let e = c
             .set_aside("web", &[disk.clone(), bad], GenId(0x77))
             .unwrap_err();

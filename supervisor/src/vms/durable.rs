@@ -8,8 +8,12 @@ use std::path::Path;
 /// Replaces `path` with `text`, durably.
 pub fn write_synced(path: &Path, text: &str) -> std::io::Result<()> {
     let parent = path.parent();
-    if let Some(d) = parent {
+    if let Some(d) = parent.filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
         std::fs::create_dir_all(d)?;
+        // A new directory's own entry must outlive a power cut too.
+        if let Some(up) = d.parent() {
+            std::fs::File::open(up)?.sync_all()?;
+        }
     }
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::File::create(&tmp)?;

@@ -118,8 +118,11 @@ pub fn status_of(
                         v.state = "starting".into();
                     }
                     match r.stream {
-                        Stream::Connecting => {
-                            v.detail = Some("connecting: the peer hashes its disks first".into());
+                        Stream::Syncing if p.is_some_and(|p| p.peer_hashing) => {
+                            v.detail = Some(format!(
+                                "the peer hashes its disks for {} s",
+                                r.stream_since.elapsed().as_secs()
+                            ));
                         }
                         Stream::Syncing => {
                             if let Some(p) = p.filter(|p| p.sync_total_bytes > 0) {

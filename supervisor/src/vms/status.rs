@@ -115,7 +115,7 @@ impl VmStatus {
     pub fn notes(&self) -> Vec<String> {
         let mut out = Vec::new();
         let disks = self.sync_disk_sent_bytes + self.sync_disk_same_bytes;
-        if self.role == "primary" && disks > 0 && self.state != "syncing" {
+        if self.role == "primary" && disks > 0 && self.state == "protected" {
             out.push(format!(
                 "first copy of this stream: {:.1} MiB of disk data sent, {:.1} MiB were on the peer already",
                 self.sync_disk_sent_bytes as f64 / 1048576.0,

@@ -39,6 +39,8 @@ pub const DISK_CHUNK: u64 = wire::SUM_CHUNK;
 pub struct FullCopy {
     pub pages: u64,
     pub disk_bytes: u64,
+    /// All-zero chunks the peer did not hold as such, sent as discards.
+    pub disk_zero_bytes: u64,
     pub disk_same_bytes: u64,
 }
 
@@ -64,6 +66,8 @@ pub enum CopyItem<'a> {
     /// Page numbers (memory.bin numbering, increasing) and their data.
     Pages(&'a [u64], &'a [u8]),
     Disk(DiskOp),
+    /// A disk chunk the peer holds already: nothing to send.
+    Same,
 }
 
 /// One finished epoch, ready to send.
@@ -180,6 +184,7 @@ impl Checkpointer {
         }
         let mut sent_bytes = 0u64;
         let mut same_bytes = 0u64;
+        let mut zero_bytes = 0u64;
         for (i, f) in self.disks.iter().enumerate() {
             let mut off = 0u64;
             while off < f.size() {
@@ -189,6 +194,8 @@ impl Checkpointer {
                     .map_err(|e| self.disk_err(i, "reading", e))?;
                 scanned.fetch_add(len, Ordering::Relaxed);
                 if peer.same(i, off / DISK_CHUNK, &buf) {
+                    // Through the sink all the same: a stop is heard between chunks.
+                    sink(CopyItem::Same)?;
                     same_bytes += len;
                     off += len;
                     continue;
@@ -205,7 +212,9 @@ impl Checkpointer {
                     len,
                     data: if zero { Vec::new() } else { buf },
                 }))?;
-                if !zero {
+                if zero {
+                    zero_bytes += len;
+                } else {
                     sent_bytes += len;
                 }
                 off += len;
@@ -214,6 +223,7 @@ impl Checkpointer {
         Ok(FullCopy {
             pages: sent_pages,
             disk_bytes: sent_bytes,
+            disk_zero_bytes: zero_bytes,
             disk_same_bytes: same_bytes,
         })
     }

@@ -23,6 +23,10 @@ pub fn chunk_sum(data: &[u8]) -> [u8; 32] {
     Sha256::digest(data).into()
 }
 
+/// The hash sent for a chunk the secondary could not read: no chunk's sha256 is it (as sure
+/// as sha256 is), so the primary sends that chunk.
+pub const UNREADABLE: [u8; 32] = [0xff; 32];
+
 fn zero_sum() -> &'static [u8; 32] {
     static ZERO: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
     ZERO.get_or_init(|| Sha256::digest(vec![0u8; SUM_CHUNK as usize]).into())
@@ -48,8 +52,19 @@ pub fn disk_sums(
     let mut off = 0u64;
     while off < file.size() {
         let len = SUM_CHUNK.min(file.size() - off) as usize;
-        file.read_at(&mut buf[..len], off)?;
-        sums.push(chunk_sum(&buf[..len]));
+        // A chunk this side cannot read is one the primary must send (its write may well
+        // succeed where the read failed: a remapped sector).
+        match file.read_at(&mut buf[..len], off) {
+            Ok(()) => sums.push(chunk_sum(&buf[..len])),
+            Err(e) => {
+                log::warn!(
+                    "replica: {}: reading {len} bytes at {off} to hash them: {e} (the primary \
+                     sends that chunk)",
+                    file.path().display()
+                );
+                sums.push(UNREADABLE);
+            }
+        }
         if !go_on(len as u64) {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::Interrupted,
@@ -134,10 +149,18 @@ impl PeerSums {
     /// Whether chunk `chunk` of disk `disk`, whose contents here are `data`, is the same on
     /// the secondary. False for anything the secondary did not hash.
     pub fn same(&self, disk: usize, chunk: u64, data: &[u8]) -> bool {
-        self.disks
+        let Some(theirs) = self
+            .disks
             .get(disk)
             .and_then(|sums| sums.get(chunk as usize))
-            .is_some_and(|theirs| *theirs == chunk_sum(data))
+        else {
+            return false;
+        };
+        // A zero chunk there (a blank or sparse peer): compared without hashing here.
+        if data.len() as u64 == SUM_CHUNK && theirs == zero_sum() {
+            return crate::memory::is_zero(data);
+        }
+        *theirs == chunk_sum(data)
     }
 }
 
@@ -204,6 +227,13 @@ mod tests {
         let (a, b) = ours.split_at(SUM_CHUNK as usize);
         assert!(peer.same(1, 0, a));
         assert!(!peer.same(1, 1, b));
+        // A blank peer: zero chunks match without hashing, others do not.
+        let mut blank = PeerSums::expect(&[2 * SUM_CHUNK]);
+        for frame in disk_sums(0, &image("blank", &vec![0u8; ours.len()]), |_| true).unwrap() {
+            blank.add(frame).unwrap();
+        }
+        assert!(blank.same(0, 0, &vec![0u8; SUM_CHUNK as usize]));
+        assert!(!blank.same(0, 1, b));
         // Nothing hashed there: never the same.
         assert!(!peer.same(1, 2, a));
         assert!(!peer.same(0, 0, a));

@@ -226,6 +226,9 @@ pub struct HeardClock {
     reading: AtomicBool,
     /// When it last stopped reading (ms after `base`).
     busy_since: AtomicU64,
+    /// When this side last made progress on work of its own that reads nothing from the
+    /// peer (the chunk hashes before any frame; ms after `base`, 0: none under way).
+    progress_at: AtomicU64,
 }
 
 impl Default for HeardClock {
@@ -241,6 +244,7 @@ impl HeardClock {
             heard: AtomicU64::new(0),
             reading: AtomicBool::new(false),
             busy_since: AtomicU64::new(0),
+            progress_at: AtomicU64::new(0),
         }
     }
 
@@ -263,13 +267,27 @@ impl HeardClock {
         self.heard(now);
         self.busy_since.store(self.ms(now), Ordering::SeqCst);
         self.reading.store(false, Ordering::SeqCst);
+        self.progress_at.store(0, Ordering::SeqCst);
     }
 
-    /// Whether the receiving thread has been busy with one frame for longer than
-    /// `BUSY_LIMIT` as of `now` (hung, or far too slow: its keepalives stop).
+    /// The receiving thread moved on with work of its own at `now` (it hears nothing from
+    /// the peer meanwhile, and claims nothing about it): stuck once it moves no more for
+    /// `BUSY_LIMIT`.
+    pub fn progress(&self, now: Instant) {
+        self.progress_at.store(self.ms(now), Ordering::SeqCst);
+    }
+
+    /// Whether the receiving thread has been busy with one frame, or stopped moving on with
+    /// its own work, for longer than `BUSY_LIMIT` as of `now` (hung, or far too slow: its
+    /// keepalives stop).
     pub fn stuck(&self, now: Instant) -> bool {
         if self.reading.load(Ordering::SeqCst) {
             return false;
+        }
+        let at = self.progress_at.load(Ordering::SeqCst);
+        if at > 0 {
+            return now.saturating_duration_since(self.base + Duration::from_millis(at - 1))
+                > BUSY_LIMIT;
         }
         let since = self.busy_since.load(Ordering::SeqCst);
         since > 0
@@ -449,6 +467,27 @@ mod tests {
         // Waiting for the primary is not being stuck, however long.
         c.reading();
         assert!(!c.stuck(t0 + BUSY_LIMIT * 2));
+    }
+
+    #[test]
+    fn work_of_its_own_keeps_a_receiver_alive_while_it_moves_and_claims_nothing_heard() {
+        let c = HeardClock::new();
+        let t0 = c.base + Duration::from_secs(1);
+        c.progress(t0);
+        c.progress(t0 + BUSY_LIMIT);
+        assert!(!c.stuck(t0 + BUSY_LIMIT * 2), "moving on");
+        assert_eq!(
+            c.last_heard(t0 + BUSY_LIMIT),
+            None,
+            "the peer was not heard"
+        );
+        assert!(
+            c.stuck(t0 + BUSY_LIMIT * 2 + Duration::from_millis(1)),
+            "no move"
+        );
+        // A frame read ends that work: the busy rule again.
+        c.busy(t0 + BUSY_LIMIT * 3);
+        assert!(!c.stuck(t0 + BUSY_LIMIT * 4));
     }
 
     /// A writer that takes at most `chunk` bytes a call and times out every other call

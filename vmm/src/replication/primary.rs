@@ -145,6 +145,9 @@ pub struct ProtectStatus {
     pub full_copy_disk_same_bytes: u64,
     #[serde(default)]
     pub peer_hash_ms: u64,
+    /// The stream waits for the peer's chunk hashes (state `syncing`, nothing copied yet).
+    #[serde(default)]
+    pub peer_hashing: bool,
     /// The first copy's progress: bytes of memory and disks read so far, of all.
     pub sync_scanned_bytes: u64,
     pub sync_total_bytes: u64,
@@ -268,6 +271,7 @@ impl Shared {
                 full_copy_disk_bytes: 0,
                 full_copy_disk_same_bytes: 0,
                 peer_hash_ms: 0,
+                peer_hashing: false,
                 sync_scanned_bytes: 0,
                 sync_total_bytes: 0,
                 bytes_sent: 0,

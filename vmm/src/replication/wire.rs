@@ -26,7 +26,7 @@ pub use reader::FrameReader;
 
 pub const MAGIC: [u8; 4] = *b"HVRP";
 /// 2: Hello carries the stream id and the disk sizes, Commit a flags byte, CloseAck and End.
-/// 3: Handover (a planned switchover). 4: Keepalive. 5: PagesLz4.
+/// 3: Handover (a planned switchover). 4: Keepalive. 5: PagesLz4. 6: DiskSums.
 pub const VERSION: u16 = 6;
 pub const HEADER_LEN: usize = 64;
 /// The largest payload accepted, checked before anything is allocated for it.
@@ -259,7 +259,7 @@ pub struct HelloAck {
 
 /// The secondary's sha256 of `sums.len()` consecutive `SUM_CHUNK`s of disk `disk`, the first
 /// being chunk `first_chunk`. The secondary sends every chunk of every disk, in order, in one
-/// or more of these; the primary checks that order (primary/sums.rs).
+/// or more of these; the primary checks that order (`chunk_sums::PeerSums`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskSums {
     pub disk: u32,

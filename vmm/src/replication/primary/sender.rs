@@ -32,6 +32,10 @@ pub(super) fn run(
 ) -> (StreamState, Option<String>) {
     let (stream, reader, peer_sums) = match introduce(vm, peer, cfg, s) {
         Ok(x) => x,
+        // Asked to stop before the copy began: nothing was held, nothing fails.
+        Err(StreamError::Ended(_)) if s.stop_requested().is_some() => {
+            return (StreamState::Stopped, None)
+        }
         Err(e) => return (StreamState::Failed, Some(crate::error_chain(&e))),
     };
     let out = match stream.try_clone() {
@@ -177,9 +181,23 @@ fn introduce(
         Some((h, _)) => return Err(StreamError::BadHelloAnswer(h.kind.to_string())),
         None => return Err(StreamError::Closed),
     }
+    // The peer hashes its disks now: the stream is under way (output flows, as in the copy).
     let t0 = Instant::now();
+    lock(&s.status).peer_hashing = true;
+    s.set_state(StreamState::Syncing, None);
     while !sums.complete() {
-        if s.stop_requested().is_some() {
+        if let Some(kind) = s.stop_requested() {
+            // Told, so the peer's copy is stale (or discarded) at once; no answer awaited:
+            // nothing was held here.
+            let frame = match kind {
+                StopKind::End(reason) => Frame::End { reason },
+                StopKind::Abort(reason) | StopKind::Handover(reason) => Frame::Abort { reason },
+                StopKind::Cut => Frame::Abort {
+                    reason: "the stream was cut".into(),
+                },
+            };
+            let _ = wire::write_frame(&mut out, cfg.vm_id, 0, &frame);
+            let _ = out.flush();
             return Err(StreamError::Ended(
                 "stopped while the peer hashed its disks".into(),
             ));
@@ -188,11 +206,20 @@ fn introduce(
             Some((_, Frame::Keepalive)) => {}
             Some((_, Frame::DiskSums(d))) => sums.add(d).map_err(StreamError::BadDiskSums)?,
             Some((_, Frame::Abort { reason })) => return Err(StreamError::Refused(reason)),
-            Some((h, _)) => return Err(StreamError::BadHelloAnswer(h.kind.to_string())),
+            Some((h, _)) => {
+                return Err(StreamError::BadDiskSums(format!(
+                    "a {} frame while they came",
+                    h.kind
+                )))
+            }
             None => return Err(StreamError::Closed),
         }
     }
-    lock(&s.status).peer_hash_ms = t0.elapsed().as_millis() as u64;
+    {
+        let mut st = lock(&s.status);
+        st.peer_hashing = false;
+        st.peer_hash_ms = t0.elapsed().as_millis() as u64;
+    }
     // From here reads wait as long as they must (the ack reader); writes stay bounded.
     stream.set_read_timeout(None).map_err(WireError::from)?;
     Ok((stream, reader, sums))
@@ -400,7 +427,9 @@ fn stream_epochs<W: Write>(
     };
     // Epoch 1: the full copy while the guest runs, then its checkpoint.
     lock(&s.status).epoch = 1;
-    s.set_state(StreamState::Syncing, None);
+    if lock(&s.status).state != StreamState::Syncing {
+        s.set_state(StreamState::Syncing, None);
+    }
     let t0 = Instant::now();
     lock(&s.status).sync_total_bytes = ckpt.full_copy_bytes();
     let mut digest = EpochDigest::new();
@@ -409,6 +438,8 @@ fn stream_epochs<W: Write>(
         check(s).map_err(|e| CheckpointError::Sink(e.to_string()))?;
         let mut z = lock(&s.compressor);
         let frame = match &item {
+            // Nothing to send: the peer holds that chunk (the stop check above still ran).
+            CopyItem::Same => return Ok(()),
             CopyItem::Pages(numbers, data) => z.frame(numbers, data, &s.pages),
             CopyItem::Disk(op) => disk_frame(op),
         };
@@ -424,10 +455,11 @@ fn stream_epochs<W: Write>(
         st.bytes_sent += copied.pages * crate::memory::PAGE_SIZE as u64 + copied.disk_bytes;
     }
     log::info!(
-        "replication: first copy: {} pages, {} MiB of disk data sent, {} MiB already on the \
-         peer (its chunk hashes took {} ms), in {} ms",
+        "replication: first copy: {} pages, {} MiB of disk data sent, {} MiB of zeros \
+         (discards), {} MiB already on the peer (its chunk hashes took {} ms), in {} ms",
         copied.pages,
         copied.disk_bytes >> 20,
+        copied.disk_zero_bytes >> 20,
         copied.disk_same_bytes >> 20,
         lock(&s.status).peer_hash_ms,
         t0.elapsed().as_millis()

@@ -120,19 +120,37 @@ type Out = FrameOut<BufWriter<TcpStream>>;
 
 /// Hashes this node's images and sends the hashes (chunk_sums.rs), right after the HelloAck,
 /// so the primary's first copy sends only the chunks this copy lacks. The keepalive thread
-/// tells the primary this side is still there meanwhile.
-fn send_disk_sums(s: &Shared, out: &Out, vm_id: u64) -> Result<(), ConnError> {
+/// tells the primary this side is still there meanwhile: each chunk read counts as progress
+/// on the clock (not stuck), so a disk that takes minutes to read keeps the stream, and a
+/// read that hangs stops the keepalives as a hung apply does. A newer connection (this one's
+/// primary gave up and came back) stops it, so the new one is not kept waiting for the lock.
+fn send_disk_sums(s: &Shared, out: &Out, clock: &HeardClock, vm_id: u64) -> Result<(), ConnError> {
     let t0 = Instant::now();
+    // This stream's, as it holds the serving lock (a newer connection counts it up first).
+    let generation = s.generation.load(Ordering::SeqCst);
     let mut read = 0u64;
     let mut frames = 0usize;
     for (i, path) in s.cfg.local.disks.iter().enumerate() {
+        // Told to the primary too, which would otherwise only see the connection close.
         let failed = |e: &dyn std::fmt::Display| {
-            ConnError::Refused(format!("hashing disk {i} ({}): {e}", path.display()))
+            let reason = format!("hashing disk {i} ({}): {e}", path.display());
+            let _ = out.frame(
+                vm_id,
+                0,
+                &Frame::Abort {
+                    reason: reason.clone(),
+                },
+            );
+            let _ = out.flush();
+            ConnError::Refused(reason)
         };
         let file = RawFile::open(path, true).map_err(|e| failed(&e))?;
         let go_on = |n| {
             read += n;
-            !s.stop.load(Ordering::SeqCst) && !s.taking_over.load(Ordering::SeqCst)
+            clock.progress(Instant::now());
+            !s.stop.load(Ordering::SeqCst)
+                && !s.taking_over.load(Ordering::SeqCst)
+                && s.generation.load(Ordering::SeqCst) == generation
         };
         for f in chunk_sums::disk_sums(i as u32, &file, go_on).map_err(|e| failed(&e))? {
             out.frame(vm_id, 0, &Frame::DiskSums(f))?;
@@ -335,7 +353,7 @@ fn stream(
             }
         }
     };
-    send_disk_sums(s, out, vm_id)?;
+    send_disk_sums(s, out, clock, vm_id)?;
     loop {
         if s.stop.load(Ordering::SeqCst) || s.taking_over.load(Ordering::SeqCst) {
             return Ok(());
@@ -473,6 +491,13 @@ fn commit(
     flush: bool,
 ) -> Result<(), ConnError> {
     let mut c = lock(&s.copy);
+    // A (forced) takeover of the old copy runs the VM on these disks now, or is about to: a
+    // new stream's first commit must not write under it.
+    if c.taken_over || s.taking_over.load(Ordering::SeqCst) {
+        return Err(ConnError::Refused(
+            "the copy was taken over: this stream cannot commit".into(),
+        ));
+    }
     if let Some(mut r) = fresh.take() {
         if let Err(e) = r.commit(epoch).and_then(|_| r.flush_disks()) {
             // It may have written part of its disk copy over the files the old replica uses:
