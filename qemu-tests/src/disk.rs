@@ -72,6 +72,55 @@ pub fn guest_filesystem(image: &Path, size_mib: u64) -> Result<()> {
     Ok(())
 }
 
+/// Removes `paths` (absolute on the filesystem, e.g. `/disks/web.img`) from the ext4 image
+/// of a node that is down, as a replaced disk would have lost them: the journal a power cut
+/// left is replayed first (e2fsck), so nothing it holds brings them back at the next mount.
+/// Each path must have been there and be gone after.
+pub fn remove_files(image: &Path, paths: &[&str]) -> Result<()> {
+    let mut fsck = Command::new("e2fsck");
+    fsck.args(["-f", "-y"]).arg(image);
+    let shown = format!("{fsck:?}");
+    let out = fsck
+        .output()
+        .map_err(|e| HarnessError::io(format!("running {shown}"), e))?;
+    // 0: clean, 1: errors corrected (a killed node's), 2: corrected, reboot advised.
+    if !matches!(out.status.code(), Some(0..=2)) {
+        return Err(HarnessError::Command {
+            command: shown,
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        });
+    }
+    for path in paths {
+        let debugfs = |write: bool, request: String| {
+            let mut cmd = Command::new("debugfs");
+            if write {
+                cmd.arg("-w");
+            }
+            cmd.args(["-R", &request]).arg(image);
+            run(cmd, "debugfs", "apt-get install e2fsprogs")
+        };
+        let there = |p: &str| -> Result<bool> {
+            // debugfs says nothing on stdout for a path that is not there.
+            Ok(!debugfs(false, format!("stat {p}"))?.trim().is_empty())
+        };
+        if !there(path)? {
+            return Err(HarnessError::Check(format!(
+                "{path} is not on {} to remove",
+                image.display()
+            )));
+        }
+        debugfs(true, format!("rm {path}"))?;
+        if there(path)? {
+            return Err(HarnessError::Check(format!(
+                "{path} is still on {} after debugfs rm",
+                image.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Copies one file under `staging` (permissions kept: mkfs.ext4 -d takes them from there).
 fn copy_in(staging: &Path, f: &DiskFile) -> Result<()> {
     let rel = Path::new(&f.dest);
@@ -190,6 +239,32 @@ mod tests {
             .find(|l| l.starts_with("Filesystem features:"))
             .unwrap_or_default();
         assert!(features.contains("has_journal"), "{header}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn removed_files_are_gone_and_a_missing_one_is_an_error() {
+        let dir = std::env::temp_dir().join(format!("havms-disk-rm-{}", std::process::id()));
+        crate::artifacts::fresh_dir(&dir).unwrap();
+        let file = dir.join("web.img");
+        std::fs::write(&file, b"the old copy").unwrap();
+        let image = DataDisk {
+            config_yaml: "",
+            node_name: "a",
+            files: &[DiskFile {
+                dest: "disks/web.img".into(),
+                src: file,
+            }],
+            size_mib: DATA_SIZE_MIB,
+        }
+        .create(&dir.join("a.data.img"))
+        .unwrap();
+        assert_eq!(debugfs(&image, "cat /disks/web.img"), "the old copy");
+        remove_files(&image, &["/disks/web.img"]).unwrap();
+        assert_eq!(debugfs(&image, "cat /disks/web.img"), "");
+        assert_eq!(debugfs(&image, "cat /node"), "a\n", "the rest kept");
+        let e = remove_files(&image, &["/disks/web.img"]).unwrap_err();
+        assert!(e.to_string().contains("is not on"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

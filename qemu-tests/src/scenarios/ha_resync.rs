@@ -1,9 +1,16 @@
-//! The resync after a degraded period (issue 8's `resync-incremental`): web runs protected on
-//! a with a 256 MiB disk; a dies, b takes web over, and while b runs it alone the guest writes
-//! 24 MiB of fresh data (the ledger's `FILL`); a boots again with its old copy, and the resync
-//! onto it sends about those 24 MiB of disk data, not the disk: the secondary's chunk hashes
-//! tell the primary which 1 MiB chunks it holds already (vmm/src/replication/chunk_sums.rs).
-//! The ledger client appends throughout and loses nothing.
+//! The resync after a degraded period: web runs protected on a with a 256 MiB disk; a dies, b
+//! takes web over, and while b runs it alone the guest writes 24 MiB of fresh data (the
+//! ledger's `FILL`); then a boots again.
+//!
+//! - resync-incremental: a comes back with its old copy, and the resync onto it sends about
+//!   those 24 MiB of disk data, not the disk: the secondary's chunk hashes tell the primary
+//!   which 1 MiB chunks it holds already (vmm/src/replication/chunk_sums.rs).
+//! - blank-node: a comes back with neither the VM's image nor its copy's metadata (its disk
+//!   was replaced): a blank copy, every chunk b holds that is not zero is sent, none is
+//!   skipped that a lacks.
+//!
+//! Both end with `verify` hashing the two copies alike at one epoch, and the ledger client,
+//! which appends throughout, losing nothing.
 
 use std::time::{Duration, Instant};
 
@@ -39,6 +46,14 @@ fn first_copy(shell: &mut Shell<'_>) -> Result<(u64, u64, String)> {
 }
 
 pub fn incremental(ctx: &Ctx) -> Result<()> {
+    run(ctx, false)
+}
+
+pub fn blank_node(ctx: &Ctx) -> Result<()> {
+    run(ctx, true)
+}
+
+fn run(ctx: &Ctx, blank: bool) -> Result<()> {
     // Manual failback: web stays on b while the resync is looked at (and hashed).
     let vm = TestVm {
         disk_mib: DISK_MIB,
@@ -48,6 +63,7 @@ pub fn incremental(ctx: &Ctx) -> Result<()> {
     let marker = format!("R-{:08x}", std::process::id() ^ 0x5e_5c01);
     let mut cluster = ha::boot::pair_a_first(ctx, std::slice::from_ref(&vm), &marker)?;
     let host = LanHost::attach(&cluster.net.lan, "client", CLIENT_IP)?;
+    let a_disk = cluster.work_dir.join("a.data.img");
     let (first, rest) = cluster.nodes().split_at_mut(1);
     let (mut a, mut b) = ha::boot::shells_a_first(&mut first[0], &mut rest[0])?;
     ha::wait_protected(&mut a, &mut b, "web")?;
@@ -73,10 +89,15 @@ pub fn incremental(ctx: &Ctx) -> Result<()> {
         "the guest did not write its {FILL_MIB} MiB: {filled}"
     );
     ctx.step(format!(
-        "b runs web alone; the guest wrote {FILL_MIB} MiB of fresh data in {:.1} s ({filled}); \
-         node a boots again with its old copy",
+        "b runs web alone; the guest wrote {FILL_MIB} MiB of fresh data in {:.1} s ({filled})",
         t0.elapsed().as_secs_f64()
     ));
+    if blank {
+        crate::disk::remove_files(&a_disk, &["/disks/web.img", "/state/copies/web.json"])?;
+        ctx.step("a's disk loses web's image and its copy's metadata (a replaced disk); a boots");
+    } else {
+        ctx.step("node a boots again with its old copy");
+    }
 
     let node_a = a.node();
     node_a.start()?;
@@ -84,21 +105,35 @@ pub fn incremental(ctx: &Ctx) -> Result<()> {
     ha::shell::define(&mut a)?;
     wait(&mut a, "replica", "ready", 400)?;
     let (sent, same, line) = first_copy(&mut b)?;
-    ensure!(
-        same <= DISK_MIB && (FILL_MIB..=FILL_MIB + OTHER_MIB).contains(&sent),
-        "the resync onto a sent {sent} MiB of the {DISK_MIB} MiB disk for the guest's \
-         {FILL_MIB} MiB (expected {FILL_MIB} to {}):\n{line}",
-        FILL_MIB + OTHER_MIB
-    );
+    if blank {
+        // a's image is new and sparse: every chunk b holds that is zero matches it, every
+        // other one is sent; nothing goes as a discard.
+        let zeros: u64 = number(r"(\d+) MiB of zeros", &line)?;
+        ensure!(
+            sent + same == DISK_MIB && zeros == 0 && sent >= FILL_MIB,
+            "the sync onto a's blank copy did not send every chunk b holds:\n{line}"
+        );
+        ctx.step(format!(
+            "a holds a ready replica: the sync onto its blank copy sent {sent} MiB of disk \
+             data (all that is not zero on b; the other {same} MiB are zero on both)"
+        ));
+    } else {
+        ensure!(
+            same <= DISK_MIB && (FILL_MIB..=FILL_MIB + OTHER_MIB).contains(&sent),
+            "the resync onto a sent {sent} MiB of the {DISK_MIB} MiB disk for the guest's \
+             {FILL_MIB} MiB (expected {FILL_MIB} to {}):\n{line}",
+            FILL_MIB + OTHER_MIB
+        );
+        ctx.step(format!(
+            "a holds a ready replica: the resync sent {sent} MiB of disk data for the guest's \
+             {FILL_MIB} MiB ({same} MiB of the {DISK_MIB} MiB disk were on a already)"
+        ));
+    }
     let list = b.ok("havms vm list", STEP)?;
     ensure!(
         list.contains("MiB were on the peer already"),
         "havms vm list does not say what the first copy sent:\n{list}"
     );
-    ctx.step(format!(
-        "a holds a ready replica: the resync sent {sent} MiB of disk data for the guest's \
-         {FILL_MIB} MiB ({same} MiB of the {DISK_MIB} MiB disk were on a already)"
-    ));
     let (e, memory, disk) = super::ha_start::copies_equal(&mut b, &mut a, &vm)?;
     ctx.step(format!(
         "epoch {e}: memory {}… and disk {}… equal on both nodes: the chunks not sent were \

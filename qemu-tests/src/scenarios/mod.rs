@@ -207,6 +207,13 @@ pub fn all() -> Vec<Scenario> {
             run: ha_resync::incremental,
         },
         Scenario {
+            name: "blank-node",
+            nodes: 2,
+            about: "a dies, b takes over and the guest writes 24 MiB; a returns without web's \
+                    image or copy metadata (a replaced disk): synced whole, then the copies equal",
+            run: ha_resync::blank_node,
+        },
+        Scenario {
             name: "ha-diverged",
             nodes: 2,
             about: "a and b split apart while both reach the witness: both run web; healed, both \
