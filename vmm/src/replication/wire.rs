@@ -1,7 +1,7 @@
 //! The replication wire format: one frame = a 64-byte header + a payload, all little endian.
 //!
 //! ```text
-//! 0  magic "HVRP"   4  version u16 = 5   6  kind u8   7  flags u8 = 0
+//! 0  magic "HVRP"   4  version u16 = 6   6  kind u8   7  flags u8 = 0
 //! 8  vm_id u64      16 epoch u64         24 payload_len u32 (<= MAX_PAYLOAD)
 //! 28 reserved u32 = 0                    32 sha256 of the payload [u8; 32]
 //! ```
