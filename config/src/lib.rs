@@ -15,7 +15,7 @@ mod validate;
 pub use error::ConfigError;
 pub use schema::{
     Config, DiskConfig, Failback, LanAddressing, LanConfig, LinkConfig, NicConfig, NodeConfig,
-    Role, Timings, VmConfig,
+    Role, Timings, VmConfig, DEFAULT_METRICS_PORT,
 };
 pub use types::{Cidr, MacAddr, Name};
 

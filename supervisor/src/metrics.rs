@@ -13,6 +13,9 @@
 //! havms_vm_ack_microseconds{vm,quantile}       Commit sent to Ack back: 0.5, 0.99
 //! havms_vm_bytes_per_epoch{vm}
 //! havms_vm_sync_ratio{vm}                      the first copy's progress, 0 to 1
+//! havms_vm_sync_disk_bytes{vm,kind}            the first copy's disk data: `sent`, and `same`
+//!                                              (the peer held it: its chunk hashes matched)
+//! havms_vm_copy_conflict{vm}                   1 while the two copies conflict (`havms resolve`)
 //! havms_vm_boots{vm}                           guest boots in this engine
 //! havms_vm_last_failover_timestamp_seconds{vm} when the VM last came here by a failover
 //! havms_vm_last_failover_duration_seconds{vm}  from the peer's last heartbeat to running here
@@ -44,6 +47,12 @@ struct VmInfo {
     role: String,
     state: String,
     runs_on: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DiskBytes {
+    vm: String,
+    kind: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -106,6 +115,8 @@ pub fn render(s: &Status, witness_up: bool) -> String {
     let bytes = Family::<Vm, Gauge>::default();
     let sync = Family::<Vm, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
     let boots = Family::<Vm, Gauge>::default();
+    let sync_disk = Family::<DiskBytes, Gauge>::default();
+    let conflict = Family::<Vm, Gauge>::default();
     let fo_at = Family::<Vm, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
     let fo_took = Family::<Vm, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
     for v in &s.vms {
@@ -144,6 +155,20 @@ pub fn render(s: &Status, witness_up: bool) -> String {
             gauge_f(&sync, &v.name, p / 100.0);
         }
         gauge_i(&boots, &v.name, u64::from(v.boots));
+        if v.sync_disk_sent_bytes + v.sync_disk_same_bytes > 0 {
+            for (kind, n) in [
+                ("sent", v.sync_disk_sent_bytes),
+                ("same", v.sync_disk_same_bytes),
+            ] {
+                sync_disk
+                    .get_or_create(&DiskBytes {
+                        vm: v.name.clone(),
+                        kind: kind.into(),
+                    })
+                    .set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
+        }
+        gauge_i(&conflict, &v.name, u64::from(v.conflict.is_some()));
         if let Some(f) = &v.last_failover {
             gauge_f(&fo_at, &v.name, f.at_ms as f64 / 1000.0);
             if let Some(t) = f.took_ms {
@@ -181,6 +206,16 @@ pub fn render(s: &Status, witness_up: bool) -> String {
     );
     reg.register("vm_sync_ratio", "Progress of the first copy", sync);
     reg.register("vm_boots", "Guest boots in this engine", boots);
+    reg.register(
+        "vm_sync_disk_bytes",
+        "The stream's first copy of the disks: bytes sent, and bytes the peer held already",
+        sync_disk,
+    );
+    reg.register(
+        "vm_copy_conflict",
+        "1 while the two copies of the VM conflict and wait for `havms resolve`",
+        conflict,
+    );
     reg.register(
         "vm_last_failover_timestamp_seconds",
         "When the VM last came here by a failover",
@@ -306,6 +341,9 @@ mod tests {
                 acked: 811,
                 pause_p99_us: 4000,
                 ack_p50_us: 18_800,
+                sync_disk_sent_bytes: 3 << 20,
+                sync_disk_same_bytes: 13 << 20,
+                conflict: Some("diverged".into()),
                 ..Default::default()
             }],
             daemon: crate::status::DaemonInfo::Running {
@@ -322,6 +360,9 @@ mod tests {
             "havms_vm_acked_epoch{vm=\"web\"} 811",
             "havms_vm_pause_microseconds{vm=\"web\",quantile=\"0.99\"} 4000",
             "havms_vm_ack_microseconds{vm=\"web\",quantile=\"0.5\"} 18800",
+            "havms_vm_sync_disk_bytes{vm=\"web\",kind=\"sent\"} 3145728",
+            "havms_vm_sync_disk_bytes{vm=\"web\",kind=\"same\"} 13631488",
+            "havms_vm_copy_conflict{vm=\"web\"} 1",
             "# EOF",
         ] {
             assert!(text.contains(want), "no `{want}` in\n{text}");

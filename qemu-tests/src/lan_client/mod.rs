@@ -3,7 +3,8 @@
 //! one more port of the harness's LAN hub, with its own MAC and IP, a thread running its poll
 //! loop) and its TCP connections; [`ledger`] owns the client of the test guest's ledger server
 //! (`qemu-tests/ledger`): appending over one connection in the background, then verifying that
-//! every acknowledged entry is still there, on the same connection, in the same guest boot.
+//! every acknowledged entry is still there, on the same connection, in the same guest boot;
+//! [`metrics`] scrapes a node's `/metrics` as a Prometheus server would.
 //!
 //! ```text
 //! let host = LanHost::attach(&cluster.net.lan, "client", Ipv4Addr::new(192, 168, 77, 99))?;
@@ -15,6 +16,7 @@
 
 pub mod host;
 pub mod ledger;
+pub mod metrics;
 #[cfg(test)]
 mod testnet;
 

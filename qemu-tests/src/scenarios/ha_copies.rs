@@ -107,6 +107,26 @@ pub fn both_down(ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
+/// The node at `ip`'s `/metrics`, scraped from the LAN host, must say `want`.
+pub(super) fn metrics_say(host: &LanHost, ip: [u8; 4], want: &str) -> Result<String> {
+    let text = crate::lan_client::metrics::scrape(
+        host,
+        ip.into(),
+        havms_config::DEFAULT_METRICS_PORT,
+        Duration::from_secs(20),
+    )?;
+    ensure!(
+        text.contains(want),
+        "{}'s /metrics has no `{want}`:\n{text}",
+        std::net::Ipv4Addr::from(ip)
+    );
+    Ok(text)
+}
+
+/// A's and b's LAN addresses in the test config.
+pub(super) const LAN_A: [u8; 4] = [192, 168, 77, 11];
+pub(super) const LAN_B: [u8; 4] = [192, 168, 77, 12];
+
 /// A new connection to the ledger at `ip`, tried until the guest's ledger answers.
 fn connect_when_up(
     host: &LanHost,
@@ -174,7 +194,12 @@ pub fn diverged(ctx: &Ctx) -> Result<()> {
         still.contains(&sum) && !still.contains("web         replica"),
         "b's diverged copy was overwritten or replicated onto:\n{still}"
     );
-    ctx.step("both say `copies: diverged`; b's copy stays as it was; the operator resolves");
+    let host = LanHost::attach(&net.lan, "client", CLIENT_IP)?;
+    metrics_say(&host, LAN_A, "havms_vm_copy_conflict{vm=\"web\"} 1")?;
+    ctx.step(
+        "both say `copies: diverged` (a's /metrics too); b's copy stays as it was; the operator \
+         resolves",
+    );
 
     let refused = a.ok("havms resolve web --keep b; echo \"EXIT $?\"", STEP)?;
     ensure!(
@@ -203,8 +228,10 @@ pub fn diverged(ctx: &Ctx) -> Result<()> {
         again.contains("do not conflict") && again.contains("EXIT 1"),
         "a second resolve was not refused:\n{again}"
     );
+    metrics_say(&host, LAN_A, "havms_vm_copy_conflict{vm=\"web\"} 0")?;
     ctx.step(
-        "b's copy set aside (sha256 kept), web protected onto b again; a second resolve is refused",
+        "b's copy set aside (sha256 kept), web protected onto b again (no conflict in a's \
+         /metrics); a second resolve is refused",
     );
     Ok(())
 }

@@ -134,6 +134,19 @@ fn run(ctx: &Ctx, blank: bool) -> Result<()> {
         list.contains("MiB were on the peer already"),
         "havms vm list does not say what the first copy sent:\n{list}"
     );
+    let text = super::ha_copies::metrics_say(
+        &host,
+        super::ha_copies::LAN_B,
+        "havms_vm_sync_disk_bytes{vm=\"web\",kind=\"same\"}",
+    )?;
+    let scraped: u64 = number(
+        r#"havms_vm_sync_disk_bytes\{vm="web",kind="sent"\} (\d+)"#,
+        &text,
+    )?;
+    ensure!(
+        scraped >> 20 == sent,
+        "b's /metrics says {scraped} bytes sent, its engine {sent} MiB:\n{text}"
+    );
     let (e, memory, disk) = super::ha_start::copies_equal(&mut b, &mut a, &vm)?;
     ctx.step(format!(
         "epoch {e}: memory {}… and disk {}… equal on both nodes: the chunks not sent were \

@@ -128,7 +128,10 @@ pub fn status_of(
                             if let Some(p) = p.filter(|p| p.sync_total_bytes > 0) {
                                 let pct =
                                     100.0 * p.sync_scanned_bytes as f64 / p.sync_total_bytes as f64;
-                                let secs = r.stream_since.elapsed().as_secs_f64().max(0.001);
+                                // From the copy's start: not the peer's hashing before it.
+                                let secs = (r.stream_since.elapsed().as_secs_f64()
+                                    - p.peer_hash_ms as f64 / 1000.0)
+                                    .max(0.001);
                                 let rate = p.sync_scanned_bytes as f64 / secs / 1e6;
                                 v.sync_percent = Some(pct.min(100.0));
                                 v.sync_mb_s = Some(rate);
