@@ -188,16 +188,18 @@ fn introduce(
     while !sums.complete() {
         if let Some(kind) = s.stop_requested() {
             // Told, so the peer's copy is stale (or discarded) at once; no answer awaited:
-            // nothing was held here.
+            // nothing was held here. A cut tells nothing (its connection is shut already).
             let frame = match kind {
-                StopKind::End(reason) => Frame::End { reason },
-                StopKind::Abort(reason) | StopKind::Handover(reason) => Frame::Abort { reason },
-                StopKind::Cut => Frame::Abort {
-                    reason: "the stream was cut".into(),
-                },
+                StopKind::End(reason) => Some(Frame::End { reason }),
+                StopKind::Abort(reason) | StopKind::Handover(reason) => {
+                    Some(Frame::Abort { reason })
+                }
+                StopKind::Cut => None,
             };
-            let _ = wire::write_frame(&mut out, cfg.vm_id, 0, &frame);
-            let _ = out.flush();
+            if let Some(frame) = frame {
+                let _ = wire::write_frame(&mut out, cfg.vm_id, 0, &frame);
+                let _ = out.flush();
+            }
             return Err(StreamError::Ended(
                 "stopped while the peer hashed its disks".into(),
             ));
