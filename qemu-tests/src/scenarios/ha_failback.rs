@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 use super::ha_failover::{ledger_vm, CLIENT_IP};
 use super::ha_faults::{max_gap_after, wait};
 use super::{Ctx, BOOT_KERNEL, STEP};
-use crate::engine::parse::number;
 use crate::ensure;
 use crate::error::Result;
 use crate::ha;
@@ -83,12 +82,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     wait(&mut a, "replica", "ready", 400)?;
     let ready = Instant::now();
     // a's old copy is most of b's disk: the resync sends the chunks that differ, not all 16.
-    let copy = b.ok(
-        "grep 'first copy:' /run/havms/vms/web/engine.log | tail -1",
-        STEP,
-    )?;
-    let sent: u64 = number(r"(\d+) MiB of disk data sent", &copy)?;
-    let same: u64 = number(r"(\d+) MiB already on the peer", &copy)?;
+    let (sent, same, copy) = super::ha_resync::first_copy(&mut b)?;
     ensure!(
         same > 0 && sent + same <= vm.disk_mib,
         "the resync onto a did not skip what a's old copy held:\n{copy}"

@@ -35,7 +35,7 @@ const FILL_MIB: u64 = 24;
 const OTHER_MIB: u64 = 20;
 
 /// The last first copy `shell`'s engine of web logged: (MiB sent, MiB the peer held).
-fn first_copy(shell: &mut Shell<'_>) -> Result<(u64, u64, String)> {
+pub(super) fn first_copy(shell: &mut Shell<'_>) -> Result<(u64, u64, String)> {
     let line = shell.ok(
         "grep 'first copy:' /run/havms/vms/web/engine.log | tail -1",
         STEP,
